@@ -1,0 +1,27 @@
+"""attnviz: look inside ResNet50, ResNet50+SE and ResNet50+CBAM side by side.
+
+The public API is imported lazily, so ``python -m attnviz.weights`` and the
+other command modules start without loading everything first.
+"""
+
+from importlib import import_module
+
+_PUBLIC = {
+    "AttnvizError": "attnviz.errors",
+    "ExplainSettings": "attnviz.explain",
+    "Explainer": "attnviz.explain",
+    "Explanation": "attnviz.explain",
+    "explain": "attnviz.explain",
+    "ModelSpec": "attnviz.models",
+    "build_model": "attnviz.models",
+    "build_resnet50": "attnviz.models",
+    "load_model_set": "attnviz.weights",
+}
+__all__ = sorted(_PUBLIC)
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'attnviz' has no attribute {name!r}")

@@ -1,0 +1,544 @@
+"""Converting published ImageNet weights, and a user's own checkpoints, into attnviz model sets.
+
+Four published sources are known (``SOURCES``): torchvision's ResNet50, timm's
+SE-ResNet50, pytorchcv's CBAM-ResNet50 and the CBAM authors' own file. Each one
+is read without unpickling code (``torch.load(..., weights_only=True)`` or
+safetensors), renamed to attnviz's module names, checked so that every source
+tensor is used and every attnviz tensor is filled, and written as float32
+safetensors with its preprocessing and the accuracy its publisher reports.
+
+    import_weights("timm-seresnet50", "imagenet", file="seresnet50_ra_224-8efdb4bb.pth")
+    add_checkpoint("my_se.safetensors", "se", "classes.txt", "mine")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from attnviz.errors import AttnvizError
+from attnviz.models import VARIANTS, ModelSpec, build_model
+from attnviz.weights import (
+    PICKLE_MAGIC,
+    Manifest,
+    ModelEntry,
+    Preprocessing,
+    check_state_dict,
+    read_safetensors,
+    sha256_of,
+    write_safetensors,
+)
+
+IMAGENET_CLASSES_FILE = "imagenet1k_classes.txt"
+IMAGENET_SET_DESCRIPTION = "ImageNet-1k (1000 classes): published weights, converted by attnviz.weights import"
+OFFICIAL_CBAM_FILE = "RESNET50_CBAM_new_name_wrap.pth"
+OFFICIAL_CBAM_REPO = "https://github.com/Jongchan/attention-module"
+TORCHVISION_WEIGHTS = ("V1", "V2")
+# torchvision's release files are named after the first 8 hex digits of their sha256.
+TORCHVISION_RELEASES = {"0676ba61": "V1", "11ad3fa6": "V2"}
+TIMM_SE_TAG = "seresnet50.ra2_in1k"
+TIMM_SE_TOP1 = 80.26  # timm's results table for seresnet50.ra2_in1k at 224 px
+OFFICIAL_CBAM_TOP1, OFFICIAL_CBAM_TOP5 = 77.62, 93.95  # the official repository's README
+# pytorchcv's file names carry the first 8 hex digits of their sha1: file, what it is, top-1, top-5 it reports.
+PYTORCHCV_RELEASES = {
+    "d8cf8488": ("cbam_resnet50-0505-d8cf8488.pth", "imgclsmob's own training, converted from Gluon", 79.83, 94.95),
+    "a1172fe6": ("cbam_resnet50-0605-a1172fe6.pth", "the official CBAM weights, converted", OFFICIAL_CBAM_TOP1,
+                 OFFICIAL_CBAM_TOP5),
+}
+SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a set of published weights comes with: its description, preprocessing and reported accuracy."""
+
+    description: str
+    preprocessing: Preprocessing
+    accuracy: dict
+
+
+@dataclass(frozen=True)
+class Source:
+    """A publisher of ImageNet weights for one variant: how to rename its keys and where its files come from."""
+
+    name: str
+    variant: str
+    summary: str
+    rename: Callable[[str], str | None]
+    release: Callable[[Path | None, str | None], Release]  # (file, torchvision version)
+    download: Callable[[str | None], Path | dict[str, torch.Tensor]]  # a cached file, or the state dict itself
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def _some(keys: Iterable[str], shown: int = 3) -> str:
+    """'a, b, c and 5 more': a short list for a one-line error."""
+    keys = list(keys)
+    text = ", ".join(keys[:shown])
+    return f"{text} and {len(keys) - shown} more" if len(keys) > shown else text
+
+
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unwrap(obj: object, origin: str) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint: the object itself or its 'state_dict' / 'model' entry, 'module.' removed."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise AttnvizError(f"{origin}: holds no state dict (a dict of tensors, maybe under 'state_dict'); "
+                           f"save model.state_dict() and try again")
+    not_tensors = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if not_tensors:
+        raise AttnvizError(f"{origin}: its state dict has entries that are not tensors ({_some(not_tensors)}); "
+                           f"save model.state_dict() and try again")
+    if all(k.startswith("module.") for k in obj):  # saved from DataParallel
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return dict(obj)
+
+
+def read_checkpoint(path: Path | str) -> dict[str, torch.Tensor]:
+    """Read a safetensors file or a .pth state dict without unpickling anything but tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise AttnvizError(f"{path}: no such file; check the path")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not any(head.startswith(magic) for magic in PICKLE_MAGIC):
+        return _unwrap(read_safetensors(path), str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise AttnvizError(f"{path}: holds objects that are not plain tensors, and unpickling them could run code, "
+                           f"so it is not loaded; save only model.state_dict() or safetensors and try again") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise AttnvizError(f"{path}: cannot be read as a PyTorch checkpoint ({_first_line(exc)}); "
+                           f"download or copy it again") from None
+    return _unwrap(obj, str(path))
+
+
+def refuse_legacy_seresnet(state: dict[str, torch.Tensor], origin: str) -> None:
+    """timm's legacy_seresnet50 (a Caffe port) fits by shape but is another network: refuse it by its key names."""
+    if any(k.startswith(("layer0.", "last_linear.")) or ".se_module." in k for k in state):
+        raise AttnvizError(f"{origin}: is timm's legacy_seresnet50 (the Caffe port: layer0, se_module, last_linear, "
+                           f"stride on the first 1x1 conv), a different network from seresnet50, so it is not loaded; "
+                           f"use timm's seresnet50 weights (python -m attnviz.weights import timm-seresnet50)")
+
+
+# --------------------------------------------------------------------------- key mappings
+
+
+def _rename_torchvision(key: str) -> str | None:
+    return key
+
+
+_TIMM_SE = re.compile(r"(layer\d\.\d+)\.se\.(fc[12]\.(?:weight|bias))")
+
+
+def _rename_timm(key: str) -> str | None:
+    match = _TIMM_SE.fullmatch(key)
+    return f"{match[1]}.attention.{match[2]}" if match else key
+
+
+_CV_BLOCK = re.compile(r"features\.stage(\d)\.unit(\d+)\.(.+)")
+_CV_INSIDE = [
+    (re.compile(r"body\.conv(\d)\.conv\.(weight)"), "conv{0}.{1}"),
+    (re.compile(r"body\.conv(\d)\.bn\.(\w+)"), "bn{0}.{1}"),
+    (re.compile(r"identity_conv\.conv\.(weight)"), "downsample.0.{0}"),
+    (re.compile(r"identity_conv\.bn\.(\w+)"), "downsample.1.{0}"),
+    (re.compile(r"cbam\.ch_gate\.mlp\.(fc[12]\.(?:weight|bias))"), "attention.channel_gate.{0}"),
+    (re.compile(r"cbam\.sp_gate\.conv\.conv\.(weight)"), "attention.spatial_gate.conv.{0}"),
+    (re.compile(r"cbam\.sp_gate\.conv\.bn\.(\w+)"), "attention.spatial_gate.bn.{0}"),
+]
+_CV_STEM = [
+    (re.compile(r"features\.init_block\.conv\.conv\.(weight)"), "conv1.{0}"),
+    (re.compile(r"features\.init_block\.conv\.bn\.(\w+)"), "bn1.{0}"),
+    (re.compile(r"output\.(weight|bias)"), "fc.{0}"),
+]
+
+
+def _apply(rules: list[tuple[re.Pattern, str]], text: str) -> str | None:
+    for pattern, template in rules:
+        match = pattern.fullmatch(text)
+        if match:
+            return template.format(*match.groups())
+    return None
+
+
+def _rename_pytorchcv(key: str) -> str | None:
+    block = _CV_BLOCK.fullmatch(key)
+    if block is None:
+        return _apply(_CV_STEM, key)
+    inside = _apply(_CV_INSIDE, block[3])
+    return f"layer{block[1]}.{int(block[2]) - 1}.{inside}" if inside else None
+
+
+_OFFICIAL_CBAM = [
+    (re.compile(r"(layer\d\.\d+)\.cbam\.ChannelGate\.mlp\.1\.(weight|bias)"), "{0}.attention.channel_gate.fc1.{1}"),
+    (re.compile(r"(layer\d\.\d+)\.cbam\.ChannelGate\.mlp\.3\.(weight|bias)"), "{0}.attention.channel_gate.fc2.{1}"),
+    (re.compile(r"(layer\d\.\d+)\.cbam\.SpatialGate\.spatial\.conv\.(weight)"), "{0}.attention.spatial_gate.conv.{1}"),
+    (re.compile(r"(layer\d\.\d+)\.cbam\.SpatialGate\.spatial\.bn\.(\w+)"), "{0}.attention.spatial_gate.bn.{1}"),
+]
+
+
+def _rename_official_cbam(key: str) -> str | None:
+    if ".cbam." in key:
+        return _apply(_OFFICIAL_CBAM, key)
+    return key
+
+
+def _fill_step_counters(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Files saved before PyTorch 0.4.1 have no BatchNorm step counters; eval mode never reads them."""
+    for key in expected:
+        prefix = key.removesuffix(".num_batches_tracked")
+        if key not in state and prefix != key and f"{prefix}.running_mean" in state:
+            state[key] = torch.tensor(0, dtype=torch.long)
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], source: str, origin: str) -> dict[str, torch.Tensor]:
+    """Rename a source's state dict to attnviz's names; every key must be used and every tensor filled."""
+    spec = _source(source)
+    refuse_legacy_seresnet(state, origin)
+    expected = build_model(ModelSpec(spec.variant, 1000)).state_dict()
+    converted: dict[str, torch.Tensor] = {}
+    unused, wrong_shape = [], []
+    for key, value in state.items():
+        target = spec.rename(key)
+        if target is None or target not in expected or target in converted:
+            unused.append(key)
+            continue
+        want = expected[target].shape
+        if value.dim() == 4 and value.shape[2:] == (1, 1) and len(want) == 2:  # 1x1 conv stored for a Linear
+            value = value.reshape(value.shape[:2])
+        if value.shape != want:
+            wrong_shape.append(f"{key} {tuple(value.shape)} vs {target} {tuple(want)}")
+            continue
+        converted[target] = value
+    _fill_step_counters(converted, expected)
+    unfilled = [k for k in expected if k not in converted]
+    problems = []
+    if unused:
+        problems.append(f"{len(unused)} source keys did not fit ({_some(unused)})")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} with the wrong shape ({_some(wrong_shape, 1)})")
+    if unfilled:
+        problems.append(f"{len(unfilled)} attnviz tensors were not filled ({_some(unfilled)})")
+    if problems:
+        raise AttnvizError(f"{origin}: does not fit the {source} layout: {'; '.join(problems)}; "
+                           f"is it a {spec.summary} checkpoint?")
+    return converted
+
+
+# --------------------------------------------------------------------------- releases and downloads
+
+
+def _torchvision_weights_enum(version: str):
+    from torchvision.models import ResNet50_Weights
+
+    return ResNet50_Weights[f"IMAGENET1K_{version}"]
+
+
+def _torchvision_release(_: Path | None, version: str | None) -> Release:
+    version = version or "V1"
+    weights = _torchvision_weights_enum(version)
+    transform = weights.transforms()
+    metrics = weights.meta["_metrics"]["ImageNet-1K"]
+    return Release(
+        description=f"torchvision ResNet50_Weights.IMAGENET1K_{version} ({Path(weights.url).name})",
+        preprocessing=Preprocessing(resize=int(transform.resize_size[0]), crop=int(transform.crop_size[0]),
+                                    mean=tuple(transform.mean), std=tuple(transform.std),
+                                    interpolation=transform.interpolation.value),
+        accuracy=_accuracy(metrics["acc@1"], metrics["acc@5"]),
+    )
+
+
+def _timm_release(_: Path | None, __: str | None) -> Release:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(TIMM_SE_TAG)
+    crop = int(cfg.input_size[-1])
+    return Release(
+        description=f"timm {TIMM_SE_TAG} (SE-ResNet50, timm's RandAugment 'ra2' recipe)",
+        preprocessing=Preprocessing(resize=math.floor(crop / cfg.crop_pct), crop=crop, mean=tuple(cfg.mean),
+                                    std=tuple(cfg.std), interpolation=cfg.interpolation),
+        accuracy={"imagenet_val_top1_reported_by_source": TIMM_SE_TOP1},
+    )
+
+
+def _accuracy(top1: float, top5: float) -> dict:
+    return {"imagenet_val_top1_reported_by_source": top1, "imagenet_val_top5_reported_by_source": top5}
+
+
+def _official_cbam_release(_: Path | None, __: str | None) -> Release:
+    return Release(f"official CBAM ResNet50, Jongchan/attention-module ({OFFICIAL_CBAM_FILE})",
+                   Preprocessing(resize=256, crop=224, interpolation="bilinear"),
+                   _accuracy(OFFICIAL_CBAM_TOP1, OFFICIAL_CBAM_TOP5))
+
+
+def pytorchcv_release(path: Path | None, _: str | None = None) -> Release:
+    """Which pytorchcv cbam_resnet50 release a file is, by its sha1; an unknown file claims no accuracy."""
+    preprocessing = Preprocessing(resize=256, crop=224, interpolation="bilinear")  # 224 px, crop ratio 0.875
+    if path is not None:
+        with open(path, "rb") as fh:
+            known = PYTORCHCV_RELEASES.get(hashlib.file_digest(fh, "sha1").hexdigest()[:8])
+        if known:
+            name, what, top1, top5 = known
+            return Release(f"pytorchcv cbam_resnet50 ({name}: {what})", preprocessing, _accuracy(top1, top5))
+    name = path.name if path is not None else "state dict"
+    return Release(f"pytorchcv cbam_resnet50 layout ({name}: not a known pytorchcv release, accuracy unknown)",
+                   preprocessing, {})
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    # URLError, requests' and huggingface_hub's errors are OSErrors; torch.hub and pytorchcv raise
+    # RuntimeError / ValueError for a bad status or hash; httpx's errors are plain Exceptions.
+    errors: list[type[BaseException]] = [OSError, RuntimeError, ValueError]
+    try:
+        import httpx
+
+        errors.append(httpx.HTTPError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _download_failed(source: str, exc: BaseException) -> AttnvizError:
+    return AttnvizError(f"cannot download {source} weights ({_first_line(exc, 80)}): no internet connection? "
+                        f"download the file on a machine with internet and pass --file PATH")
+
+
+def _download_torchvision(version: str | None) -> Path:
+    """The release file in torch.hub's cache (where torchvision keeps it), downloaded and hash-checked if absent."""
+    weights = _torchvision_weights_enum(version or "V1")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        prefix = {v: k for k, v in TORCHVISION_RELEASES.items()}[version or "V1"]
+        try:
+            torch.hub.download_url_to_file(weights.url, str(cached), hash_prefix=prefix)
+        except _network_errors() as exc:
+            raise _download_failed("torchvision-resnet50", exc) from None
+    return cached
+
+
+def _download_timm(_: str | None) -> dict[str, torch.Tensor]:
+    timm = _require("timm", "timm-seresnet50")
+    try:
+        model = timm.create_model(TIMM_SE_TAG, pretrained=True)  # timm reads it with weights_only=True
+    except _network_errors() as exc:
+        raise _download_failed("timm-seresnet50", exc) from None
+    return model.state_dict()
+
+
+def _download_pytorchcv(_: str | None) -> Path:
+    _require("pytorchcv", "pytorchcv-cbam-resnet50")
+    from pytorchcv.models.common.model_store import get_model_file
+
+    # Only the file: pytorchcv's own loader unpickles it in full, this module reads it weights-only.
+    store = Path(torch.hub.get_dir()) / "pytorchcv"
+    try:
+        path = get_model_file("cbam_resnet50", local_model_store_dir_path=str(store))
+    except _network_errors() as exc:
+        raise _download_failed("pytorchcv-cbam-resnet50", exc) from None
+    return Path(path)
+
+
+def _no_download_official(_: str | None) -> dict[str, torch.Tensor]:
+    raise AttnvizError(f"cbam-official has no download library: download {OFFICIAL_CBAM_FILE} from "
+                       f"{OFFICIAL_CBAM_REPO} (linked in its README) and pass --file PATH")
+
+
+def _require(module: str, source: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise AttnvizError(f"{source} needs the {module} package to download: pip install {module}, "
+                           f"or pass --file PATH") from None
+
+
+SOURCES: dict[str, Source] = {
+    source.name: source
+    for source in (
+        Source("torchvision-resnet50", "resnet50", "torchvision resnet50", _rename_torchvision,
+               _torchvision_release, _download_torchvision),
+        Source("timm-seresnet50", "se", "timm seresnet50", _rename_timm, _timm_release, _download_timm),
+        Source("pytorchcv-cbam-resnet50", "cbam", "pytorchcv cbam_resnet50", _rename_pytorchcv,
+               pytorchcv_release, _download_pytorchcv),
+        Source("cbam-official", "cbam", f"official CBAM ResNet50 ({OFFICIAL_CBAM_FILE})", _rename_official_cbam,
+               _official_cbam_release, _no_download_official),
+    )
+}
+
+
+def _source(name: str) -> Source:
+    if name not in SOURCES:
+        raise AttnvizError(f"unknown source {name!r}; choose one of {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def detect_torchvision_weights(path: Path | str, requested: str | None = None) -> str:
+    """'V1' or 'V2' for a torchvision resnet50 file: from its sha256 when it is a release file, else ``requested``."""
+    path = Path(path)
+    if requested is not None and requested.upper() not in TORCHVISION_WEIGHTS:
+        raise AttnvizError(f"--torchvision-weights must be V1 or V2, not {requested!r}")
+    requested = requested.upper() if requested else None
+    if not path.is_file():
+        raise AttnvizError(f"{path}: no such file; check the path")
+    digest = sha256_of(path)[:8]
+    known = TORCHVISION_RELEASES.get(digest)
+    if known:
+        if requested and requested != known:
+            raise AttnvizError(f"{path}: is torchvision's {known} release file (sha256 {digest}...), "
+                               f"not {requested}; drop --torchvision-weights or pass {known}")
+        return known
+    if requested:
+        return requested
+    claimed = re.search(r"-([0-9a-f]{8})\.", path.name)
+    if claimed and claimed[1] in TORCHVISION_RELEASES:
+        raise AttnvizError(f"{path}: is named like torchvision's {TORCHVISION_RELEASES[claimed[1]]} release but its "
+                           f"sha256 starts with {digest}, so it is another or a damaged file; download it again, "
+                           f"or pass --torchvision-weights V1|V2 if you know which it is")
+    raise AttnvizError(f"{path}: cannot tell torchvision's V1 from V2 weights by this file's hash; "
+                       f"pass --torchvision-weights V1 or V2")
+
+
+# --------------------------------------------------------------------------- installing into a set
+
+
+def _check_set_name(set_name: str) -> None:
+    if not SET_NAME.fullmatch(set_name or ""):
+        raise AttnvizError(f"set name {set_name!r} is not allowed; use letters, digits, '.', '_' and '-' "
+                           f"(starting with a letter or digit)")
+
+
+def _load_checked(state: dict[str, torch.Tensor], spec: ModelSpec, origin: str) -> None:
+    """Prove the tensors load into the architecture: same names, same shapes, strict load."""
+    model = build_model(spec)
+    check_state_dict(state, model, origin)
+    model.load_state_dict(state, strict=True)
+
+
+def _install(manifest: Manifest, set_name: str, entry: ModelEntry, state: dict[str, torch.Tensor],
+             classes_ref: str, description: str) -> ModelEntry:
+    """Write the weights and the class list and record the entry; nothing changes if the set refuses it."""
+    final = manifest.weights_dir / entry.file
+    incoming = final.with_name(f"{final.stem}.incoming.safetensors")
+    entry.sha256 = write_safetensors(state, incoming, dtype=torch.float32,
+                                     metadata={"variant": entry.variant, "format": "attnviz"})
+    is_new = set_name not in manifest.set_names()
+    try:
+        manifest.put_model(set_name, entry, description=description if is_new else None, classes_ref=classes_ref)
+    except BaseException:
+        incoming.unlink(missing_ok=True)
+        raise
+    incoming.replace(final)
+    classes_path = manifest.weights_dir / classes_ref
+    text = "\n".join(entry.classes) + "\n"
+    if not classes_path.exists() or classes_path.read_text(encoding="utf-8") != text:
+        classes_path.parent.mkdir(parents=True, exist_ok=True)
+        classes_path.write_text(text, encoding="utf-8")
+    return entry
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names, as torchvision ships them (no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return [str(c).strip() for c in ResNet50_Weights.IMAGENET1K_V1.meta["categories"]]
+
+
+def import_weights(source: str, set_name: str, file: Path | str | None = None, weights_dir: Path | str | None = None,
+                   torchvision_weights: str | None = None) -> ModelEntry:
+    """Convert a source's ImageNet weights (``file``, or downloaded through its library) into ``set_name``."""
+    spec = _source(source)
+    _check_set_name(set_name)
+    if torchvision_weights is not None and source != "torchvision-resnet50":
+        raise AttnvizError("--torchvision-weights only applies to torchvision-resnet50")
+    manifest = Manifest(Path(weights_dir) if weights_dir else None)
+    if torchvision_weights is not None and torchvision_weights.upper() not in TORCHVISION_WEIGHTS:
+        raise AttnvizError(f"--torchvision-weights must be V1 or V2, not {torchvision_weights!r}")
+    fetched: Path | dict[str, torch.Tensor] | None = None
+    if file is None:
+        # Without a file, torchvision's V1 weights: the classic recipe the SE and CBAM papers compare against.
+        fetched = spec.download((torchvision_weights or "V1").upper())
+        file = fetched if isinstance(fetched, Path) else None
+    version, extra = None, {}
+    if file is not None:
+        path = Path(file)
+        version = detect_torchvision_weights(path, torchvision_weights) if source == "torchvision-resnet50" else None
+        state = read_checkpoint(path)
+        origin = str(path)
+        extra = {"source_file": path.name, "source_sha256": sha256_of(path)}
+    else:
+        path, state, origin = None, fetched, f"downloaded {source} weights"
+    converted = convert_state_dict(state, source, origin)
+    model_spec = ModelSpec(spec.variant, 1000)
+    _load_checked(converted, model_spec, origin)
+    release = spec.release(path, version)
+    entry = ModelEntry(variant=spec.variant, file=f"{set_name}/{spec.variant}.safetensors", sha256="",
+                       classes=imagenet_classes(), preprocessing=release.preprocessing,
+                       attention=model_spec.attention_options(), source=release.description,
+                       accuracy=dict(release.accuracy), extra=extra)
+    return _install(manifest, set_name, entry, converted, IMAGENET_CLASSES_FILE, IMAGENET_SET_DESCRIPTION)
+
+
+def read_classes_file(path: Path | str) -> list[str]:
+    """Class names, one per line; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise AttnvizError(f"{path}: no such class list; give a text file with one class name per line")
+    try:
+        classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise AttnvizError(f"{path}: is not UTF-8 text; give a text file with one class name per line") from None
+    if not classes:
+        raise AttnvizError(f"{path}: lists no classes; give a text file with one class name per line")
+    return classes
+
+
+def add_checkpoint(file: Path | str, variant: str, classes_file: Path | str, set_name: str,
+                   weights_dir: Path | str | None = None, resize: int = 224, crop: int = 224,
+                   attention: dict | None = None, source: str = "") -> ModelEntry:
+    """Add a user's checkpoint (attnviz key names, safetensors or a .pth state dict) of one variant to a set."""
+    if variant not in VARIANTS:
+        raise AttnvizError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
+    _check_set_name(set_name)
+    if not 0 < crop <= resize:
+        raise AttnvizError(f"--crop ({crop}) must be positive and at most --resize ({resize})")
+    path = Path(file)
+    classes = read_classes_file(classes_file)
+    state = read_checkpoint(path)
+    refuse_legacy_seresnet(state, str(path))
+    try:
+        spec = ModelSpec.from_options(variant, len(classes), attention)
+    except (TypeError, ValueError) as exc:
+        raise AttnvizError(f"attention options {attention!r} do not fit {variant}: {exc}") from None
+    head = state.get("fc.weight")
+    if head is not None and head.dim() == 2 and head.shape[0] != len(classes):
+        raise AttnvizError(f"{path}: has {head.shape[0]} outputs but {classes_file} lists {len(classes)} classes; "
+                           f"give the class list it was trained with")
+    _fill_step_counters(state, build_model(spec).state_dict())
+    _load_checked(state, spec, str(path))
+    manifest = Manifest(Path(weights_dir) if weights_dir else None)
+    entry = ModelEntry(variant=variant, file=f"{set_name}/{variant}.safetensors", sha256="", classes=classes,
+                       preprocessing=Preprocessing(resize=resize, crop=crop), attention=spec.attention_options(),
+                       source=source or f"user checkpoint {path.name}",
+                       extra={"source_file": path.name, "source_sha256": sha256_of(path)})
+    return _install(manifest, set_name, entry, state, f"{set_name}/classes.txt",
+                    f"{len(classes)} classes from {Path(classes_file).name}")

@@ -1,0 +1,255 @@
+"""Train ResNet50, +SE or +CBAM on the generated scenes with one shared recipe.
+
+    python -m attnviz.scenes generate --out data/scenes
+    python -m attnviz.train --variant se --data data/scenes --out weights/builtin
+
+The run is resumable: its state is saved to ``--state`` every few steps and on
+Ctrl-C, and the same command picks it up again. At the end the weights are
+written as fp16 safetensors and the measured accuracies as ``<variant>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from attnviz.models import VARIANTS, ModelSpec, build_model
+from attnviz.scenes import SceneSplit
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Recipe:
+    """Everything that defines a training run except the variant; shared by all three."""
+
+    seed: int = 0
+    batch_size: int = 64
+    # (resolution, samples) phases, run in order: most of the budget at low
+    # resolution, then the app's own resolution so the network sees it before the end.
+    phases: list[tuple[int, int]] = field(default_factory=lambda: [(128, 40000), (224, 4800)])
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.04
+    label_smoothing: float = 0.1
+    hflip: float = 0.5
+    bf16: bool = True
+    channels_last: bool = True
+
+    @property
+    def total_steps(self) -> int:
+        return sum(math.ceil(samples / self.batch_size) for _, samples in self.phases)
+
+    def resolution_at(self, step: int) -> int:
+        end = 0
+        for resolution, samples in self.phases:
+            end += math.ceil(samples / self.batch_size)
+            if step < end:
+                return resolution
+        return self.phases[-1][0]
+
+    def lr_at(self, step: int) -> float:
+        warmup = max(1, int(self.warmup_fraction * self.total_steps))
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.total_steps - warmup)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def normalise(images_uint8: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, r, r) float, ImageNet-normalised, resized with antialias."""
+    x = images_uint8.permute(0, 3, 1, 2).float().div_(255)
+    if x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Indices of step ``step``: a fresh permutation each epoch, fixed by the seed."""
+    per_epoch = n // batch_size
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return np.sort(order[position * batch_size : (position + 1) * batch_size])
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: SceneSplit, device: torch.device, resolution: int = 224,
+             bf16: bool = False, limit: int | None = None, batch_size: int = 50) -> float:
+    """Top-1 accuracy (first object's label) on a split."""
+    model.eval()
+    n = min(len(split), limit or len(split))
+    correct = 0
+    for start in range(0, n, batch_size):
+        images = torch.from_numpy(np.array(split.images[start : min(start + batch_size, n)]))
+        x = normalise(images, resolution).to(device)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, bf16):
+            logits = model(x)
+        labels = torch.from_numpy(split.labels[start : start + len(images), 0]).to(device)
+        correct += int((logits.argmax(1) == labels).sum())
+    return correct / n
+
+
+def _save_state(path: Path, model, optimizer, step: int, elapsed: float, history: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "elapsed": elapsed, "history": history}, tmp)
+    tmp.replace(path)
+
+
+def train(variant: str, data: Path, out: Path, state_path: Path, recipe: Recipe, device: torch.device,
+          save_every: int = 25, progress: bool = True) -> dict:
+    """Train one variant; returns the result record written next to the weights."""
+    from tqdm import tqdm
+
+    torch.manual_seed(recipe.seed)
+    train_split = SceneSplit(data / "train")
+    classes = train_split.classes
+    spec = ModelSpec(variant=variant, num_classes=len(classes))
+    model = build_model(spec).to(device)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    step, elapsed, history = 0, 0.0, []
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed, history = state["step"], state["elapsed"], state["history"]
+        print(f"resuming {variant} from step {step} ({elapsed / 60:.1f} min done)", flush=True)
+
+    stop = {"now": False}
+
+    def request_stop(signum, frame):  # finish the current step, save, exit
+        stop["now"] = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    bar = tqdm(total=recipe.total_steps, initial=step, desc=f"train {variant}", unit="step", disable=not progress,
+               mininterval=5)
+    ema_loss, ema_acc = None, None
+    try:
+        model.train()
+        while step < recipe.total_steps and not stop["now"]:
+            started = time.perf_counter()
+            resolution = recipe.resolution_at(step)
+            idx = batch_indices(len(train_split), recipe.batch_size, step, recipe.seed)
+            images = torch.from_numpy(train_split.images[idx])
+            flip = torch.from_numpy(np.random.default_rng([recipe.seed, 10**6 + step]).random(len(idx)) < recipe.hflip)
+            images[flip] = images[flip].flip(2)
+            x = normalise(images, resolution).to(device)
+            if recipe.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(train_split.labels[idx, 0]).to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr_at(step)
+            with _autocast(device, recipe.bf16):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            acc = float((logits.detach().argmax(1) == y).float().mean())
+            loss_value = loss.item()
+            ema_loss = loss_value if ema_loss is None else 0.95 * ema_loss + 0.05 * loss_value
+            ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
+            step += 1
+            elapsed += time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.3f}", px=resolution,
+                            img_s=f"{len(idx) / (time.perf_counter() - started):.1f}")
+            if step % 50 == 0:
+                history.append({"step": step, "loss": round(ema_loss, 4), "acc": round(ema_acc, 4),
+                                "minutes": round(elapsed / 60, 2)})
+            if step % save_every == 0 or step == recipe.total_steps:
+                _save_state(state_path, model, optimizer, step, elapsed, history)
+    except KeyboardInterrupt:
+        stop["now"] = True
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, previous)
+    if step < recipe.total_steps:
+        _save_state(state_path, model, optimizer, step, elapsed, history)
+        print(f"stopped at step {step}/{recipe.total_steps}; run the same command to resume", flush=True)
+        return {}
+    return finish(model, spec, classes, data, out, recipe, device, elapsed, history)
+
+
+def finish(model, spec: ModelSpec, classes: list[str], data: Path, out: Path, recipe: Recipe,
+           device: torch.device, elapsed: float, history: list) -> dict:
+    """Write fp16 safetensors, then measure accuracy of exactly those weights in fp32."""
+    out.mkdir(parents=True, exist_ok=True)
+    weights_file = out / f"{spec.variant}.safetensors"
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(weights_file), metadata={"variant": spec.variant, "format": "attnviz"})
+    model = build_model(spec)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    model = model.to(device).to(memory_format=torch.channels_last)
+    started = time.perf_counter()
+    accuracy = {}
+    for split in ("val", "test", "unseen"):
+        if (data / split / "meta.json").exists():
+            accuracy[split] = round(evaluate(model, SceneSplit(data / split), device), 4)
+    result = {
+        "variant": spec.variant,
+        "attention": spec.attention_options(),
+        "classes": classes,
+        "file": weights_file.name,
+        "accuracy_top1_224px_fp32": accuracy,
+        "evaluated_on": {s: SceneSplit(data / s).meta["count"] for s in accuracy},
+        "train_minutes": round(elapsed / 60, 1),
+        "eval_minutes": round((time.perf_counter() - started) / 60, 1),
+        "recipe": asdict(recipe),
+        "machine": {"device": str(device), "cpu": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "history": history,
+    }
+    (out / f"{spec.variant}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("variant", "accuracy_top1_224px_fp32", "train_minutes")}), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnviz.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--data", type=Path, default=Path("data/scenes"))
+    parser.add_argument("--out", type=Path, default=Path("weights/builtin"))
+    parser.add_argument("--state", type=Path, help="resumable state file (default runs/<variant>/state.pt)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--samples", type=int, nargs=2, metavar=("LOW_RES", "FULL_RES"),
+                        help="samples at 128 px and at 224 px (default 40000 4800)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    recipe = Recipe(batch_size=args.batch_size, bf16=not args.no_bf16)
+    if args.samples:
+        recipe.phases = [(128, args.samples[0]), (224, args.samples[1])]
+        recipe.phases = [p for p in recipe.phases if p[1] > 0]
+    state = args.state or Path("runs") / args.variant / "state.pt"
+    result = train(args.variant, args.data, args.out, state, recipe, torch.device(args.device), progress=not args.quiet)
+    return 0 if result else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

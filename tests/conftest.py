@@ -1,0 +1,88 @@
+"""Shared fixtures: small synthetic model sets and images made on the spot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from attnviz.models import VARIANTS, build_resnet50  # noqa: E402
+from attnviz.weights import Manifest, ModelEntry, Preprocessing, write_safetensors  # noqa: E402
+
+TINY_CLASSES = ["circle", "square", "triangle", "star"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values for every BatchNorm parameter and statistic and every bias, so none is trivially 0 or 1."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(tensor: torch.Tensor, low: float, high: float) -> None:
+        tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                uniform(module.weight, 0.5, 1.5)
+                uniform(module.bias, -0.2, 0.2)
+                uniform(module.running_mean, -0.2, 0.2)
+                uniform(module.running_var, 0.5, 1.5)
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight.mul_(1 + 0.1 * torch.randn(module.weight.shape, generator=generator))
+                if module.bias is not None:
+                    uniform(module.bias, -0.2, 0.2)
+    return model
+
+
+def make_model_set(weights_dir: Path, set_name: str = "tiny", classes: list[str] | None = None,
+                   crop: int = 64, variants: tuple[str, ...] = VARIANTS, make_default: bool = True) -> Path:
+    """Register a set of randomly initialised full ResNet50s (few classes, small input) in ``weights_dir``."""
+    classes = classes or TINY_CLASSES
+    manifest = Manifest(weights_dir)
+    if make_default:
+        manifest.data["default_set"] = set_name
+    for i, variant in enumerate(variants):
+        model = randomise(build_resnet50(variant, num_classes=len(classes)), seed=i).eval()
+        file = f"{set_name}/{variant}.safetensors"
+        sha = write_safetensors(model.state_dict(), weights_dir / file, dtype=torch.float16)
+        entry = ModelEntry(variant=variant, file=file, sha256=sha, classes=classes,
+                           preprocessing=Preprocessing(resize=crop, crop=crop), source="random weights (test)")
+        manifest.put_model(set_name, entry, description="random test models")
+    return weights_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_dir(tmp_path_factory) -> Path:
+    """A weights folder holding one random three-model set, "tiny", as the default set."""
+    return make_model_set(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_explainer(tiny_weights_dir):
+    from attnviz.explain import Explainer
+    from attnviz.weights import load_model_set
+
+    return Explainer(load_model_set("tiny", tiny_weights_dir))
+
+
+@pytest.fixture
+def scene_image() -> np.ndarray:
+    """A 96x96 RGB image: a red disc on a striped background."""
+    yy, xx = np.mgrid[0:96, 0:96]
+    image = np.zeros((96, 96, 3), np.uint8)
+    image[..., 1] = ((xx // 8) % 2) * 120
+    image[..., 2] = 80
+    disc = (xx - 40) ** 2 + (yy - 50) ** 2 < 20**2
+    image[disc] = (220, 30, 30)
+    return image
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

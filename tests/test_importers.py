@@ -1,0 +1,379 @@
+"""Converting published weights: each source's random-weight model must give the same logits in attnviz."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import socket
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+from torch import nn
+
+from attnviz import importers
+from attnviz.errors import AttnvizError
+from attnviz.importers import (
+    IMAGENET_CLASSES_FILE,
+    add_checkpoint,
+    detect_torchvision_weights,
+    import_weights,
+    pytorchcv_release,
+    read_checkpoint,
+)
+from attnviz.models import ModelSpec, build_model
+from attnviz.weights import Manifest, load_model_set
+from attnviz.weights_cli import main
+
+timm = pytest.importorskip("timm")
+pytest.importorskip("pytorchcv")
+
+
+def randomise(model: nn.Module, seed: int) -> nn.Module:
+    """Every parameter and buffer random (BN scales and variances positive), so no mapping mistake can hide."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(int(torch.randint(1, 1000, (1,), generator=generator)))
+            elif name.endswith("running_var") or (tensor.dim() == 1 and name.endswith("weight")):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) + 0.5)
+            elif tensor.dim() > 1:
+                fan_in = tensor[0].numel()
+                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) / math.sqrt(fan_in))
+            else:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) * 0.1)
+    return model.eval()
+
+
+def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
+def attnviz_logits(weights_dir: Path, set_name: str, variant: str, image: torch.Tensor) -> torch.Tensor:
+    loaded = load_model_set(set_name, weights_dir=weights_dir)
+    with torch.no_grad():
+        return loaded.models[variant].double()(image)
+
+
+class SourceModel:
+    """A randomised model from a pip package, its .pth file, and its float64 logits on one random image."""
+
+    def __init__(self, model: nn.Module, path: Path, size: int, seed: int) -> None:
+        self.model = model
+        self.path = path
+        torch.save(model.state_dict(), path)
+        self.image = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        with torch.no_grad():
+            self.logits = model.double()(self.image)
+
+
+@pytest.fixture(scope="module")
+def torchvision_source(tmp_path_factory) -> SourceModel:
+    import torchvision
+
+    model = randomise(torchvision.models.resnet50(weights=None), seed=1)
+    return SourceModel(model, tmp_path_factory.mktemp("tv") / "resnet50-random.pth", size=96, seed=11)
+
+
+@pytest.fixture(scope="module")
+def timm_source(tmp_path_factory) -> SourceModel:
+    model = randomise(timm.create_model("seresnet50", pretrained=False), seed=2)
+    return SourceModel(model, tmp_path_factory.mktemp("timm") / "seresnet50-random.pth", size=96, seed=12)
+
+
+@pytest.fixture(scope="module")
+def pytorchcv_source(tmp_path_factory) -> SourceModel:
+    from pytorchcv.model_provider import get_model
+
+    # pytorchcv's head is AvgPool2d(7), as in the official code: 224 px inputs only.
+    model = randomise(get_model("cbam_resnet50", pretrained=False), seed=3)
+    return SourceModel(model, tmp_path_factory.mktemp("cv") / "cbam_resnet50-random.pth", size=224, seed=13)
+
+
+def official_layout(pytorchcv_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official CBAM repository's key names for the same tensors (2018 file: no num_batches_tracked)."""
+    out = {}
+    for key, value in pytorchcv_state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        name = (key.replace("features.init_block.conv.conv", "conv1").replace("features.init_block.conv.bn", "bn1")
+                .replace("output.", "fc."))
+        if name.startswith("features.stage"):
+            _, stage, unit, rest = name.split(".", 3)
+            block = f"layer{stage.removeprefix('stage')}.{int(unit.removeprefix('unit')) - 1}"
+            rest = (rest.replace("body.conv1.conv", "conv1").replace("body.conv1.bn", "bn1")
+                    .replace("body.conv2.conv", "conv2").replace("body.conv2.bn", "bn2")
+                    .replace("body.conv3.conv", "conv3").replace("body.conv3.bn", "bn3")
+                    .replace("identity_conv.conv", "downsample.0").replace("identity_conv.bn", "downsample.1")
+                    .replace("cbam.ch_gate.mlp.fc1", "cbam.ChannelGate.mlp.1")
+                    .replace("cbam.ch_gate.mlp.fc2", "cbam.ChannelGate.mlp.3")
+                    .replace("cbam.sp_gate.conv.conv", "cbam.SpatialGate.spatial.conv")
+                    .replace("cbam.sp_gate.conv.bn", "cbam.SpatialGate.spatial.bn"))
+            name = f"{block}.{rest}"
+        out[f"module.{name}"] = value.float()
+    return out
+
+
+class NotATensor:
+    """A pickled object the weights-only loader must refuse."""
+
+
+# --------------------------------------------------------------------------- logits equal the source's
+
+
+@pytest.mark.slow
+def test_torchvision_import_gives_the_source_logits(torchvision_source, tmp_path):
+    import_weights("torchvision-resnet50", "tv", file=torchvision_source.path, weights_dir=tmp_path,
+                   torchvision_weights="V1")
+    ours = attnviz_logits(tmp_path, "tv", "resnet50", torchvision_source.image)
+    assert relative_difference(ours, torchvision_source.logits) <= 1e-5
+
+
+@pytest.mark.slow
+def test_timm_seresnet50_import_through_the_cli_gives_the_source_logits(timm_source, tmp_path, capsys):
+    code = main(["import", "timm-seresnet50", "--file", str(timm_source.path), "--set", "timm",
+                 "--weights-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    ours = attnviz_logits(tmp_path, "timm", "se", timm_source.image)
+    assert relative_difference(ours, timm_source.logits) <= 1e-5
+
+
+@pytest.mark.slow
+def test_pytorchcv_cbam_import_gives_the_source_logits_at_224(pytorchcv_source, tmp_path):
+    import_weights("pytorchcv-cbam-resnet50", "cv", file=pytorchcv_source.path, weights_dir=tmp_path)
+    ours = attnviz_logits(tmp_path, "cv", "cbam", pytorchcv_source.image)
+    assert relative_difference(ours, pytorchcv_source.logits) <= 1e-5
+
+
+@pytest.mark.slow
+def test_official_cbam_checkpoint_gives_the_pytorchcv_logits(pytorchcv_source, tmp_path):
+    state = official_layout(pytorchcv_source.model.state_dict())
+    momentum = {i: {"momentum_buffer": torch.zeros(3)} for i in range(2)}
+    checkpoint = {"state_dict": state, "epoch": 90, "arch": "resnet50", "best_prec1": torch.tensor(77.6),
+                  "optimizer": {"state": momentum, "param_groups": [{"lr": 0.001, "momentum": 0.9, "params": [0, 1]}]}}
+    path = tmp_path / importers.OFFICIAL_CBAM_FILE
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)  # 2018 files predate the zip format
+    import_weights("cbam-official", "official", file=path, weights_dir=tmp_path)
+    ours = attnviz_logits(tmp_path, "official", "cbam", pytorchcv_source.image)
+    assert relative_difference(ours, pytorchcv_source.logits) <= 1e-5
+
+
+# --------------------------------------------------------------------------- what the manifest records
+
+
+@pytest.mark.slow
+def test_import_records_shared_class_file_preprocessing_and_source(pytorchcv_source, tmp_path):
+    entry = import_weights("pytorchcv-cbam-resnet50", "cv", file=pytorchcv_source.path, weights_dir=tmp_path)
+    raw = Manifest(tmp_path).data["sets"]["cv"]["models"]["cbam"]
+    assert raw["classes"] == IMAGENET_CLASSES_FILE
+    assert len((tmp_path / IMAGENET_CLASSES_FILE).read_text(encoding="utf-8").splitlines()) == 1000
+    assert (entry.preprocessing.resize, entry.preprocessing.crop) == (256, 224)
+    assert "pytorchcv" in entry.source and entry.extra["source_file"] == pytorchcv_source.path.name
+    assert (tmp_path / "cv" / "cbam.safetensors").is_file()
+
+
+def test_unknown_pytorchcv_file_claims_no_accuracy(tmp_path):
+    path = tmp_path / "cbam_resnet50-mine.pth"
+    torch.save({"output.bias": torch.zeros(2)}, path)
+    assert pytorchcv_release(path).accuracy == {}
+
+
+def test_pytorchcv_release_is_recognised_by_its_sha1(tmp_path, monkeypatch):
+    path = tmp_path / "cbam_resnet50-mine.pth"
+    torch.save({"output.bias": torch.zeros(2)}, path)
+    prefix = hashlib.sha1(path.read_bytes()).hexdigest()[:8]
+    monkeypatch.setitem(importers.PYTORCHCV_RELEASES, prefix, ("mine.pth", "a test release", 70.0, 90.0))
+    assert pytorchcv_release(path).accuracy["imagenet_val_top1_reported_by_source"] == 70.0
+
+
+@pytest.mark.slow
+def test_torchvision_v2_option_records_resize_232(torchvision_source, tmp_path):
+    entry = import_weights("torchvision-resnet50", "v2", file=torchvision_source.path, weights_dir=tmp_path,
+                           torchvision_weights="V2")
+    assert (entry.preprocessing.resize, entry.preprocessing.crop) == (232, 224)
+    assert entry.accuracy["imagenet_val_top1_reported_by_source"] == pytest.approx(80.86, abs=0.01)
+    assert "IMAGENET1K_V2" in entry.source
+
+
+def test_timm_preprocessing_comes_from_timms_pretrained_cfg():
+    release = importers.SOURCES["timm-seresnet50"].release(None, None)
+    assert (release.preprocessing.resize, release.preprocessing.crop) == (256, 224)
+    assert release.preprocessing.interpolation == "bicubic"
+    assert release.accuracy["imagenet_val_top1_reported_by_source"] == 80.26
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_legacy_seresnet50_is_refused_even_as_timm_seresnet50(tmp_path):
+    legacy = timm.create_model("legacy_seresnet50", pretrained=False)
+    path = tmp_path / "legacy_seresnet50.pth"
+    torch.save(legacy.state_dict(), path)
+    with pytest.raises(AttnvizError, match="legacy_seresnet50.*different network"):
+        import_weights("timm-seresnet50", "legacy", file=path, weights_dir=tmp_path)
+    assert not (tmp_path / "legacy").exists()
+
+
+def test_missing_source_keys_are_listed(torchvision_source, tmp_path):
+    state = torchvision_source.model.state_dict()
+    del state["layer2.1.conv2.weight"]
+    path = tmp_path / "missing.pth"
+    torch.save(state, path)
+    with pytest.raises(AttnvizError, match=r"1 attnviz tensors were not filled \(layer2\.1\.conv2\.weight\)"):
+        import_weights("torchvision-resnet50", "tv", file=path, weights_dir=tmp_path, torchvision_weights="V1")
+
+
+def test_extra_source_keys_are_listed(torchvision_source, tmp_path):
+    state = torchvision_source.model.state_dict()
+    state["head.extra.weight"] = torch.zeros(3)
+    path = tmp_path / "extra.pth"
+    torch.save(state, path)
+    with pytest.raises(AttnvizError, match=r"1 source keys did not fit \(head\.extra\.weight\)"):
+        import_weights("torchvision-resnet50", "tv", file=path, weights_dir=tmp_path, torchvision_weights="V1")
+
+
+def test_wrong_source_for_the_file_is_refused(timm_source, tmp_path):
+    with pytest.raises(AttnvizError, match="does not fit the pytorchcv-cbam-resnet50 layout"):
+        import_weights("pytorchcv-cbam-resnet50", "cv", file=timm_source.path, weights_dir=tmp_path)
+
+
+def test_pickle_with_a_non_tensor_object_is_refused(tmp_path):
+    path = tmp_path / "objects.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "extra": NotATensor()}, path)
+    with pytest.raises(AttnvizError, match="not plain tensors"):
+        read_checkpoint(path)
+
+
+def test_truncated_pth_is_refused(torchvision_source, tmp_path):
+    path = tmp_path / "cut.pth"
+    path.write_bytes(torchvision_source.path.read_bytes()[:100_000])
+    with pytest.raises(AttnvizError, match="cannot be read as a PyTorch checkpoint"):
+        read_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- downloads without internet
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No name resolves and no socket connects; library caches point into tmp_path."""
+
+    def refuse(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+
+@pytest.mark.parametrize("source", ["torchvision-resnet50", "pytorchcv-cbam-resnet50"])
+def test_download_without_internet_gives_one_line_error(source, offline, tmp_path):
+    with pytest.raises(AttnvizError, match="no internet connection.*--file PATH") as caught:
+        import_weights(source, "net", weights_dir=tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_timm_download_without_internet_gives_one_line_error(monkeypatch, tmp_path):
+    # huggingface_hub retries for tens of seconds offline; its final error is what this simulates.
+    def unreachable(*args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(timm, "create_model", unreachable)
+    with pytest.raises(AttnvizError, match="cannot download timm-seresnet50 weights.*--file PATH") as caught:
+        import_weights("timm-seresnet50", "net", weights_dir=tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_official_cbam_without_file_says_where_to_get_it(tmp_path):
+    with pytest.raises(AttnvizError, match="RESNET50_CBAM_new_name_wrap.pth.*--file"):
+        import_weights("cbam-official", "net", weights_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- torchvision V1 / V2
+
+
+def test_release_file_is_recognised_by_its_content_hash(tmp_path, monkeypatch):
+    path = tmp_path / "some-name.pth"
+    torch.save({"fc.bias": torch.zeros(2)}, path)
+    prefix = importers.sha256_of(path)[:8]
+    monkeypatch.setitem(importers.TORCHVISION_RELEASES, prefix, "V2")
+    assert detect_torchvision_weights(path) == "V2"
+
+
+def test_file_named_like_v1_with_other_content_is_not_taken_as_v1(tmp_path):
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save({"fc.bias": torch.zeros(2)}, path)
+    with pytest.raises(AttnvizError, match="named like torchvision's V1 release but its sha256"):
+        import_weights("torchvision-resnet50", "tv", file=path, weights_dir=tmp_path)
+
+
+def test_unknown_torchvision_file_needs_the_version_option(tmp_path):
+    path = tmp_path / "resnet50.pth"
+    torch.save({"fc.bias": torch.zeros(2)}, path)
+    with pytest.raises(AttnvizError, match="pass --torchvision-weights V1 or V2"):
+        import_weights("torchvision-resnet50", "tv", file=path, weights_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- a user's own checkpoint
+
+
+@pytest.fixture(scope="module")
+def own_se_model() -> nn.Module:
+    return randomise(build_model(ModelSpec("se", 3)), seed=4)
+
+
+def write_classes(tmp_path: Path, names: list[str]) -> Path:
+    path = tmp_path / "classes.txt"
+    path.write_text("\n".join(names) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_add_checkpoint_from_safetensors_keeps_weights_and_classes(own_se_model, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "mine.safetensors"
+    save_file({k: v.contiguous() for k, v in own_se_model.state_dict().items()}, str(path))
+    add_checkpoint(path, "se", write_classes(tmp_path, ["cat", "dog", "fox"]), "mine", weights_dir=tmp_path,
+                   resize=160, crop=128)
+    loaded = load_model_set("mine", weights_dir=tmp_path)
+    assert loaded.classes == ["cat", "dog", "fox"]
+    assert (loaded.preprocessing.resize, loaded.preprocessing.crop) == (160, 128)
+    image = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = copy.deepcopy(own_se_model).double()(image)
+        assert relative_difference(loaded.models["se"].double()(image), expected) <= 1e-5
+
+
+@pytest.mark.slow
+def test_add_module_prefixed_pth_through_the_cli(own_se_model, tmp_path, capsys):
+    path = tmp_path / "mine.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in own_se_model.state_dict().items()}, "step": 10}, path)
+    code = main(["add", str(path), "--variant", "se", "--classes", str(write_classes(tmp_path, ["a", "b", "c"])),
+                 "--set", "mine", "--weights-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    assert load_model_set("mine", weights_dir=tmp_path).classes == ["a", "b", "c"]
+
+
+def test_add_refuses_a_class_list_of_another_length(own_se_model, tmp_path):
+    path = tmp_path / "mine.pth"
+    torch.save(own_se_model.state_dict(), path)
+    with pytest.raises(AttnvizError, match="has 3 outputs but .* lists 2 classes"):
+        add_checkpoint(path, "se", write_classes(tmp_path, ["a", "b"]), "mine", weights_dir=tmp_path)
+
+
+def test_add_refuses_weights_of_another_variant(own_se_model, tmp_path):
+    path = tmp_path / "mine.pth"
+    torch.save(own_se_model.state_dict(), path)
+    with pytest.raises(AttnvizError, match="do not fit the architecture"):
+        add_checkpoint(path, "cbam", write_classes(tmp_path, ["a", "b", "c"]), "mine", weights_dir=tmp_path)
+
+
+def test_cli_user_error_is_one_line_with_exit_2(tmp_path, capsys):
+    code = main(["import", "cbam-official", "--set", "x", "--weights-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
