@@ -53,6 +53,9 @@ CAM_METHODS: dict[str, CamMethod] = {
 }
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def cam_class(key: str) -> type:
     """pytorch-grad-cam's class for a method key."""
     import pytorch_grad_cam as pgc
@@ -82,6 +85,7 @@ class ExplainSettings:
     variants: tuple[str, ...] | None = None  # None: every model of the set
     time_limit: float | None = 300.0  # seconds for the slow methods, per request
     score_cam_batch: int = 32
+    precision: str = "fp32"  # "bf16": the image's own pass under bfloat16 autocast; maps and records stay float32
 
     def validate(self, classes: list[str]) -> None:
         if self.method not in CAM_METHODS:
@@ -90,8 +94,10 @@ class ExplainSettings:
             raise AttnvizError(f"unknown target layer {self.layer!r}; choose one of {', '.join(TARGET_LAYERS)}")
         if self.target is not None and not 0 <= self.target < len(classes):
             raise AttnvizError(f"target class {self.target} is outside this set's {len(classes)} classes")
-        if not 1 <= self.top_k <= len(classes):
-            raise AttnvizError(f"top-k must be between 1 and {len(classes)}")
+        if self.top_k < 1:
+            raise AttnvizError("top-k must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise AttnvizError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -190,13 +196,18 @@ class _DeadlineModel(nn.Module):
         return out
 
 
+def top_region_mask(values: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+    """Boolean mask, shaped like ``values``, of its ``fraction`` highest-valued pixels."""
+    k = max(1, int(round(fraction * values.size)))
+    mask = np.zeros(values.size, bool)
+    mask[np.argsort(values, axis=None, kind="stable")[-k:]] = True
+    return mask.reshape(values.shape)
+
+
 def top_region_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.2) -> float:
     """IoU of the ``fraction`` highest-valued pixels of two maps of one size."""
-    k = max(1, int(round(fraction * a.size)))
-    top_a = np.zeros(a.size, bool)
-    top_b = np.zeros(b.size, bool)
-    top_a[np.argsort(a, axis=None, kind="stable")[-k:]] = True
-    top_b[np.argsort(b, axis=None, kind="stable")[-k:]] = True
+    top_a = top_region_mask(a, fraction)
+    top_b = top_region_mask(b, fraction)
     return float((top_a & top_b).sum() / (top_a | top_b).sum())
 
 
@@ -214,7 +225,8 @@ class ModelExplainer:
     def _layer(self, name: str) -> nn.Module:
         return getattr(self.model, name)
 
-    def _forward(self, x: torch.Tensor, layers: list[str], needs_grad: bool) -> tuple[torch.Tensor, dict]:
+    def _forward(self, x: torch.Tensor, layers: list[str], needs_grad: bool,
+                 precision: str = "fp32") -> tuple[torch.Tensor, dict]:
         """One forward pass capturing the layers' outputs; the earliest becomes a leaf that needs a gradient."""
         captured: dict[str, torch.Tensor] = {}
 
@@ -229,7 +241,8 @@ class ModelExplainer:
 
         handles = [self._layer(n).register_forward_hook(make_hook(n)) for n in layers]
         try:
-            with torch.set_grad_enabled(needs_grad):
+            bf16 = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+            with torch.set_grad_enabled(needs_grad), bf16:
                 logits = self.model(x)
         finally:
             for h in handles:
@@ -264,11 +277,12 @@ class ModelExplainer:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         needs_grad = method.kind == "gradient" and not settings.aug_smooth
-        logits, captured = self._forward(x, [settings.layer], needs_grad)
+        logits, captured = self._forward(x, [settings.layer], needs_grad, settings.precision)
         attention = self._read_attention()
         probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
         order = np.argsort(-probabilities, kind="stable")
-        top = [Prediction(int(i), self.classes[i], float(probabilities[i])) for i in order[: settings.top_k]]
+        shown = order[: min(settings.top_k, len(order))]
+        top = [Prediction(int(i), self.classes[i], float(probabilities[i])) for i in shown]
         target_index = int(order[0]) if settings.target is None else settings.target
         target = Prediction(target_index, self.classes[target_index], float(probabilities[target_index]))
         targets = [ClassifierOutputTarget(target_index)]

@@ -235,8 +235,12 @@ DISTRACTOR_SCALE = (0.1, 0.4)
 MIN_VISIBLE = 0.6  # a distractor drawn on top may hide at most 40 % of an object
 
 
-def make_scene(seed: int, split: str, index: int) -> Scene:
-    """The scene number ``index`` of ``split``: a pure function of its arguments."""
+def make_scene(seed: int, split: str, index: int, draw_objects: bool = True) -> Scene:
+    """The scene number ``index`` of ``split``: a pure function of its arguments.
+
+    ``draw_objects=False`` makes the same scene without its class objects (same random draws),
+    which lets a test see exactly which pixels the objects changed.
+    """
     rng = np.random.default_rng([seed, SPLITS[split], index])
     pool = glyphs_for(split)
     n_objects = 2 if split == "pairs" else 1
@@ -274,7 +278,8 @@ def make_scene(seed: int, split: str, index: int) -> Scene:
         objects.append(_place(code, rng, scale, centre))
     masks = np.stack([obj.alpha > 0.5 for obj in objects])
     for i, obj in enumerate(objects):
-        image = _composite(image, obj)
+        if draw_objects:
+            image = _composite(image, obj)
         masks[:i] &= ~masks[i]  # later objects cover earlier ones
     full = masks.sum(axis=(1, 2))
     for placed in above:

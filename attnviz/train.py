@@ -38,9 +38,9 @@ class Recipe:
 
     seed: int = 0
     batch_size: int = 64
-    # (resolution, samples) phases, run in order: most of the budget at low
-    # resolution, then the app's own resolution so the network sees it before the end.
-    phases: list[tuple[int, int]] = field(default_factory=lambda: [(128, 40000), (224, 4800)])
+    # (resolution, samples) phases, run in order (progressive resizing): most of the budget at
+    # low resolution, then the app's own resolution so the network sees it before the end.
+    phases: list[tuple[int, int]] = field(default_factory=lambda: [(96, 40000), (128, 60000), (224, 10000)])
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.04
@@ -119,8 +119,13 @@ def _save_state(path: Path, model, optimizer, step: int, elapsed: float, history
 
 
 def train(variant: str, data: Path, out: Path, state_path: Path, recipe: Recipe, device: torch.device,
-          save_every: int = 25, progress: bool = True) -> dict:
-    """Train one variant; returns the result record written next to the weights."""
+          save_every: int = 25, progress: bool = True, log_every: int = 50, max_steps: int | None = None,
+          max_minutes: float | None = None) -> dict:
+    """Train one variant; returns the result record written next to the weights.
+
+    ``max_steps`` / ``max_minutes`` end this invocation early (state saved, {} returned); the
+    same call later resumes where it stopped.
+    """
     from tqdm import tqdm
 
     torch.manual_seed(recipe.seed)
@@ -148,9 +153,15 @@ def train(variant: str, data: Path, out: Path, state_path: Path, recipe: Recipe,
     bar = tqdm(total=recipe.total_steps, initial=step, desc=f"train {variant}", unit="step", disable=not progress,
                mininterval=5)
     ema_loss, ema_acc = None, None
+    first_step = step
+    wall_start = time.perf_counter()
     try:
         model.train()
         while step < recipe.total_steps and not stop["now"]:
+            if max_steps is not None and step - first_step >= max_steps:
+                break
+            if max_minutes is not None and time.perf_counter() - wall_start > 60 * max_minutes:
+                break
             started = time.perf_counter()
             resolution = recipe.resolution_at(step)
             idx = batch_indices(len(train_split), recipe.batch_size, step, recipe.seed)
@@ -178,9 +189,9 @@ def train(variant: str, data: Path, out: Path, state_path: Path, recipe: Recipe,
             bar.update(1)
             bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.3f}", px=resolution,
                             img_s=f"{len(idx) / (time.perf_counter() - started):.1f}")
-            if step % 50 == 0:
+            if step % log_every == 0:
                 history.append({"step": step, "loss": round(ema_loss, 4), "acc": round(ema_acc, 4),
-                                "minutes": round(elapsed / 60, 2)})
+                                "step_loss": round(loss_value, 4), "minutes": round(elapsed / 60, 2)})
             if step % save_every == 0 or step == recipe.total_steps:
                 _save_state(state_path, model, optimizer, step, elapsed, history)
     except KeyboardInterrupt:
@@ -229,25 +240,89 @@ def finish(model, spec: ModelSpec, classes: list[str], data: Path, out: Path, re
     return result
 
 
+BUILTIN_DESCRIPTION = ("ResNet50, ResNet50+SE and ResNet50+CBAM trained by attnviz with one recipe on generated scenes "
+                       "of OpenMoji glyphs ({n} classes); they know only these classes")
+
+
+def register(out: Path, weights_dir: Path | None = None, set_name: str = "builtin") -> list[str]:
+    """Register every finished ``<variant>.safetensors`` + ``<variant>.json`` under ``out`` as a model set."""
+    from attnviz.models import parameter_count
+    from attnviz.scenes import attribution
+    from attnviz.weights import Manifest, ModelEntry, Preprocessing, sha256_of
+
+    manifest = Manifest(weights_dir)
+    registered = []
+    for variant in VARIANTS:
+        record_file = out / f"{variant}.json"
+        if not record_file.exists():
+            continue
+        record = json.loads(record_file.read_text())
+        weights_file = (out / record["file"]).resolve()
+        spec = ModelSpec.from_options(variant, len(record["classes"]), record["attention"])
+        accuracy = dict(record["accuracy_top1_224px_fp32"])
+        accuracy["measured"] = ("top-1 at 224 px in float32 with the shipped fp16 weights, on "
+                                + ", ".join(f"{n} {s} scenes" for s, n in record["evaluated_on"].items())
+                                + " (python -m attnviz.scenes generate, seed 0)")
+        entry = ModelEntry(
+            variant=variant,
+            file=weights_file.relative_to(manifest.weights_dir.resolve()).as_posix(),
+            sha256=sha256_of(weights_file),
+            classes=record["classes"],
+            preprocessing=Preprocessing(resize=224, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            attention=record["attention"],
+            source=f"trained by attnviz: python -m attnviz.train --variant {variant}",
+            accuracy=accuracy,
+            extra={"parameters": parameter_count(build_model(spec)), "train_minutes": record["train_minutes"],
+                   "recipe": record["recipe"], "machine": record["machine"]},
+        )
+        manifest.put_model(set_name, entry, description=BUILTIN_DESCRIPTION.format(n=len(record["classes"])),
+                           set_extra={"attribution": attribution(), "dataset": "python -m attnviz.scenes generate "
+                                      "--out data/scenes (seed 0)"})
+        registered.append(variant)
+    if set_name not in manifest.data.get("sets", {}):
+        return registered
+    manifest.data.setdefault("default_set", set_name)
+    manifest.save()
+    return registered
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnviz.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--variant", choices=VARIANTS, help="the model to train")
+    parser.add_argument("--register", action="store_true",
+                        help="register the finished models under --out as the model set --set, then exit")
+    parser.add_argument("--set", default="builtin", help="model set name for --register (default builtin)")
+    parser.add_argument("--max-minutes", type=float, help="stop (resumable) after this many minutes")
     parser.add_argument("--data", type=Path, default=Path("data/scenes"))
     parser.add_argument("--out", type=Path, default=Path("weights/builtin"))
     parser.add_argument("--state", type=Path, help="resumable state file (default runs/<variant>/state.pt)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--samples", type=int, nargs=2, metavar=("LOW_RES", "FULL_RES"),
-                        help="samples at 128 px and at 224 px (default 40000 4800)")
+    parser.add_argument("--phases", nargs="+", metavar="PX:SAMPLES",
+                        help="resolution phases in order (default 96:40000 128:60000 224:10000)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.register:
+        from attnviz.weights import default_weights_dir
+
+        weights_dir = default_weights_dir()
+        out = args.out.resolve()
+        if not out.is_relative_to(weights_dir.resolve()):
+            parser.error(f"--out must lie inside the weights folder {weights_dir}")
+        print("registered:", ", ".join(register(out, weights_dir, args.set)) or "nothing (no finished model)")
+        return 0
+    if args.variant is None:
+        parser.error("--variant is required unless --register is given")
     recipe = Recipe(batch_size=args.batch_size, bf16=not args.no_bf16)
-    if args.samples:
-        recipe.phases = [(128, args.samples[0]), (224, args.samples[1])]
-        recipe.phases = [p for p in recipe.phases if p[1] > 0]
+    if args.phases:
+        try:
+            recipe.phases = [(int(px), int(n)) for px, n in (p.split(":") for p in args.phases)]
+        except ValueError:
+            parser.error("--phases takes PX:SAMPLES pairs, e.g. 128:40000 224:4800")
     state = args.state or Path("runs") / args.variant / "state.pt"
-    result = train(args.variant, args.data, args.out, state, recipe, torch.device(args.device), progress=not args.quiet)
+    result = train(args.variant, args.data, args.out, state, recipe, torch.device(args.device), progress=not args.quiet,
+                   max_minutes=args.max_minutes)
     return 0 if result else 1
 
 

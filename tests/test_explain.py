@@ -1,0 +1,125 @@
+"""The explain call: plain data out, attention from the image's own pass, nothing kept between requests."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnviz.attention import attention_modules
+from attnviz.errors import AttnvizError
+from attnviz.explain import ExplainSettings, top_region_iou
+from attnviz.images import preprocess
+
+
+def test_explain_returns_top_k_heatmaps_and_attention_for_every_model(tiny_explainer, scene_image):
+    result = tiny_explainer.explain(scene_image, top_k=3)
+    assert list(result.results) == ["resnet50", "se", "cbam"]
+    assert result.view.shape == (64, 64, 3)
+    for model in result.results.values():
+        probabilities = [p.probability for p in model.top]
+        assert len(model.top) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert abs(model.probabilities.sum() - 1) < 1e-5
+        assert model.target.index == model.top[0].index  # default: the model's own top-1
+        assert model.heatmap.shape == (64, 64) and model.heatmap.dtype == np.float32
+        assert 0 <= model.heatmap.min() and model.heatmap.max() <= 1 + 1e-6
+        assert model.seconds > 0
+
+
+def test_attention_has_one_record_per_block_with_the_stage_widths(tiny_explainer, scene_image):
+    result = tiny_explainer.explain(scene_image)
+    assert result.results["resnet50"].attention == []
+    widths = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
+    for variant in ("se", "cbam"):
+        records = result.results[variant].attention
+        assert len(records) == 16
+        for record in records:
+            assert record.channel_weights.shape == (widths[record.stage],)
+            assert ((record.channel_weights > 0) & (record.channel_weights < 1)).all()
+            assert (record.spatial_map is not None) == (variant == "cbam")
+    spatial = {r.block: r.spatial_map.shape for r in result.results["cbam"].attention}
+    assert spatial["layer1.0"] == (16, 16) and spatial["layer4.2"] == (2, 2)
+
+
+def test_chosen_target_class_is_explained_by_every_model(tiny_explainer, scene_image):
+    result = tiny_explainer.explain(scene_image, target=2)
+    assert {m.target.index for m in result.results.values()} == {2}
+    assert {m.target.name for m in result.results.values()} == {tiny_explainer.classes[2]}
+
+
+def test_selected_models_only_are_run(tiny_explainer, scene_image):
+    result = tiny_explainer.explain(scene_image, variants=("cbam",))
+    assert list(result.results) == ["cbam"] and result.agreement == {}
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"method": "magic"}, "unknown CAM method"),
+    ({"layer": "layer9"}, "unknown target layer"),
+    ({"target": 99}, "outside"),
+    ({"top_k": 0}, "top-k"),
+    ({"variants": ("vit",)}, "no model"),
+])
+def test_invalid_settings_are_one_clear_error(tiny_explainer, scene_image, overrides, words):
+    with pytest.raises(AttnvizError, match=words):
+        tiny_explainer.explain(scene_image, **overrides)
+
+
+def _direct_attention(explainer, image) -> dict:
+    """Channel weights of the CBAM model from a plain forward pass on the preprocessed image."""
+    model = explainer.explainers["cbam"].model
+    prepared = preprocess(Image.fromarray(image), explainer.model_set.preprocessing)
+    with torch.no_grad():
+        model(prepared.tensor)
+    records = {name: m.last_channel_weights[0].numpy().copy() for name, m in attention_modules(model)}
+    for _, m in attention_modules(model):
+        m.clear_records()
+    return records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [
+    {"method": "scorecam", "layer": "layer1", "score_cam_batch": 64},
+    {"method": "gradcam", "aug_smooth": True},
+])
+def test_attention_shown_comes_from_the_pass_on_the_image_itself(tiny_explainer, scene_image, settings):
+    expected = _direct_attention(tiny_explainer, scene_image)
+    result = tiny_explainer.explain(scene_image, variants=("cbam",), **settings)
+    for record in result.results["cbam"].attention:
+        np.testing.assert_allclose(record.channel_weights, expected[record.block], rtol=1e-5, atol=1e-6)
+
+
+def test_records_are_cleared_after_each_request(tiny_explainer, scene_image):
+    tiny_explainer.explain(scene_image)
+    for explainer in tiny_explainer.explainers.values():
+        for _, module in attention_modules(explainer.model):
+            assert module.last_channel_weights is None and module.last_spatial_map is None
+
+
+def test_a_second_image_gets_its_own_maps_not_the_first_ones(tiny_explainer, scene_image):
+    first = tiny_explainer.explain(scene_image, layer="layer2")
+    second = tiny_explainer.explain(np.ascontiguousarray(scene_image[::-1, ::-1]), layer="layer2")
+    again = tiny_explainer.explain(scene_image, layer="layer2")
+    for variant in first.results:
+        assert first.results[variant].heatmap.max() > 0.5  # a real map, not an all-zero one
+        assert not np.allclose(first.results[variant].heatmap, second.results[variant].heatmap)
+        np.testing.assert_allclose(first.results[variant].heatmap, again.results[variant].heatmap, atol=1e-6)
+    a = first.results["cbam"].attention[0].spatial_map
+    b = second.results["cbam"].attention[0].spatial_map
+    assert not np.allclose(a, b)
+
+
+def test_summary_is_json_with_predictions_settings_and_agreement(tiny_explainer, scene_image):
+    summary = tiny_explainer.explain(scene_image).summary()
+    text = json.dumps(summary)
+    assert set(json.loads(text)["models"]) == {"resnet50", "se", "cbam"}
+    assert set(summary["agreement_top20_iou"]) == {"resnet50|se", "resnet50|cbam", "se|cbam"}
+    assert summary["settings"]["method"] == ExplainSettings().method
+
+
+def test_top_region_iou_is_one_for_equal_maps_and_zero_for_disjoint_ones():
+    ramp = np.arange(100, dtype=np.float32).reshape(10, 10)
+    assert top_region_iou(ramp, ramp) == 1.0
+    assert top_region_iou(ramp, -ramp) == 0.0
+    shifted = np.roll(ramp, 10)  # top 20 rows-worth overlap by half
+    assert 0 < top_region_iou(ramp, shifted) < 1

@@ -1,0 +1,76 @@
+"""The training CLI on a handful of generated scenes: loss goes down, checkpoints load, runs resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnviz.scenes import CLASSES, generate_split
+from attnviz.train import Recipe, batch_indices, main, register, train
+from attnviz.weights import Manifest, load_model_set, sha256_of
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("scenes")
+    generate_split(root, "train", 8, workers=1, progress=False)
+    for split in ("val", "test", "unseen"):
+        generate_split(root, split, 4, workers=1, progress=False)
+    return root
+
+
+def _recipe(steps: int) -> Recipe:
+    return Recipe(batch_size=8, phases=[(64, 8 * steps)], bf16=False)
+
+
+def test_tiny_training_run_lowers_the_loss_and_registers_a_set_that_loads(scenes, tmp_path):
+    weights_dir = tmp_path / "weights"
+    result = train("cbam", scenes, weights_dir / "builtin", tmp_path / "state.pt", _recipe(8), torch.device("cpu"),
+                   progress=False, log_every=1)
+    losses = [h["step_loss"] for h in result["history"]]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert set(result["accuracy_top1_224px_fp32"]) == {"val", "test", "unseen"}
+    assert register(weights_dir / "builtin", weights_dir) == ["cbam"]
+    entry = Manifest(weights_dir).get("builtin").models["cbam"]
+    assert entry.sha256 == sha256_of(weights_dir / "builtin" / "cbam.safetensors")
+    assert entry.extra["recipe"]["batch_size"] == 8 and "train_minutes" in entry.extra
+    loaded = load_model_set(None, weights_dir)
+    assert loaded.name == "builtin" and loaded.classes == CLASSES and list(loaded.models) == ["cbam"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(scenes, tmp_path):
+    straight = train("se", scenes, tmp_path / "a", tmp_path / "a.pt", _recipe(4), torch.device("cpu"), progress=False)
+    assert train("se", scenes, tmp_path / "b", tmp_path / "b.pt", _recipe(4), torch.device("cpu"), progress=False,
+                 max_steps=2) == {}
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 2
+    resumed = train("se", scenes, tmp_path / "b", tmp_path / "b.pt", _recipe(4), torch.device("cpu"), progress=False)
+    assert resumed["accuracy_top1_224px_fp32"] == straight["accuracy_top1_224px_fp32"]
+    assert sha256_of(tmp_path / "a" / "se.safetensors") == sha256_of(tmp_path / "b" / "se.safetensors")
+
+
+def test_every_epoch_visits_each_scene_once():
+    seen = [i for step in range(5) for i in batch_indices(20, 4, step, seed=0)]
+    assert sorted(seen) == list(range(20))
+
+
+def test_schedule_warms_up_then_decays_and_ends_at_full_resolution():
+    recipe = Recipe()
+    lrs = [recipe.lr_at(s) for s in range(recipe.total_steps)]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < 0.1 * recipe.total_steps and lrs[-1] < 0.01 * recipe.lr
+    assert recipe.resolution_at(0) < 224 and recipe.resolution_at(recipe.total_steps - 1) == 224
+
+
+def test_cli_writes_weights_and_a_result_record(scenes, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNVIZ_WEIGHTS", str(tmp_path / "weights"))
+    out = tmp_path / "weights" / "builtin"
+    code = main(["--variant", "resnet50", "--data", str(scenes), "--out", str(out), "--state",
+                 str(tmp_path / "s.pt"), "--phases", "128:16", "224:8", "--batch-size", "8", "--quiet"])
+    assert code == 0
+    record = json.loads((out / "resnet50.json").read_text())
+    assert record["recipe"]["phases"] == [[128, 16], [224, 8]]
+    assert main(["--register", "--out", str(out)]) == 0
+    assert Manifest(tmp_path / "weights").get("builtin").models["resnet50"].variant == "resnet50"
