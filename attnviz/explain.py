@@ -171,8 +171,15 @@ ProgressCallback = Callable[[float, str], None]
 class _DeadlineModel(nn.Module):
     """Wraps a model for Score-CAM's extra passes: reports progress and stops at the deadline."""
 
-    def __init__(self, model: nn.Module, total: int, batch: int, report: ProgressCallback | None,
-                 deadline: float | None, label: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        total: int,
+        batch: int,
+        report: ProgressCallback | None,
+        deadline: float | None,
+        label: str,
+    ) -> None:
         super().__init__()
         self.inner = model
         self.total_batches = max(1, -(-total // batch))
@@ -184,15 +191,19 @@ class _DeadlineModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deadline is not None and time.perf_counter() > self.deadline:
-            raise AttnvizError("the CAM method ran past the time limit; choose a faster method (Grad-CAM), an "
-                               "earlier layer with fewer channels, or fewer models")
+            raise AttnvizError(
+                "the CAM method ran past the time limit; choose a faster method (Grad-CAM), an "
+                "earlier layer with fewer channels, or fewer models"
+            )
         out = self.inner(x)
         self.done += 1
         if self.report is not None:
             elapsed = time.perf_counter() - self.started
             remaining = elapsed / self.done * (self.total_batches - self.done)
-            self.report(self.done / self.total_batches, f"{self.label}: batch {self.done}/{self.total_batches}, "
-                                                        f"about {remaining:.0f} s left")
+            self.report(
+                self.done / self.total_batches,
+                f"{self.label}: batch {self.done}/{self.total_batches}, about {remaining:.0f} s left",
+            )
         return out
 
 
@@ -225,8 +236,9 @@ class ModelExplainer:
     def _layer(self, name: str) -> nn.Module:
         return getattr(self.model, name)
 
-    def _forward(self, x: torch.Tensor, layers: list[str], needs_grad: bool,
-                 precision: str = "fp32") -> tuple[torch.Tensor, dict]:
+    def _forward(
+        self, x: torch.Tensor, layers: list[str], needs_grad: bool, precision: str = "fp32"
+    ) -> tuple[torch.Tensor, dict]:
         """One forward pass capturing the layers' outputs; the earliest becomes a leaf that needs a gradient."""
         captured: dict[str, torch.Tensor] = {}
 
@@ -263,8 +275,13 @@ class ModelExplainer:
             )
         return records
 
-    def explain(self, x: torch.Tensor, settings: ExplainSettings, progress: ProgressCallback | None = None,
-                deadline: float | None = None) -> ModelResult:
+    def explain(
+        self,
+        x: torch.Tensor,
+        settings: ExplainSettings,
+        progress: ProgressCallback | None = None,
+        deadline: float | None = None,
+    ) -> ModelResult:
         started = time.perf_counter()
         method = CAM_METHODS[settings.method]
         with self.lock:
@@ -304,8 +321,14 @@ class ModelExplainer:
                 cam.activations_and_grads.gradients = gradients
                 if method.kind == "perturbation":
                     cam.batch_size = settings.score_cam_batch
-                    cam.model = _DeadlineModel(self.model, activation.shape[1], settings.score_cam_batch, progress,
-                                               deadline, VARIANT_TITLES[self.variant])
+                    cam.model = _DeadlineModel(
+                        self.model,
+                        activation.shape[1],
+                        settings.score_cam_batch,
+                        progress,
+                        deadline,
+                        VARIANT_TITLES[self.variant],
+                    )
                 per_layer = cam.compute_cam_per_layer(x, targets, settings.eigen_smooth)
                 heatmap = cam.aggregate_multi_layers(per_layer)[0]
         finally:
@@ -341,20 +364,25 @@ class Explainer:
     def classes(self) -> list[str]:
         return self.model_set.classes
 
-    def explain(self, image: ImageSource, settings: ExplainSettings | None = None,
-                progress: ProgressCallback | None = None, **overrides) -> Explanation:
+    def explain(
+        self,
+        image: ImageSource,
+        settings: ExplainSettings | None = None,
+        progress: ProgressCallback | None = None,
+        **overrides,
+    ) -> Explanation:
         """Explain ``image`` with the chosen models; ``overrides`` set fields of ``ExplainSettings``."""
         settings = replace(settings or ExplainSettings(), **overrides)
         settings.validate(self.classes)
         variants = list(settings.variants) if settings.variants else list(self.explainers)
         unknown = [v for v in variants if v not in self.explainers]
         if unknown:
-            raise AttnvizError(f"model set {self.model_set.name!r} has no model {unknown[0]!r}; it has "
-                               f"{', '.join(self.explainers)}")
+            raise AttnvizError(
+                f"model set {self.model_set.name!r} has no model {unknown[0]!r}; it has {', '.join(self.explainers)}"
+            )
         prepared = preprocess(load_image(image), self.model_set.preprocessing)
         deadline = None if settings.time_limit is None else time.perf_counter() + settings.time_limit
-        result = Explanation(view=prepared.view, classes=self.classes, set_name=self.model_set.name,
-                             settings=settings)
+        result = Explanation(view=prepared.view, classes=self.classes, set_name=self.model_set.name, settings=settings)
         for i, variant in enumerate(variants):
             if progress is not None:
                 progress(i / len(variants), f"{VARIANT_TITLES[variant]}: {CAM_METHODS[settings.method].label}")
@@ -380,7 +408,13 @@ def get_explainer(set_name: str | None = None, weights_dir: str | None = None) -
         return _EXPLAINERS[key]
 
 
-def explain(image: ImageSource, set_name: str | None = None, *, weights_dir: str | None = None,
-            progress: ProgressCallback | None = None, **settings) -> Explanation:
+def explain(
+    image: ImageSource,
+    set_name: str | None = None,
+    *,
+    weights_dir: str | None = None,
+    progress: ProgressCallback | None = None,
+    **settings,
+) -> Explanation:
     """Explain an image with a model set (the built-in one by default); see ``ExplainSettings``."""
     return get_explainer(set_name, weights_dir).explain(image, ExplainSettings(**settings), progress)

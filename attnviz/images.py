@@ -56,8 +56,10 @@ def load_image(source: ImageSource, max_bytes: int = MAX_FILE_BYTES, max_pixels:
         if size == 0:
             raise AttnvizError(f"{name}: the file is empty (0 bytes); choose an image file")
         if size > max_bytes:
-            raise AttnvizError(f"{name}: the file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit; "
-                               f"use a smaller image")
+            raise AttnvizError(
+                f"{name}: the file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit; "
+                f"use a smaller image"
+            )
         if data is None:
             data = Path(source).read_bytes()
         image = _open_bytes(data, name, max_pixels)
@@ -86,11 +88,14 @@ def _open_bytes(data: bytes, name: str, max_pixels: int) -> Image.Image:
 def _check_dimensions(size: tuple[int, int], name: str, max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
-        raise AttnvizError(f"{name}: {width}x{height} pixels is over the limit of {max_pixels / 1e6:.0f} megapixels; "
-                           f"use a smaller image")
+        raise AttnvizError(
+            f"{name}: {width}x{height} pixels is over the limit of {max_pixels / 1e6:.0f} megapixels; "
+            f"use a smaller image"
+        )
     if min(width, height) < MIN_SIDE:
-        raise AttnvizError(f"{name}: {width}x{height} pixels is too small; the models need at least "
-                           f"{MIN_SIDE}x{MIN_SIDE}")
+        raise AttnvizError(
+            f"{name}: {width}x{height} pixels is too small; the models need at least {MIN_SIDE}x{MIN_SIDE}"
+        )
 
 
 def _to_rgb(image: Image.Image, name: str, max_pixels: int) -> Image.Image:

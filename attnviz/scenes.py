@@ -107,7 +107,7 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     def layer(kind: str) -> np.ndarray:
         if kind == "gradient":
             angle = rng.uniform(0, 2 * math.pi)
-            t = (np.cos(angle) * xx + np.sin(angle) * yy)
+            t = np.cos(angle) * xx + np.sin(angle) * yy
             t = (t - t.min()) / (t.max() - t.min() + 1e-6)
             a, b = _random_colour(rng), _random_colour(rng)
             return a * (1 - t[..., None]) + b * t[..., None]
@@ -271,7 +271,7 @@ def make_scene(seed: int, split: str, index: int, draw_objects: bool = True) -> 
         if rng.random() < 0.5:
             centres.reverse()
     scale = OBJECT_SCALE if n_objects == 1 else PAIR_SCALE
-    for label, centre in zip(labels, centres):
+    for label, centre in zip(labels, centres, strict=True):
         candidates = pool[CLASSES[label]]
         code = candidates[rng.integers(len(candidates))]
         glyph_codes.append(code)
@@ -311,7 +311,9 @@ def _write_chunk(args: tuple[Path, int, str, int, int]) -> None:
         arr.flush()
 
 
-def generate_split(out: Path, split: str, count: int, seed: int = 0, workers: int | None = None, progress: bool = True) -> Path:
+def generate_split(
+    out: Path, split: str, count: int, seed: int = 0, workers: int | None = None, progress: bool = True
+) -> Path:
     """Write ``count`` scenes of ``split`` under ``out/split`` as .npy arrays plus meta.json."""
     from numpy.lib.format import open_memmap
     from tqdm import tqdm
@@ -333,7 +335,7 @@ def generate_split(out: Path, split: str, count: int, seed: int = 0, workers: in
             bar.update(job[4] - job[3])
     else:
         with Pool(workers) as pool:
-            for job, _ in zip(jobs, pool.imap(_write_chunk, jobs)):
+            for job, _ in zip(jobs, pool.imap(_write_chunk, jobs), strict=True):
                 bar.update(job[4] - job[3])
     bar.close()
     meta = {
@@ -363,7 +365,9 @@ class SceneSplit:
         self.directory = Path(directory)
         meta_file = self.directory / "meta.json"
         if not meta_file.exists():
-            raise FileNotFoundError(f"{meta_file} is missing: generate the scenes first (python -m attnviz.scenes generate)")
+            raise FileNotFoundError(
+                f"{meta_file} is missing: generate the scenes first (python -m attnviz.scenes generate)"
+            )
         self.meta = json.loads(meta_file.read_text())
         self.images = np.load(self.directory / "images.npy", mmap_mode="r")
         self.labels = np.load(self.directory / "labels.npy")

@@ -92,8 +92,15 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split: SceneSplit, device: torch.device, resolution: int = 224,
-             bf16: bool = False, limit: int | None = None, batch_size: int = 50) -> float:
+def evaluate(
+    model: torch.nn.Module,
+    split: SceneSplit,
+    device: torch.device,
+    resolution: int = 224,
+    bf16: bool = False,
+    limit: int | None = None,
+    batch_size: int = 50,
+) -> float:
     """Top-1 accuracy (first object's label) on a split."""
     model.eval()
     n = min(len(split), limit or len(split))
@@ -113,14 +120,32 @@ def evaluate(model: torch.nn.Module, split: SceneSplit, device: torch.device, re
 def _save_state(path: Path, model, optimizer, step: int, elapsed: float, history: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "elapsed": elapsed, "history": history}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "history": history,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
-def train(variant: str, data: Path, out: Path, state_path: Path, recipe: Recipe, device: torch.device,
-          save_every: int = 25, progress: bool = True, log_every: int = 50, max_steps: int | None = None,
-          max_minutes: float | None = None) -> dict:
+def train(
+    variant: str,
+    data: Path,
+    out: Path,
+    state_path: Path,
+    recipe: Recipe,
+    device: torch.device,
+    save_every: int = 25,
+    progress: bool = True,
+    log_every: int = 50,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
+) -> dict:
     """Train one variant; returns the result record written next to the weights.
 
     ``max_steps`` / ``max_minutes`` end this invocation early (state saved, {} returned); the
@@ -150,8 +175,14 @@ def train(variant: str, data: Path, out: Path, state_path: Path, recipe: Recipe,
         stop["now"] = True
 
     previous = signal.signal(signal.SIGTERM, request_stop)
-    bar = tqdm(total=recipe.total_steps, initial=step, desc=f"train {variant}", unit="step", disable=not progress,
-               mininterval=5)
+    bar = tqdm(
+        total=recipe.total_steps,
+        initial=step,
+        desc=f"train {variant}",
+        unit="step",
+        disable=not progress,
+        mininterval=5,
+    )
     ema_loss, ema_acc = None, None
     first_step = step
     wall_start = time.perf_counter()
@@ -187,11 +218,22 @@ def train(variant: str, data: Path, out: Path, state_path: Path, recipe: Recipe,
             step += 1
             elapsed += time.perf_counter() - started
             bar.update(1)
-            bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.3f}", px=resolution,
-                            img_s=f"{len(idx) / (time.perf_counter() - started):.1f}")
+            bar.set_postfix(
+                loss=f"{ema_loss:.3f}",
+                acc=f"{ema_acc:.3f}",
+                px=resolution,
+                img_s=f"{len(idx) / (time.perf_counter() - started):.1f}",
+            )
             if step % log_every == 0:
-                history.append({"step": step, "loss": round(ema_loss, 4), "acc": round(ema_acc, 4),
-                                "step_loss": round(loss_value, 4), "minutes": round(elapsed / 60, 2)})
+                history.append(
+                    {
+                        "step": step,
+                        "loss": round(ema_loss, 4),
+                        "acc": round(ema_acc, 4),
+                        "step_loss": round(loss_value, 4),
+                        "minutes": round(elapsed / 60, 2),
+                    }
+                )
             if step % save_every == 0 or step == recipe.total_steps:
                 _save_state(state_path, model, optimizer, step, elapsed, history)
     except KeyboardInterrupt:
@@ -206,8 +248,17 @@ def train(variant: str, data: Path, out: Path, state_path: Path, recipe: Recipe,
     return finish(model, spec, classes, data, out, recipe, device, elapsed, history)
 
 
-def finish(model, spec: ModelSpec, classes: list[str], data: Path, out: Path, recipe: Recipe,
-           device: torch.device, elapsed: float, history: list) -> dict:
+def finish(
+    model,
+    spec: ModelSpec,
+    classes: list[str],
+    data: Path,
+    out: Path,
+    recipe: Recipe,
+    device: torch.device,
+    elapsed: float,
+    history: list,
+) -> dict:
     """Write fp16 safetensors, then measure accuracy of exactly those weights in fp32."""
     out.mkdir(parents=True, exist_ok=True)
     weights_file = out / f"{spec.variant}.safetensors"
@@ -231,8 +282,12 @@ def finish(model, spec: ModelSpec, classes: list[str], data: Path, out: Path, re
         "train_minutes": round(elapsed / 60, 1),
         "eval_minutes": round((time.perf_counter() - started) / 60, 1),
         "recipe": asdict(recipe),
-        "machine": {"device": str(device), "cpu": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "device": str(device),
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "history": history,
     }
     (out / f"{spec.variant}.json").write_text(json.dumps(result, indent=2))
@@ -240,8 +295,10 @@ def finish(model, spec: ModelSpec, classes: list[str], data: Path, out: Path, re
     return result
 
 
-BUILTIN_DESCRIPTION = ("ResNet50, ResNet50+SE and ResNet50+CBAM trained by attnviz with one recipe on generated scenes "
-                       "of OpenMoji glyphs ({n} classes); they know only these classes")
+BUILTIN_DESCRIPTION = (
+    "ResNet50, ResNet50+SE and ResNet50+CBAM trained by attnviz with one recipe on generated scenes "
+    "of OpenMoji glyphs ({n} classes); they know only these classes"
+)
 
 
 def register(out: Path, weights_dir: Path | None = None, set_name: str = "builtin") -> list[str]:
@@ -260,9 +317,11 @@ def register(out: Path, weights_dir: Path | None = None, set_name: str = "builti
         weights_file = (out / record["file"]).resolve()
         spec = ModelSpec.from_options(variant, len(record["classes"]), record["attention"])
         accuracy = dict(record["accuracy_top1_224px_fp32"])
-        accuracy["measured"] = ("top-1 at 224 px in float32 with the shipped fp16 weights, on "
-                                + ", ".join(f"{n} {s} scenes" for s, n in record["evaluated_on"].items())
-                                + " (python -m attnviz.scenes generate, seed 0)")
+        accuracy["measured"] = (
+            "top-1 at 224 px in float32 with the shipped fp16 weights, on "
+            + ", ".join(f"{n} {s} scenes" for s, n in record["evaluated_on"].items())
+            + " (python -m attnviz.scenes generate, seed 0)"
+        )
         entry = ModelEntry(
             variant=variant,
             file=weights_file.relative_to(manifest.weights_dir.resolve()).as_posix(),
@@ -272,12 +331,22 @@ def register(out: Path, weights_dir: Path | None = None, set_name: str = "builti
             attention=record["attention"],
             source=f"trained by attnviz: python -m attnviz.train --variant {variant}",
             accuracy=accuracy,
-            extra={"parameters": parameter_count(build_model(spec)), "train_minutes": record["train_minutes"],
-                   "recipe": record["recipe"], "machine": record["machine"]},
+            extra={
+                "parameters": parameter_count(build_model(spec)),
+                "train_minutes": record["train_minutes"],
+                "recipe": record["recipe"],
+                "machine": record["machine"],
+            },
         )
-        manifest.put_model(set_name, entry, description=BUILTIN_DESCRIPTION.format(n=len(record["classes"])),
-                           set_extra={"attribution": attribution(), "dataset": "python -m attnviz.scenes generate "
-                                      "--out data/scenes (seed 0)"})
+        manifest.put_model(
+            set_name,
+            entry,
+            description=BUILTIN_DESCRIPTION.format(n=len(record["classes"])),
+            set_extra={
+                "attribution": attribution(),
+                "dataset": "python -m attnviz.scenes generate --out data/scenes (seed 0)",
+            },
+        )
         registered.append(variant)
     if set_name not in manifest.data.get("sets", {}):
         return registered
@@ -289,16 +358,23 @@ def register(out: Path, weights_dir: Path | None = None, set_name: str = "builti
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnviz.train", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=VARIANTS, help="the model to train")
-    parser.add_argument("--register", action="store_true",
-                        help="register the finished models under --out as the model set --set, then exit")
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="register the finished models under --out as the model set --set, then exit",
+    )
     parser.add_argument("--set", default="builtin", help="model set name for --register (default builtin)")
     parser.add_argument("--max-minutes", type=float, help="stop (resumable) after this many minutes")
     parser.add_argument("--data", type=Path, default=Path("data/scenes"))
     parser.add_argument("--out", type=Path, default=Path("weights/builtin"))
     parser.add_argument("--state", type=Path, help="resumable state file (default runs/<variant>/state.pt)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--phases", nargs="+", metavar="PX:SAMPLES",
-                        help="resolution phases in order (default 96:40000 128:60000 224:10000)")
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        metavar="PX:SAMPLES",
+        help="resolution phases in order (default 96:40000 128:60000 224:10000)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--quiet", action="store_true")
@@ -321,8 +397,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error("--phases takes PX:SAMPLES pairs, e.g. 128:40000 224:4800")
     state = args.state or Path("runs") / args.variant / "state.pt"
-    result = train(args.variant, args.data, args.out, state, recipe, torch.device(args.device), progress=not args.quiet,
-                   max_minutes=args.max_minutes)
+    result = train(
+        args.variant,
+        args.data,
+        args.out,
+        state,
+        recipe,
+        torch.device(args.device),
+        progress=not args.quiet,
+        max_minutes=args.max_minutes,
+    )
     return 0 if result else 1
 
 

@@ -118,8 +118,17 @@ class ModelSet:
         return next(iter(self.models.values())).preprocessing
 
 
-_KNOWN_MODEL_KEYS = {"variant", "attention", "classes", "input_size", "preprocessing", "file", "sha256", "source",
-                     "accuracy"}
+_KNOWN_MODEL_KEYS = {
+    "variant",
+    "attention",
+    "classes",
+    "input_size",
+    "preprocessing",
+    "file",
+    "sha256",
+    "source",
+    "accuracy",
+}
 
 
 def _read_classes(ref: str | list[str], weights_dir: Path, set_name: str) -> list[str]:
@@ -141,7 +150,9 @@ class Manifest:
             try:
                 self.data = json.loads(self.path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
-                raise AttnvizError(f"{self.path}: not valid JSON ({exc.msg} at line {exc.lineno}); restore it from git") from None
+                raise AttnvizError(
+                    f"{self.path}: not valid JSON ({exc.msg} at line {exc.lineno}); restore it from git"
+                ) from None
         else:
             self.data = {"format": 1, "default_set": BUILTIN_SET, "sets": {}}
 
@@ -157,12 +168,16 @@ class Manifest:
         raw = self.data["sets"].get(name)
         if raw is None:
             known = ", ".join(self.set_names()) or "none"
-            raise AttnvizError(f"model set {name!r} is not in {self.path} (installed: {known}); import it first "
-                               f"with python -m attnviz.weights import")
+            raise AttnvizError(
+                f"model set {name!r} is not in {self.path} (installed: {known}); import it first "
+                f"with python -m attnviz.weights import"
+            )
         models = {}
         for key, m in raw["models"].items():
             if m.get("variant") not in VARIANTS:
-                raise AttnvizError(f"{self.path}: model {key!r} of set {name!r} has unknown variant {m.get('variant')!r}")
+                raise AttnvizError(
+                    f"{self.path}: model {key!r} of set {name!r} has unknown variant {m.get('variant')!r}"
+                )
             models[key] = ModelEntry(
                 variant=m["variant"],
                 file=m["file"],
@@ -177,8 +192,14 @@ class Manifest:
         extra = {k: v for k, v in raw.items() if k not in ("models", "description")}
         return ModelSet(name=name, description=raw.get("description", ""), models=models, extra=extra)
 
-    def put_model(self, set_name: str, entry: ModelEntry, description: str | None = None,
-                  classes_ref: str | None = None, set_extra: dict | None = None) -> None:
+    def put_model(
+        self,
+        set_name: str,
+        entry: ModelEntry,
+        description: str | None = None,
+        classes_ref: str | None = None,
+        set_extra: dict | None = None,
+    ) -> None:
         """Add or replace one model of a set (keyed by its variant) and save the manifest."""
         raw = self.data["sets"].setdefault(set_name, {"description": description or "", "models": {}})
         if description:
@@ -189,8 +210,10 @@ class Manifest:
         if existing:
             other = _read_classes(existing[0]["classes"], self.weights_dir, set_name)
             if other != entry.classes:
-                raise AttnvizError(f"model set {set_name!r} already has {len(other)} classes that differ from this "
-                                   f"model's {len(entry.classes)}; use another --set name")
+                raise AttnvizError(
+                    f"model set {set_name!r} already has {len(other)} classes that differ from this "
+                    f"model's {len(entry.classes)}; use another --set name"
+                )
         raw["models"][entry.variant] = entry.to_dict(classes_ref)
         self.save()
 
@@ -218,14 +241,18 @@ def _check_safetensors_header(path: Path) -> None:
     with open(path, "rb") as fh:
         head = fh.read(8)
     if any(head.startswith(magic) for magic in PICKLE_MAGIC):
-        raise AttnvizError(f"{path}: is a pickle (.pth) file, which is never loaded here; convert it with "
-                           f"python -m attnviz.weights import or add")
+        raise AttnvizError(
+            f"{path}: is a pickle (.pth) file, which is never loaded here; convert it with "
+            f"python -m attnviz.weights import or add"
+        )
     if len(head) < 8:
         raise AttnvizError(f"{path}: is truncated ({size} bytes); download or copy it again")
     header_len = struct.unpack("<Q", head)[0]
     if header_len > size - 8 or header_len > 100_000_000:
-        raise AttnvizError(f"{path}: is not a safetensors file or is truncated (header says {header_len} bytes, "
-                           f"file has {size}); download or copy it again")
+        raise AttnvizError(
+            f"{path}: is not a safetensors file or is truncated (header says {header_len} bytes, "
+            f"file has {size}); download or copy it again"
+        )
     with open(path, "rb") as fh:
         fh.seek(8)
         try:
@@ -234,8 +261,9 @@ def _check_safetensors_header(path: Path) -> None:
             raise AttnvizError(f"{path}: safetensors header is damaged; download or copy it again") from None
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     if 8 + header_len + end > size:
-        raise AttnvizError(f"{path}: is truncated ({size} bytes, needs {8 + header_len + end}); "
-                           f"download or copy it again")
+        raise AttnvizError(
+            f"{path}: is truncated ({size} bytes, needs {8 + header_len + end}); download or copy it again"
+        )
 
 
 def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, origin: str) -> None:
@@ -251,10 +279,14 @@ def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, origin: s
         problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
     if wrong:
         k = wrong[0]
-        problems.append(f"{len(wrong)} with wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        problems.append(
+            f"{len(wrong)} with wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
+        )
     if problems:
-        raise AttnvizError(f"{origin}: tensors do not fit the architecture: {'; '.join(problems)}; "
-                           f"check the variant and class count it was registered with")
+        raise AttnvizError(
+            f"{origin}: tensors do not fit the architecture: {'; '.join(problems)}; "
+            f"check the variant and class count it was registered with"
+        )
 
 
 def read_safetensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
@@ -269,16 +301,19 @@ def read_safetensors(path: Path, expected_sha256: str | None = None) -> dict[str
     if expected_sha256 is not None:
         actual = sha256_of(path)
         if actual != expected_sha256:
-            raise AttnvizError(f"{path}: sha256 is {actual[:12]}..., the manifest expects {expected_sha256[:12]}...; "
-                               f"the file was changed or damaged, restore or re-import it")
+            raise AttnvizError(
+                f"{path}: sha256 is {actual[:12]}..., the manifest expects {expected_sha256[:12]}...; "
+                f"the file was changed or damaged, restore or re-import it"
+            )
     try:
         return load_file(str(path))
     except SafetensorError as exc:
         raise AttnvizError(f"{path}: cannot be read as safetensors ({exc}); download or copy it again") from None
 
 
-def write_safetensors(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None = None,
-                      metadata: dict | None = None) -> str:
+def write_safetensors(
+    state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None = None, metadata: dict | None = None
+) -> str:
     """Write a state dict (floating tensors optionally cast) and return the file's sha256."""
     from safetensors.torch import save_file
 
@@ -325,8 +360,12 @@ class LoadedSet:
         return self.info.preprocessing
 
 
-def load_model_set(name: str | None = None, weights_dir: Path | str | None = None,
-                   device: str | torch.device = "cpu", variants: list[str] | None = None) -> LoadedSet:
+def load_model_set(
+    name: str | None = None,
+    weights_dir: Path | str | None = None,
+    device: str | torch.device = "cpu",
+    variants: list[str] | None = None,
+) -> LoadedSet:
     """Load a model set by name (the manifest's default, the built-in set, when ``name`` is None)."""
     manifest = Manifest(Path(weights_dir) if weights_dir else None)
     info = manifest.get(name)

@@ -39,8 +39,14 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def make_model_set(weights_dir: Path, set_name: str = "tiny", classes: list[str] | None = None,
-                   crop: int = 64, variants: tuple[str, ...] = VARIANTS, make_default: bool = True) -> Path:
+def make_model_set(
+    weights_dir: Path,
+    set_name: str = "tiny",
+    classes: list[str] | None = None,
+    crop: int = 64,
+    variants: tuple[str, ...] = VARIANTS,
+    make_default: bool = True,
+) -> Path:
     """Register a set of randomly initialised full ResNet50s (few classes, small input) in ``weights_dir``."""
     classes = classes or TINY_CLASSES
     manifest = Manifest(weights_dir)
@@ -50,8 +56,14 @@ def make_model_set(weights_dir: Path, set_name: str = "tiny", classes: list[str]
         model = randomise(build_resnet50(variant, num_classes=len(classes)), seed=i).eval()
         file = f"{set_name}/{variant}.safetensors"
         sha = write_safetensors(model.state_dict(), weights_dir / file, dtype=torch.float16)
-        entry = ModelEntry(variant=variant, file=file, sha256=sha, classes=classes,
-                           preprocessing=Preprocessing(resize=crop, crop=crop), source="random weights (test)")
+        entry = ModelEntry(
+            variant=variant,
+            file=file,
+            sha256=sha,
+            classes=classes,
+            preprocessing=Preprocessing(resize=crop, crop=crop),
+            source="random weights (test)",
+        )
         manifest.put_model(set_name, entry, description="random test models")
     return weights_dir
 

@@ -34,7 +34,9 @@ def test_channel_gate_sums_the_shared_mlp_over_avg_and_max_descriptors(features)
     torch.testing.assert_close(gate(features), expected)
 
 
-@pytest.mark.parametrize("pooling, reducer", [("avg", lambda x: x.mean(dim=(2, 3))), ("max", lambda x: x.amax(dim=(2, 3)))])
+@pytest.mark.parametrize(
+    "pooling, reducer", [("avg", lambda x: x.mean(dim=(2, 3))), ("max", lambda x: x.amax(dim=(2, 3)))]
+)
 def test_channel_gate_with_one_pooling_uses_only_that_descriptor(features, pooling, reducer):
     gate = ChannelGate(32, 16, pooling)
     expected = torch.sigmoid(gate.fc2(torch.relu(gate.fc1(reducer(features)))))

@@ -53,13 +53,16 @@ def test_selected_models_only_are_run(tiny_explainer, scene_image):
     assert list(result.results) == ["cbam"] and result.agreement == {}
 
 
-@pytest.mark.parametrize("overrides, words", [
-    ({"method": "magic"}, "unknown CAM method"),
-    ({"layer": "layer9"}, "unknown target layer"),
-    ({"target": 99}, "outside"),
-    ({"top_k": 0}, "top-k"),
-    ({"variants": ("vit",)}, "no model"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"method": "magic"}, "unknown CAM method"),
+        ({"layer": "layer9"}, "unknown target layer"),
+        ({"target": 99}, "outside"),
+        ({"top_k": 0}, "top-k"),
+        ({"variants": ("vit",)}, "no model"),
+    ],
+)
 def test_invalid_settings_are_one_clear_error(tiny_explainer, scene_image, overrides, words):
     with pytest.raises(AttnvizError, match=words):
         tiny_explainer.explain(scene_image, **overrides)
@@ -78,10 +81,13 @@ def _direct_attention(explainer, image) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [
-    {"method": "scorecam", "layer": "layer1", "score_cam_batch": 64},
-    {"method": "gradcam", "aug_smooth": True},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"method": "scorecam", "layer": "layer1", "score_cam_batch": 64},
+        {"method": "gradcam", "aug_smooth": True},
+    ],
+)
 def test_attention_shown_comes_from_the_pass_on_the_image_itself(tiny_explainer, scene_image, settings):
     expected = _direct_attention(tiny_explainer, scene_image)
     result = tiny_explainer.explain(scene_image, variants=("cbam",), **settings)

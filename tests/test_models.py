@@ -53,8 +53,9 @@ def test_attention_acts_on_the_residual_branch_after_bn3_before_the_addition(var
 
 
 def test_spec_round_trips_through_manifest_options():
-    spec = ModelSpec.from_options("cbam", 7, {"reduction": 16, "pooling": "max", "spatial_kernel": 3,
-                                              "arrangement": "parallel"})
+    spec = ModelSpec.from_options(
+        "cbam", 7, {"reduction": 16, "pooling": "max", "spatial_kernel": 3, "arrangement": "parallel"}
+    )
     assert ModelSpec.from_options("cbam", 7, spec.attention_options()) == spec
     model = build_resnet50("cbam", num_classes=7, pooling="max", spatial_kernel=3)
     assert model.layer1[0].attention.spatial_gate.conv.kernel_size == (3, 3)

@@ -28,8 +28,16 @@ def _recipe(steps: int) -> Recipe:
 
 def test_tiny_training_run_lowers_the_loss_and_registers_a_set_that_loads(scenes, tmp_path):
     weights_dir = tmp_path / "weights"
-    result = train("cbam", scenes, weights_dir / "builtin", tmp_path / "state.pt", _recipe(8), torch.device("cpu"),
-                   progress=False, log_every=1)
+    result = train(
+        "cbam",
+        scenes,
+        weights_dir / "builtin",
+        tmp_path / "state.pt",
+        _recipe(8),
+        torch.device("cpu"),
+        progress=False,
+        log_every=1,
+    )
     losses = [h["step_loss"] for h in result["history"]]
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert set(result["accuracy_top1_224px_fp32"]) == {"val", "test", "unseen"}
@@ -43,8 +51,19 @@ def test_tiny_training_run_lowers_the_loss_and_registers_a_set_that_loads(scenes
 
 def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(scenes, tmp_path):
     straight = train("se", scenes, tmp_path / "a", tmp_path / "a.pt", _recipe(4), torch.device("cpu"), progress=False)
-    assert train("se", scenes, tmp_path / "b", tmp_path / "b.pt", _recipe(4), torch.device("cpu"), progress=False,
-                 max_steps=2) == {}
+    assert (
+        train(
+            "se",
+            scenes,
+            tmp_path / "b",
+            tmp_path / "b.pt",
+            _recipe(4),
+            torch.device("cpu"),
+            progress=False,
+            max_steps=2,
+        )
+        == {}
+    )
     assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 2
     resumed = train("se", scenes, tmp_path / "b", tmp_path / "b.pt", _recipe(4), torch.device("cpu"), progress=False)
     assert resumed["accuracy_top1_224px_fp32"] == straight["accuracy_top1_224px_fp32"]
@@ -67,8 +86,24 @@ def test_schedule_warms_up_then_decays_and_ends_at_full_resolution():
 def test_cli_writes_weights_and_a_result_record(scenes, tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNVIZ_WEIGHTS", str(tmp_path / "weights"))
     out = tmp_path / "weights" / "builtin"
-    code = main(["--variant", "resnet50", "--data", str(scenes), "--out", str(out), "--state",
-                 str(tmp_path / "s.pt"), "--phases", "128:16", "224:8", "--batch-size", "8", "--quiet"])
+    code = main(
+        [
+            "--variant",
+            "resnet50",
+            "--data",
+            str(scenes),
+            "--out",
+            str(out),
+            "--state",
+            str(tmp_path / "s.pt"),
+            "--phases",
+            "128:16",
+            "224:8",
+            "--batch-size",
+            "8",
+            "--quiet",
+        ]
+    )
     assert code == 0
     record = json.loads((out / "resnet50.json").read_text())
     assert record["recipe"]["phases"] == [[128, 16], [224, 8]]
