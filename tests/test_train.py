@@ -23,7 +23,7 @@ def scenes(tmp_path_factory) -> Path:
 
 
 def _recipe(steps: int) -> Recipe:
-    return Recipe(batch_size=8, phases=[(64, 8 * steps)], bf16=False)
+    return Recipe(batch_size=8, phases=[(64, 8 * (steps - 1))], finetune=(64, 8, 1e-4), bf16=False)
 
 
 def test_tiny_training_run_lowers_the_loss_and_registers_a_set_that_loads(scenes, tmp_path):
@@ -81,6 +81,8 @@ def test_schedule_warms_up_then_decays_and_ends_at_full_resolution():
     peak = lrs.index(max(lrs))
     assert 0 < peak < 0.1 * recipe.total_steps and lrs[-1] < 0.01 * recipe.lr
     assert recipe.resolution_at(0) < 224 and recipe.resolution_at(recipe.total_steps - 1) == 224
+    assert recipe.lr_at(recipe.main_steps - 1) < 0.01 * recipe.lr  # main cycle ends near zero,
+    assert recipe.lr_at(recipe.main_steps) == recipe.finetune[2]  # then the fine-tuning cycle restarts
 
 
 def test_cli_writes_weights_and_a_result_record(scenes, tmp_path, monkeypatch):
@@ -106,6 +108,6 @@ def test_cli_writes_weights_and_a_result_record(scenes, tmp_path, monkeypatch):
     )
     assert code == 0
     record = json.loads((out / "resnet50.json").read_text())
-    assert record["recipe"]["phases"] == [[128, 16], [224, 8]]
+    assert record["recipe"]["phases"] == [[128, 16], [224, 8]] and record["recipe"]["finetune"] == [224, 8, 0.0001]
     assert main(["--register", "--out", str(out)]) == 0
     assert Manifest(tmp_path / "weights").get("builtin").models["resnet50"].variant == "resnet50"
