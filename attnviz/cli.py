@@ -1,0 +1,592 @@
+"""The ``attnviz`` command: explain images in batch into a self-contained HTML report.
+
+    attnviz explain PATH... --out DIR [--set NAME] [--models resnet50 se cbam] [--method gradcam] ...
+    attnviz weights list|verify|import|add ...     (the same as python -m attnviz.weights)
+    attnviz app [--port P] ...                      (the same as python app.py, from a source checkout)
+
+``explain`` runs the app's path (``Explainer.explain`` then ``render_explanation``) on every image file
+given or found under a folder. Each image gets a folder in DIR with its pictures and ``summary.json``;
+``DIR/report.html`` shows them all side by side with no server and nothing fetched from outside. A
+re-run skips the images whose folder already holds the result for the same file content and settings.
+Exit status: 0 when every image was explained, 1 when any failed, 2 on a usage or model-set error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import html
+import importlib.util
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from attnviz.errors import AttnvizError
+
+if TYPE_CHECKING:  # the command starts without importing torch; the explain command loads it when it runs
+    from attnviz.explain import Explainer, ExplainSettings
+    from attnviz.weights import ModelSet
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+OUTPUT_FORMAT = 1  # part of every image's run key: raise it when the files written per image change
+SUMMARY_NAME = "summary.json"
+REPORT_NAME = "report.html"
+TOP_K = 5
+
+
+class UsageError(Exception):
+    """A problem with the command line itself: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one ``error:`` line with exit status 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# --------------------------------------------------------------------------- finding the images
+
+
+@dataclass
+class ImageJob:
+    """One image file of the run and where its results go."""
+
+    path: Path
+    label: str  # how the report and the output name it: the path as given, or relative to its folder
+    folder: str = ""  # the result folder's name inside --out
+    status: str = "pending"  # "done", "skipped" or "failed"
+    reason: str = ""
+    sha256: str = ""
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def find_images(paths: list[Path], out_dir: Path) -> list[ImageJob]:
+    """Files as given and image files found recursively in folders (not those inside ``out_dir``), in order."""
+    out_dir = out_dir.resolve()
+    jobs: list[ImageJob] = []
+    seen: set[Path] = set()
+    for given in paths:
+        if given.is_dir():
+            root = given.resolve()
+            if out_dir == root:
+                raise UsageError(f"--out {given} is the folder of images itself; choose another folder for --out")
+            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not _inside(p.resolve(), out_dir))
+            for path in found:
+                key = path.resolve()
+                if key not in seen:
+                    seen.add(key)
+                    jobs.append(ImageJob(path, (Path(given.resolve().name or "root") /
+                                                path.relative_to(given)).as_posix()))
+        else:
+            key = given.resolve()
+            if key not in seen:  # a missing file is kept: it is reported as failed with its reason
+                seen.add(key)
+                jobs.append(ImageJob(given, given.name or str(given)))
+    _name_folders(jobs)
+    return jobs
+
+
+def _name_folders(jobs: list[ImageJob]) -> None:
+    """A distinct, readable folder name per image, derived from its label so that re-runs find it again."""
+    used: set[str] = set()
+    for job in jobs:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", job.label.replace("/", "__")).strip("._") or "image"
+        if len(name) > 100:
+            name = f"{name[:90]}-{hashlib.sha1(job.label.encode()).hexdigest()[:8]}"
+        candidate, n = name, 2
+        while candidate.lower() in used or candidate == REPORT_NAME:
+            candidate, n = f"{name}-{n}", n + 1
+        used.add(candidate.lower())
+        job.folder = candidate
+
+
+# --------------------------------------------------------------------------- one run's settings
+
+
+@dataclass
+class Run:
+    """What every image of one invocation is explained and drawn with; the models load on first use."""
+
+    info: ModelSet
+    weights_dir: str | None
+    settings: ExplainSettings
+    colormap: str
+    opacity: float
+    fingerprint: dict = field(default_factory=dict)
+    _explainer: Explainer | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    def explainer(self) -> Explainer:
+        """The loaded set, warmed up by one quick pass per model on a grey image, so that one-time set-up does not
+        inflate the first image's times. A set that cannot load raises here, outside any one image's failure."""
+        if self._explainer is None:
+            import numpy as np
+
+            from attnviz.explain import ExplainSettings, get_explainer
+
+            explainer = get_explainer(self.info.name, self.weights_dir)
+            side = self.info.preprocessing.crop
+            explainer.explain(np.full((side, side, 3), 128, np.uint8),
+                              ExplainSettings(layer=self.settings.layer, top_k=1, variants=self.settings.variants))
+            self._explainer = explainer
+        return self._explainer
+
+    def key(self, image_sha256: str) -> str:
+        """The identity of one image's result: its content and everything that shapes the output."""
+        text = json.dumps({"image": image_sha256, "run": self.fingerprint}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _resolve_target(target: str | None, classes: list[str]) -> int | None:
+    if target is None:
+        return None
+    if target in classes:
+        return classes.index(target)
+    if target.lstrip("-").isdigit():
+        return int(target)  # validated against the class count by ExplainSettings
+    shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
+    raise AttnvizError(f"target class {target!r} is not a class of this set; give a name or an index: {shown}")
+
+
+def prepare_run(args: argparse.Namespace) -> Run:
+    """Check the model set and every setting once, before any image; the weights load only when needed."""
+    from attnviz.explain import ExplainSettings
+    from attnviz.models import VARIANTS
+    from attnviz.weights import Manifest
+
+    info = Manifest(args.weights_dir).get(args.set_name)
+    wanted = args.models or list(info.models)
+    missing = [v for v in wanted if v not in info.models]
+    if missing:
+        raise AttnvizError(f"model set {info.name!r} has no model {missing[0]!r}; it has {', '.join(info.models)}")
+    settings = ExplainSettings(method=args.method, layer=args.layer, target=_resolve_target(args.target, info.classes),
+                               top_k=min(TOP_K, len(info.classes)), aug_smooth=args.aug_smooth,
+                               eigen_smooth=args.eigen_smooth, variants=tuple(v for v in VARIANTS if v in wanted))
+    settings.validate(info.classes)
+    fingerprint = {
+        "format": OUTPUT_FORMAT,
+        "set": info.name,
+        "weights": {v: info.models[v].sha256 for v in settings.variants},
+        "preprocessing": info.preprocessing.to_dict(),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
+        "render": {"colormap": args.colormap, "opacity": args.opacity},
+    }
+    weights_dir = str(args.weights_dir) if args.weights_dir else None
+    return Run(info, weights_dir, settings, args.colormap, args.opacity, fingerprint)
+
+
+# --------------------------------------------------------------------------- one image
+
+
+def _read_summary(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(folder: Path, key: str) -> bool:
+    """The folder holds a complete result for this key (summary.json is written last)."""
+    summary = _read_summary(folder)
+    if not summary or summary.get("run", {}).get("key") != key:
+        return False
+    return all((folder / name).is_file() for name in summary.get("files", []))
+
+
+def explain_one(job: ImageJob, run: Run, out_dir: Path, progress=None) -> None:
+    """Explain, draw and write one image's folder; a half-written folder never replaces a finished one."""
+    from PIL import Image
+
+    from attnviz.render import render_explanation
+
+    explanation = run.explainer().explain(job.path, run.settings, progress=progress)
+    rendered = render_explanation(explanation, colormap=run.colormap, opacity=run.opacity)
+    images = rendered.images()
+    staging = out_dir / f".incoming-{job.folder}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, pixels in images.items():
+        Image.fromarray(pixels).save(staging / name, format="PNG")
+    summary = explanation.summary()
+    summary["classes"] = list(explanation.classes)
+    summary["render"] = {"colormap": run.colormap, "opacity": run.opacity}
+    summary["files"] = list(images)
+    summary["run"] = {"key": run.key(job.sha256), "source": str(job.path), "source_sha256": job.sha256}
+    (staging / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    final = out_dir / job.folder
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+
+
+def _content_hash(path: Path) -> str:
+    from attnviz.weights import sha256_of
+
+    if not path.is_file():
+        raise AttnvizError(f"{path}: no such file")
+    try:
+        return sha256_of(path)
+    except OSError as exc:  # permissions, a device, ...
+        raise AttnvizError(f"{path}: cannot be read ({exc.strerror or exc}); check the file") from None
+
+
+def _fail(job: ImageJob, exc: AttnvizError) -> None:
+    job.status, job.reason = "failed", " ".join(str(exc).split())
+
+
+def process(job: ImageJob, run: Run, out_dir: Path, force: bool, progress=None) -> None:
+    """Set ``job.status``: skipped when finished earlier, done, or failed with a one-line reason."""
+    try:
+        job.sha256 = _content_hash(job.path)
+    except AttnvizError as exc:
+        _fail(job, exc)
+        return
+    if not force and is_finished(out_dir / job.folder, run.key(job.sha256)):
+        job.status = "skipped"
+        return
+    run.explainer()  # outside the handling below: a set that cannot load ends the run (exit 2), not one image
+    try:
+        explain_one(job, run, out_dir, progress)
+    except AttnvizError as exc:
+        _fail(job, exc)
+    else:
+        job.status = "done"
+
+
+# --------------------------------------------------------------------------- the report
+
+REPORT_CSS = """
+:root { color-scheme: light; --line: #d0d7de; --muted: #57606a; --bar: #9aa5b1; --hit: #d62728; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "PingFang SC", "Microsoft YaHei",
+       sans-serif; margin: 1.5rem; color: #1f2328; line-height: 1.4; }
+h1 { margin-top: 0; } h2 { border-bottom: 1px solid var(--line); padding-bottom: .3rem; margin-top: 2.5rem; }
+table.meta { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .92em; }
+table.meta th, table.meta td { text-align: left; padding: .2rem .8rem .2rem 0; vertical-align: top; }
+.muted, .note { color: var(--muted); font-size: .9em; }
+.row { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
+.view { flex: 0 0 220px; } .view img { width: 220px; }
+.model { flex: 1 1 300px; min-width: 280px; max-width: 560px; border: 1px solid var(--line); border-radius: 6px;
+         padding: .6rem .8rem; }
+.model h3 { margin: 0 0 .3rem; }
+img { max-width: 100%; height: auto; display: block; }
+img.overlay { width: 100%; image-rendering: auto; }
+.caption { font-weight: 600; margin: .7rem 0 .2rem; font-size: .92em; }
+table.top { width: 100%; border-collapse: collapse; font-size: .9em; }
+table.top td { padding: .1rem .3rem; }
+table.top td.name { width: 40%; overflow-wrap: anywhere; } table.top td.value { width: 4.5em; text-align: right; }
+.bar { background: #eef1f4; height: .8em; } .bar span { display: block; height: 100%; background: var(--bar); }
+tr.target .bar span { background: var(--hit); } tr.target td.name { font-weight: 600; }
+.comparison { margin-top: 1rem; } .comparison img { max-width: min(100%, 1100px); }
+table.failed { border-collapse: collapse; } table.failed td { padding: .3rem .8rem .3rem 0; vertical-align: top; }
+table.failed td.path { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: nowrap; }
+footer { margin-top: 3rem; }
+@media print { .model { break-inside: avoid; } section.image { break-before: page; } }
+"""
+
+
+def _n_images(count: int) -> str:
+    return f"{count} image" + ("" if count == 1 else "s")
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _img(folder: Path, name: str, alt: str, css: str = "") -> str:
+    path = folder / name
+    if not path.is_file():
+        return ""
+    cls = f' class="{css}"' if css else ""
+    return f'<img{cls} src="{_data_uri(path)}" alt="{_e(alt)}" loading="lazy">'
+
+
+def _top_table(model: dict) -> str:
+    target = model["target"]["index"]
+    rows = []
+    for p in model["top"]:
+        width = max(0.0, min(100.0, 100.0 * p["probability"]))
+        cls = ' class="target"' if p["index"] == target else ""
+        rows.append(f'<tr{cls}><td class="name">{_e(p["name"])}</td><td><div class="bar"><span style="width:'
+                    f'{width:.1f}%"></span></div></td><td class="value">{p["probability"]:.1%}</td></tr>')
+    return f'<table class="top">{"".join(rows)}</table>'
+
+
+def _model_column(folder: Path, variant: str, model: dict) -> str:
+    target = model["target"]
+    parts = [
+        f'<div class="model" id="{_e(folder.name)}-{variant}"><h3>{_e(model["title"])}</h3>',
+        f'<div class="muted">explains <b>{_e(target["name"])}</b> ({target["probability"]:.1%}) · '
+        f'{model["seconds"]:.2f} s</div>',
+        _img(folder, f"{variant}_overlay.png", f"{model['title']}: CAM heatmap", "overlay"),
+        f'<div class="caption">Top-{len(model["top"])} (red: the class the heatmap explains)</div>',
+        _top_table(model),
+    ]
+    if variant == "resnet50":
+        parts.append('<p class="note">ResNet50 has <b>no attention modules</b>: no channel or spatial attention to '
+                     'show. It is the baseline the other two are compared with.</p>')
+    channel = _img(folder, f"{variant}_channel_weights.png", f"{model['title']}: channel attention")
+    if channel:
+        parts += ['<div class="caption">Channel attention: one row per block, one column per channel</div>', channel]
+    if variant == "se":
+        parts.append('<p class="note">SE re-weights channels only; it has no spatial attention map.</p>')
+    spatial = _img(folder, f"{variant}_spatial_maps.png", f"{model['title']}: spatial attention")
+    if spatial:
+        parts += ['<div class="caption">Spatial attention of every block (CBAM)</div>', spatial]
+    parts.append("</div>")
+    return "\n".join(p for p in parts if p)
+
+
+def _image_section(index: int, job: ImageJob, out_dir: Path) -> str:
+    from attnviz.models import VARIANT_TITLES
+
+    folder = out_dir / job.folder
+    summary = _read_summary(folder) or {}
+    models = summary.get("models", {})
+    agreement = ", ".join(
+        f"{VARIANT_TITLES.get(a, a)} / {VARIANT_TITLES.get(b, b)} {iou:.2f}"
+        for (a, b), iou in ((pair.split("|"), iou) for pair, iou in summary.get("agreement_top20_iou", {}).items()))
+    status = "finished in an earlier run" if job.status == "skipped" else "explained in this run"
+    columns = "\n".join(_model_column(folder, variant, model) for variant, model in models.items())
+    comparison = ""
+    difference = _img(folder, "difference_maps.png", "difference maps")
+    if difference:
+        comparison += f'<div class="caption">Difference maps</div>{difference}'
+    comparison += (f'<div class="caption">Agreement (IoU of the top-20 % regions) and time per model</div>'
+                   f'{_img(folder, "agreement.png", "agreement and time per model")}')
+    if agreement:
+        comparison += f'<p class="muted">IoU of the top-20 % regions: {_e(agreement)}</p>'
+    return f"""
+<section class="image" id="image-{index}">
+<h2>{_e(job.label)}</h2>
+<p class="muted">{_e(status)} · sha256 {_e(job.sha256[:12])}… ·
+ results in <a href="{_e(job.folder)}/{SUMMARY_NAME}">{_e(job.folder)}/</a></p>
+<div class="row">
+<div class="view"><div class="caption">The view every model saw</div>{_img(folder, "view.png", "model input")}</div>
+{columns}
+</div>
+<div class="comparison"><h3>Comparison</h3>
+<p class="note">Each heatmap is scaled to its own maximum: compare where the maps point, not how hot they are.</p>
+{comparison}
+</div>
+</section>"""
+
+
+def _settings_table(run: Run) -> str:
+    from attnviz.explain import CAM_METHODS
+    from attnviz.models import VARIANT_TITLES
+
+    s = run.settings
+    info = run.info
+    target = "each model's own top-1" if s.target is None else f"{run.classes[s.target]} (index {s.target})"
+    smoothing = ", ".join(n for n, on in (("aug_smooth", s.aug_smooth), ("eigen_smooth", s.eigen_smooth)) if on)
+    rows = [
+        ("Model set", f"{info.name}" + (f": {info.description}" if info.description else "")),
+        ("Models", ", ".join(VARIANT_TITLES[v] for v in s.variants)),
+        ("CAM method", CAM_METHODS[s.method].label),
+        ("Target layer", s.layer),
+        ("Target class", target),
+        ("Top-k", str(s.top_k)),
+        ("Colormap, opacity", f"{run.colormap}, {run.opacity:g}"),
+        ("Smoothing", smoothing or "none"),
+        ("Preprocessing", f"resize {info.preprocessing.resize}, centre crop {info.preprocessing.crop}, "
+                          f"{info.preprocessing.interpolation}"),
+        ("Classes", f"{len(run.classes)}: " + ", ".join(run.classes[:30]) + (" …" if len(run.classes) > 30 else "")),
+    ]
+    for variant in s.variants:
+        entry = info.models[variant]
+        accuracy = ", ".join(f"{k} {v}" for k, v in entry.accuracy.items()) or "no accuracy recorded"
+        rows.append((VARIANT_TITLES[variant], f"{entry.source or 'unknown source'}; {accuracy}; "
+                                              f"sha256 {entry.sha256[:12]}…"))
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f'<table class="meta">{body}</table>'
+
+
+def write_report(jobs: list[ImageJob], run: Run, out_dir: Path, interrupted: bool = False) -> Path:
+    """``report.html``: every finished image side by side, the settings, the set and the failed files."""
+    from attnviz.weights import BUILTIN_SET
+
+    shown = [j for j in jobs if j.status in ("done", "skipped")]
+    failed = [j for j in jobs if j.status == "failed"]
+    counts = (f"{_n_images(len(jobs))}: {sum(j.status == 'done' for j in jobs)} explained in this run, "
+              f"{sum(j.status == 'skipped' for j in jobs)} finished earlier, {len(failed)} failed"
+              + (", the run was interrupted" if interrupted else ""))
+    contents = "".join(f'<li><a href="#image-{i}">{_e(j.label)}</a></li>' for i, j in enumerate(shown))
+    if failed:
+        contents += '<li><a href="#failed">Files that failed</a></li>'
+    sections = "".join(_image_section(i, j, out_dir) for i, j in enumerate(shown))
+    failed_rows = "".join(f'<tr><td class="path">{_e(j.label)}</td><td>{_e(j.reason)}</td></tr>' for j in failed)
+    failed_html = (f'<h2 id="failed">Files that failed ({len(failed)})</h2><table class="failed">{failed_rows}</table>'
+                   if failed else "")
+    credit = ""
+    if run.info.name == BUILTIN_SET:
+        from attnviz.scenes import attribution
+
+        credit = (f'<p class="muted">The built-in set was trained on generated scenes drawn with OpenMoji glyphs. '
+                  f'{_e(attribution())}</p>')
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>attnviz report: {_e(run.info.name)}</title>
+<style>{REPORT_CSS}</style>
+</head>
+<body>
+<h1>attnviz report</h1>
+<p>{_e(counts)}. Written {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>
+{_settings_table(run)}
+<ul>{contents}</ul>
+{sections}
+{failed_html}
+<footer class="muted">
+<p>A CAM heatmap marks the parts of the image that most raised the score of the target class, seen from the
+target layer; channel attention is the weight (0 to 1) SE or CBAM gave each channel of each block on this image;
+CBAM's spatial attention is its weight (0 to 1) for each position.</p>
+{credit}
+</footer>
+</body>
+</html>
+"""
+    path = out_dir / REPORT_NAME
+    staging = out_dir / f".{REPORT_NAME}.incoming"
+    staging.write_text(page, encoding="utf-8")
+    staging.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _explain_parser() -> argparse.ArgumentParser:
+    from attnviz.explain import CAM_METHODS
+    from attnviz.models import TARGET_LAYERS, VARIANTS
+    from attnviz.render import COLORMAPS
+
+    parser = _Parser(prog="attnviz explain",
+                     description="Explain images with every model of a set into one folder per image and a "
+                                 "self-contained report.html.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help=f"image files, or folders searched recursively for {', '.join(IMAGE_EXTENSIONS)}")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the results and report")
+    parser.add_argument("--set", dest="set_name", metavar="NAME", help="model set (default: the manifest's)")
+    parser.add_argument("--weights-dir", type=Path, metavar="DIR",
+                        help="folder holding manifest.json (default: $ATTNVIZ_WEIGHTS or weights/)")
+    parser.add_argument("--models", nargs="+", choices=VARIANTS, help="which models (default: all of the set)")
+    parser.add_argument("--method", default="gradcam", choices=list(CAM_METHODS), help="CAM method (gradcam)")
+    parser.add_argument("--layer", default="layer4", choices=TARGET_LAYERS, help="target layer (layer4)")
+    parser.add_argument("--target", metavar="CLASS",
+                        help="class name or index every heatmap explains (default: each model's own top-1)")
+    parser.add_argument("--colormap", default="jet", choices=COLORMAPS, help="heatmap colormap (jet)")
+    parser.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity, 0 to 1 (0.5)")
+    parser.add_argument("--aug-smooth", action="store_true", help="pytorch-grad-cam's aug_smooth (6 extra passes)")
+    parser.add_argument("--eigen-smooth", action="store_true", help="pytorch-grad-cam's eigen_smooth")
+    parser.add_argument("--force", action="store_true", help="explain every image again, even if finished")
+    return parser
+
+
+def explain_command(argv: list[str]) -> int:
+    args = _explain_parser().parse_args(argv)
+    if not 0.0 <= args.opacity <= 1.0:
+        raise UsageError(f"--opacity must be between 0 and 1, not {args.opacity}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a folder")
+    jobs = find_images(args.paths, args.out)
+    if not jobs:
+        raise UsageError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, args.paths))}")
+    run = prepare_run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from tqdm import tqdm
+
+    interrupted = False
+    bar = tqdm(jobs, unit="image", desc="explaining", file=sys.stderr, dynamic_ncols=True)
+    try:
+        for job in bar:
+            bar.set_postfix_str(job.label[-40:])
+            process(job, run, args.out, args.force, lambda _fraction, message: bar.set_postfix_str(message))
+            if job.status == "failed":
+                tqdm.write(f"failed   {job.label}: {job.reason}", file=sys.stdout)
+            elif job.status == "skipped":
+                tqdm.write(f"skipped  {job.label} (finished earlier with these settings)", file=sys.stdout)
+            else:
+                tqdm.write(f"done     {job.label} -> {args.out / job.folder}", file=sys.stdout)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    report = write_report(jobs, run, args.out, interrupted)
+    counts = {s: sum(j.status == s for j in jobs) for s in ("done", "skipped", "failed")}
+    print(f"{_n_images(len(jobs))}: {counts['done']} explained, {counts['skipped']} skipped, "
+          f"{counts['failed']} failed; report: {report}")
+    if interrupted:
+        print("interrupted: run the same command again to go on", file=sys.stderr)
+        return 130
+    return 1 if counts["failed"] else 0
+
+
+def app_command(argv: list[str]) -> int:
+    """``python app.py`` of the source checkout this package was installed from."""
+    app_file = Path(__file__).resolve().parent.parent / "app.py"
+    if not app_file.is_file():
+        raise UsageError("app.py is not next to this installed package; run python app.py in the attnviz repository")
+    spec = importlib.util.spec_from_file_location("attnviz_app", app_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+COMMANDS = {
+    "explain": "explain images into per-image folders and a self-contained report.html",
+    "weights": "list, verify, import and add model sets (python -m attnviz.weights)",
+    "app": "start the web app (python app.py, from a source checkout)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``attnviz`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command, rest = (argv[0], argv[1:]) if argv else (None, [])
+    try:
+        if command == "explain":
+            return explain_command(rest)
+        if command == "weights":
+            from attnviz.weights_cli import main as weights_main
+
+            return weights_main(rest)
+        if command == "app":
+            return app_command(rest)
+        listing = "\n".join(f"  {name:<9}{text}" for name, text in COMMANDS.items())
+        usage = (f"usage: attnviz {{{','.join(COMMANDS)}}} ...\n\ncommands:\n{listing}\n\n"
+                 f"attnviz COMMAND --help shows a command's options.")
+        if command in ("-h", "--help"):
+            print(usage)
+            return 0
+        if command is None:
+            print(usage, file=sys.stderr)
+            return 2
+        raise UsageError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+    except (UsageError, AttnvizError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,617 @@
+"""The Gradio 6 app: one image, ResNet50, +SE and +CBAM side by side.
+
+Thin over the library: ``explain`` computes, ``render`` draws, and this module
+wires components to them. ``AttnvizApp`` holds the handlers, which tests call
+directly without a server; ``AttnvizApp.build()`` makes the Blocks and
+``launch`` serves them with a bounded queue, a 20 MB upload cap, uploads and
+results deleted after a while, no analytics and nothing fetched from outside.
+
+    app = AttnvizApp(weights_dir="weights")
+    launch(app.build(), host="127.0.0.1", port=7860)
+
+The named endpoint ``/explain`` takes the image first; every other input is
+optional with the page's defaults:
+
+    from gradio_client import Client, handle_file
+    summary, images, archive = Client("http://127.0.0.1:7860/").predict(
+        handle_file("examples/scene_00_cat.png"), api_name="/explain")
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+from attnviz.errors import AttnvizError  # noqa: E402
+from attnviz.explain import CAM_METHODS, ExplainSettings, Explanation, get_explainer  # noqa: E402
+from attnviz.images import MAX_FILE_BYTES  # noqa: E402
+from attnviz.models import TARGET_LAYERS, VARIANT_TITLES, VARIANTS  # noqa: E402
+from attnviz.render import COLORMAPS, Rendered, export_zip, render_explanation  # noqa: E402
+from attnviz.scenes import attribution  # noqa: E402
+from attnviz.weights import BUILTIN_SET, Manifest, default_weights_dir  # noqa: E402
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+OWN_TOP1 = "own top-1"  # the target dropdown's value for "each model's own top-1"
+TOP_K = 5
+DEFAULT_METHOD = "gradcam"
+DEFAULT_LAYER = "layer4"
+DEFAULT_OPACITY = 0.5
+DEFAULT_COLORMAP = "jet"
+TIME_LIMIT_S = 300  # slow methods (Score-CAM) stop after this, per request
+DELETE_CACHE = (600, 1800)  # every 10 minutes, delete uploads and results older than 30 minutes
+MAX_FILE_SIZE = f"{MAX_FILE_BYTES // 2**20}mb"
+QUEUE_SIZE = 16
+CONCURRENCY = 2  # requests at once; each model's lock still lets only one request use its hooks
+RESULTS_DIR = Path(tempfile.gettempdir()) / "attnviz-results"
+IMPORT_COMMANDS = (
+    "python -m attnviz.weights import torchvision-resnet50 --set imagenet\n"
+    "python -m attnviz.weights import timm-seresnet50 --set imagenet\n"
+    "python -m attnviz.weights import pytorchcv-cbam-resnet50 --set imagenet"
+)
+SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Noto Sans", "Helvetica Neue", "Arial",
+                "PingFang SC", "Microsoft YaHei", "sans-serif"]
+MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
+CSS = """
+.attnviz-credit { font-size: 0.8em; opacity: 0.75; }
+.attnviz-model-title h3 { margin: 0; }
+.attnviz-note { font-size: 0.9em; }
+.attnviz-caption { font-weight: 600; }
+.attnviz-overlay img { width: 100%; height: 100%; object-fit: contain; }
+.attnviz-figure img { max-width: 100%; height: auto; object-fit: contain; }
+#status { font-size: 1.05em; }
+"""
+
+_MINUTES = DELETE_CACHE[1] // 60
+
+TRANSLATIONS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "# attnviz: ResNet50, ResNet50 + SE and ResNet50 + CBAM side by side",
+        "intro": "Upload, drop or paste an image, or click an example scene. Every chosen model explains it with a "
+                 "CAM heatmap, lists its top-5 classes and shows what its attention modules did on this very image. "
+                 "*How to read this* at the bottom explains the figures.",
+        "image": "Image",
+        "examples": "Example scenes (click one to run it)",
+        "no_examples": "No example scenes found: write them with `python -m attnviz.scenes examples --out examples`.",
+        "explain": "Explain",
+        "model_set": "Model set",
+        "models": "Models",
+        "method": "CAM method",
+        "method_info": f"Score-CAM runs one forward pass per channel of the target layer (2048 at layer4): minutes "
+                       f"on a CPU. It shows progress with a time estimate and stops after {TIME_LIMIT_S} s.",
+        "target": "Target class",
+        "target_info": "The class each heatmap explains: each model's own top-1, or one class for all models.",
+        "own_top1": "each model's own top-1",
+        "layer": "Target layer",
+        "layer_info": "layer4 is the usual choice: coarse but class-specific. Earlier layers are sharper and less "
+                      "specific.",
+        "opacity": "Heatmap opacity",
+        "colormap": "Colormap",
+        "smoothing": "Smoothing (pytorch-grad-cam; costs extra time)",
+        "aug_smooth": "aug_smooth: average the map over 6 flipped and rescaled copies (6 extra passes per model)",
+        "eigen_smooth": "eigen_smooth: keep the first principal component of the weighted activations (one SVD)",
+        "smoothing_note": "The attention figures always come from the pass on your image itself, never from the "
+                          "altered copies that smoothing or Score-CAM make.",
+        "classes": "Classes of this set",
+        "builtin_note": "The built-in set was trained on generated scenes (OpenMoji glyphs on cluttered backgrounds) "
+                        "and knows **only these classes**: anything else is forced into one of them. For photos, "
+                        "import an ImageNet set (1000 classes), restart the app and choose it above:\n\n```\n"
+                        f"{IMPORT_COMMANDS}\n```",
+        "overlay": "CAM heatmap on the view the model saw",
+        "top5": "Top-5",
+        "channel": "Channel attention: one row per block, one column per channel",
+        "spatial": "Spatial attention of every block (CBAM)",
+        "no_attention": "ResNet50 has **no attention modules**: there is no channel or spatial attention to show. "
+                        "It is the baseline the other two are compared with.",
+        "se_no_spatial": "SE re-weights channels only; it has no spatial attention map.",
+        "explains": "The heatmap explains",
+        "comparison": "## Comparison",
+        "difference": "Difference maps",
+        "agreement": "Agreement (IoU of the top-20 % regions) and time per model",
+        "download": "Download everything shown (PNGs, heatmaps .npz, attention .npz, summary .json)",
+        "done": "Done:",
+        "how_title": "How to read this",
+        "how_body": (
+            "### What Grad-CAM shows\n"
+            "A CAM heatmap marks the parts of the image that most raised the score of one class (the target class), "
+            "seen from one layer of the network (the target layer). Grad-CAM weighs each channel of that layer by "
+            "the gradient of the class score and adds them up: warm colours mean *this region pushed the score "
+            "up*. It shows where the evidence is, not why, and it is coarse: layer4 sees a 7×7 grid of a 224 px "
+            "image.\n\n"
+            "### What channel attention is (SE and CBAM)\n"
+            "Inside each residual block, SE and CBAM compute one weight between 0 and 1 for every channel from the "
+            "whole feature map and multiply the channel by it. The strips show these weights: one row per block, "
+            "one column per channel, one panel per stage (the stages have 256, 512, 1024 and 2048 channels). A "
+            "row of one colour means the block passed all channels alike; contrast means it picked channels for "
+            "this image.\n\n"
+            "### What spatial attention is (CBAM only)\n"
+            "CBAM then computes one weight between 0 and 1 per position of the feature map (from the maximum and "
+            "the mean over channels, through a 7×7 convolution) and multiplies every channel at that position by "
+            "it. The small panels show this map for each of the 16 blocks over the image, all on the same 0 to 1 "
+            "scale; each title gives the map's own range.\n\n"
+            "### Why each model's map is scaled to its own maximum\n"
+            "pytorch-grad-cam rescales every heatmap to 0..1 on its own. Red means *the strongest evidence in "
+            "this model's map*, not an amount you can compare between models. Compare where the maps point (the "
+            "difference maps and the IoU of the top-20 % regions), not how hot they are.\n\n"
+            "### The comparison row\n"
+            "A difference map subtracts one model's heatmap from another's: red where the first is higher, blue "
+            "where the second is. The agreement figure outlines each model's top 20 % of pixels, gives the "
+            "intersection over union of those regions for each pair (1 = the same region, 0 = no overlap) and "
+            "the time each model took."
+        ),
+        "footer": f"Uploads and results are deleted from this server after {_MINUTES} minutes. The page loads nothing "
+                  f"from outside this server.",
+        "err_generic": "This request could not be done:",
+        "err_no_image": "No image yet.",
+        "err_empty": "The file is empty.",
+        "err_not_image": "This is not an image.",
+        "err_corrupt": "The image is truncated or damaged.",
+        "err_too_small": "The image is too small.",
+        "err_too_large": "The image has too many pixels.",
+        "err_file_too_big": "The file is too large.",
+        "err_time_limit": "The CAM method ran past the time limit.",
+        "err_choice": "A setting is not valid.",
+    },
+    "zh-CN": {
+        "title": "# attnviz：ResNet50、ResNet50 + SE 与 ResNet50 + CBAM 并排对比",
+        "intro": "上传、拖入或粘贴一张图片，或点击一个示例场景。每个选中的模型都会给出 CAM 热力图、前 5 个类别，"
+                 "并展示其注意力模块在这张图片上做了什么。页面底部的“如何解读”说明了各图的含义。",
+        "image": "图片",
+        "examples": "示例场景（点击即运行）",
+        "no_examples": "未找到示例场景：请运行 `python -m attnviz.scenes examples --out examples` 生成。",
+        "explain": "解释",
+        "model_set": "模型组",
+        "models": "模型",
+        "method": "CAM 方法",
+        "method_info": f"Score-CAM 对目标层的每个通道各做一次前向传播（layer4 有 2048 个通道），在 CPU 上需要数分钟；"
+                       f"运行时显示进度和预计剩余时间，超过 {TIME_LIMIT_S} 秒即停止。",
+        "target": "目标类别",
+        "target_info": "热力图所解释的类别：各模型自己的 top-1，或为所有模型指定同一个类别。",
+        "own_top1": "各模型自己的 top-1",
+        "layer": "目标层",
+        "layer_info": "通常选 layer4：粗糙但区分类别；更早的层更精细，但类别区分度更低。",
+        "opacity": "热力图不透明度",
+        "colormap": "色图",
+        "smoothing": "平滑（pytorch-grad-cam；需要额外时间）",
+        "aug_smooth": "aug_smooth：对 6 个翻转和缩放的副本取平均（每个模型多 6 次前向传播）",
+        "eigen_smooth": "eigen_smooth：只保留加权激活的第一主成分（一次 SVD）",
+        "smoothing_note": "注意力图始终来自对你的原图本身的那次前向传播，绝不来自平滑或 Score-CAM 生成的变换副本。",
+        "classes": "本模型组的类别",
+        "builtin_note": "内置模型组在生成的场景（杂乱背景上的 OpenMoji 图形）上训练，**只认识这些类别**：其他任何"
+                        "东西都会被归入其中之一。要分析照片，请导入 ImageNet 模型组（1000 类），"
+                        "重启应用后在上方选择：\n\n"
+                        f"```\n{IMPORT_COMMANDS}\n```",
+        "overlay": "模型所见图像上的 CAM 热力图",
+        "top5": "前 5 类",
+        "channel": "通道注意力：每行一个模块，每列一个通道",
+        "spatial": "每个模块的空间注意力（CBAM）",
+        "no_attention": "ResNet50 **没有注意力模块**：没有通道或空间注意力可展示。它是另外两个模型的对照基线。",
+        "se_no_spatial": "SE 只对通道重新加权，没有空间注意力图。",
+        "explains": "热力图解释的类别：",
+        "comparison": "## 对比",
+        "difference": "差异图",
+        "agreement": "一致性（前 20 % 区域的 IoU）与各模型用时",
+        "download": "下载全部结果（PNG 图、热力图 .npz、注意力 .npz、摘要 .json）",
+        "done": "完成：",
+        "how_title": "如何解读",
+        "how_body": (
+            "### Grad-CAM 显示什么\n"
+            "CAM 热力图标出图像中最能提高某一类别（目标类别）得分的部分，这是从网络的某一层（目标层）来看的。"
+            "Grad-CAM 用类别得分对该层每个通道的梯度为通道加权再求和：暖色表示*这个区域推高了得分*。"
+            "它显示证据在哪里，而不是为什么；而且很粗糙：layer4 对 224 像素的图像只有 7×7 的网格。\n\n"
+            "### 什么是通道注意力（SE 和 CBAM）\n"
+            "在每个残差模块中，SE 和 CBAM 根据整张特征图为每个通道计算一个 0 到 1 之间的权重，并用它乘以该通道。"
+            "条带图显示这些权重：每行一个模块，每列一个通道，每个阶段一个面板（各阶段分别有 256、512、1024、2048 "
+            "个通道）。一行颜色均匀表示该模块对所有通道一视同仁；有对比则表示它针对这张图片挑选了通道。\n\n"
+            "### 什么是空间注意力（仅 CBAM）\n"
+            "CBAM 接着为特征图的每个位置计算一个 0 到 1 之间的权重（由通道方向的最大值和平均值经 7×7 卷积得到），"
+            "并用它乘以该位置的所有通道。小图把 16 个模块各自的空间注意力叠加在图像上，使用相同的 0 到 1 色标；"
+            "每个标题给出该图自身的取值范围。\n\n"
+            "### 为什么每个模型的热力图按各自的最大值缩放\n"
+            "pytorch-grad-cam 把每张热力图各自缩放到 0..1。红色表示*该模型热力图中最强的证据*，而不是可以在模型之间"
+            "比较的数量。请比较热力图指向哪里（差异图和前 20 % 区域的 IoU），而不是比较有多“热”。\n\n"
+            "### 对比一栏\n"
+            "差异图用一个模型的热力图减去另一个模型的：第一个更高处为红色，第二个更高处为蓝色。一致性图勾勒出每个模型"
+            "前 20 % 的像素，给出每对模型这些区域的交并比（1 = 同一区域，0 = 没有重叠），以及每个模型的用时。"
+        ),
+        "footer": f"上传的文件和结果会在 {_MINUTES} 分钟后从服务器删除。本页面不从本服务器以外加载任何内容。",
+        "err_generic": "无法完成此请求：",
+        "err_no_image": "还没有图片。",
+        "err_empty": "文件是空的。",
+        "err_not_image": "这不是图片文件。",
+        "err_corrupt": "图片被截断或已损坏。",
+        "err_too_small": "图片太小。",
+        "err_too_large": "图片像素过多。",
+        "err_file_too_big": "文件太大。",
+        "err_time_limit": "CAM 方法超出了时间上限。",
+        "err_choice": "某项设置无效。",
+    },
+}
+TRANSLATIONS["zh"] = TRANSLATIONS["zh-CN"]  # browsers that send plain "zh"
+# Keys are prefixed in the page: gradio's own translations have nested groups ("image", "file", ...) and a key
+# equal to one of their names would show as "[object Object]".
+KEY_PREFIX = "attnviz_"
+I18N = gr.I18n(**{lang: {KEY_PREFIX + k: v for k, v in texts.items()} for lang, texts in TRANSLATIONS.items()})
+
+# Which translated headline goes above a library error line; the line itself stays as the library wrote it.
+_ERROR_KINDS = (
+    ("no image", "err_no_image"),
+    ("file is empty", "err_empty"),
+    ("not an image", "err_not_image"),
+    ("truncated or corrupt", "err_corrupt"),
+    ("too small", "err_too_small"),
+    ("megapixels", "err_too_large"),
+    ("too many pixels", "err_too_large"),
+    ("MB limit", "err_file_too_big"),
+    ("time limit", "err_time_limit"),
+    ("choose one of", "err_choice"),
+    ("outside this set", "err_choice"),
+    ("choose at least one", "err_choice"),
+    ("opacity must", "err_choice"),
+)
+
+
+def tr(key: str) -> gr.i18n.I18nData:
+    """A translated text for a component's label, info or value."""
+    return I18N(KEY_PREFIX + key)
+
+
+def t(key: str) -> str:
+    """A translated text inside a longer string (at most one per string): the page replaces the marker."""
+    return str(tr(key))
+
+
+def error_text(exc: AttnvizError) -> str:
+    """A translated one-line headline followed by the library's own message."""
+    message = str(exc)
+    key = next((k for mark, k in _ERROR_KINDS if mark in message), "err_generic")
+    return f"{t(key)} {message}"
+
+
+def _uploaded_file(payload):
+    """The upload as it arrived: its path (or the bytes of a data URL), for ``load_image`` to validate."""
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):
+        return base64.b64decode(payload.url.split(",", 1)[1])
+    return payload.path
+
+
+def uploaded_image(**kwargs) -> gr.Image:
+    """A ``gr.Image`` input that hands the handler the uploaded file untouched.
+
+    ``gr.Image`` itself opens every upload with Pillow before the handler runs, so a zero-byte file, a non-image
+    or a decompression bomb would fail there with a bare "Error" instead of attnviz's one-line message. The
+    override is set on the instance: a subclass of a gradio component makes gradio write a .pyi stub next to
+    this module.
+    """
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    image.preprocess = _uploaded_file
+    return image
+
+
+@dataclass
+class Analysis:
+    """One request's results: the data, its pictures and the zip of both."""
+
+    explanation: Explanation
+    rendered: Rendered
+    archive: Path
+
+
+def _prune_results(max_age: float) -> None:
+    """Delete this app's result folders older than ``max_age`` seconds (gradio serves its own copies)."""
+    if not RESULTS_DIR.exists():
+        return
+    cutoff = time.time() - max_age
+    for folder in RESULTS_DIR.iterdir():
+        try:
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
+def installed_sets(weights_dir: str | Path | None = None) -> tuple[Manifest, list[str]]:
+    """The manifest and its set names; a clear AttnvizError when no model set is installed."""
+    manifest = Manifest(Path(weights_dir) if weights_dir else None)
+    names = manifest.set_names()
+    if not names:
+        raise AttnvizError(
+            f"no model set is installed in {manifest.weights_dir}: train the built-in set (python -m attnviz.train "
+            f"--variant V for resnet50, se and cbam, then --register) or import one (python -m attnviz.weights "
+            f"import torchvision-resnet50 --set imagenet), or point --weights-dir / ATTNVIZ_WEIGHTS at a weights "
+            f"folder")
+    return manifest, names
+
+
+class AttnvizApp:
+    """The app's handlers and its Blocks; the handlers work without a server."""
+
+    def __init__(self, weights_dir: str | Path | None = None, default_set: str | None = None) -> None:
+        self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
+        self.manifest, self.set_names = installed_sets(self.weights_dir)
+        if default_set is not None and default_set not in self.set_names:
+            raise AttnvizError(f"model set {default_set!r} is not installed (installed: {', '.join(self.set_names)}); "
+                               f"choose one of them with --set")
+        preferred = default_set or self.manifest.default_set
+        self.default_set = preferred if preferred in self.set_names else self.set_names[0]
+        self.components: dict[str, gr.components.Component | gr.blocks.BlockContext] = {}
+
+    # ------------------------------------------------------------------ computing (explain) and drawing (render)
+
+    def explainer(self, set_name: str | None):
+        return get_explainer(set_name or self.default_set, str(self.weights_dir))
+
+    def preload(self) -> None:
+        """Load the default set and run each model once, so that broken weights show at start-up and the first
+        request's times per model are not inflated by one-time set-up in whichever model runs first."""
+        explainer = self.explainer(self.default_set)
+        side = self.manifest.get(self.default_set).preprocessing.crop
+        explainer.explain(np.full((side, side, 3), 128, np.uint8), ExplainSettings(top_k=1))
+
+    def classes(self, set_name: str | None) -> list[str]:
+        return self.manifest.get(set_name or self.default_set).classes
+
+    def analyse(self, image, model_set: str | None = None, models: list[str] | None = None,
+                method: str = DEFAULT_METHOD, target: str | None = OWN_TOP1, layer: str = DEFAULT_LAYER,
+                opacity: float = DEFAULT_OPACITY, colormap: str = DEFAULT_COLORMAP, aug_smooth: bool = False,
+                eigen_smooth: bool = False, progress=None) -> Analysis:
+        """Explain one image with the chosen models, draw every picture and write the zip."""
+        if image is None or (isinstance(image, str) and not image):
+            raise AttnvizError("no image yet: upload, drop or paste one, or click an example scene")
+        if progress is not None:
+            progress(0.0, desc=f"model set {model_set or self.default_set}")  # the first use of a set loads it
+        explainer = self.explainer(model_set)
+        classes = explainer.classes
+        if target in (None, "", OWN_TOP1):
+            target_index = None
+        elif target in classes:
+            target_index = classes.index(target)
+        else:
+            raise AttnvizError(f"target class {target!r} is not a class of this set; choose one of "
+                               f"{', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
+        chosen = [v for v in VARIANTS if v in (models if models is not None else VARIANTS) and v in
+                  explainer.explainers]
+        if not chosen:
+            raise AttnvizError("no model chosen: choose at least one of the set's models")
+        settings = ExplainSettings(method=method, layer=layer, target=target_index, top_k=min(TOP_K, len(classes)),
+                                   aug_smooth=bool(aug_smooth), eigen_smooth=bool(eigen_smooth),
+                                   variants=tuple(chosen), time_limit=TIME_LIMIT_S)
+        report = None if progress is None else (lambda fraction, message: progress(fraction, desc=message))
+        explanation = explainer.explain(image, settings, progress=report)
+        if progress is not None:
+            progress(1.0, desc="drawing")
+        rendered = render_explanation(explanation, colormap=colormap, opacity=float(opacity))
+        _prune_results(DELETE_CACHE[1])
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="request-", dir=RESULTS_DIR))
+        archive = export_zip(explanation, rendered, folder / f"attnviz_{explanation.set_name}_{method}.zip")
+        return Analysis(explanation, rendered, archive)
+
+    # ------------------------------------------------------------------ handlers
+
+    def explain_page(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
+                     eigen_smooth, progress=gr.Progress()) -> dict:  # noqa: B008 - gradio injects it
+        """The page's handler: every output component's new value; a user's error clears them and says why."""
+        try:
+            analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
+                                    aug_smooth, eigen_smooth, progress)
+        except AttnvizError as exc:
+            gr.Warning(str(exc), title="attnviz")  # toasts show text as it is: the library's English line
+            return self._page_values(None, status=f"⚠️ {error_text(exc)}")
+        return self._page_values(analysis)
+
+    def explain_api(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
+                    eigen_smooth, progress=gr.Progress()):  # noqa: B008 - gradio injects it
+        """Explain an image: returns the summary (predictions, agreement, settings), the view and every model's
+        CAM overlay as captioned images, and the zip of everything."""
+        try:
+            analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
+                                    aug_smooth, eigen_smooth, progress)
+        except AttnvizError as exc:
+            raise gr.Error(str(exc), title="attnviz", print_exception=False) from None
+        summary = analysis.explanation.summary()
+        summary["classes"] = list(analysis.explanation.classes)
+        summary["render"] = {"colormap": colormap, "opacity": float(opacity)}
+        images = [(analysis.rendered.view, "view")]
+        images += [(m.overlay, f"{variant}: {VARIANT_TITLES[variant]}")
+                   for variant, m in analysis.rendered.models.items()]
+        return summary, images, str(analysis.archive)
+
+    def set_changed(self, set_name: str) -> dict:
+        """A new model set: its classes in the target dropdown and the page, its models in the checkbox group."""
+        info = self.manifest.get(set_name)
+        variants = [v for v in VARIANTS if v in info.models]
+        c = self.components
+        return {
+            c["target"]: gr.Dropdown(choices=self._target_choices(info.classes), value=OWN_TOP1),
+            c["models"]: gr.CheckboxGroup(choices=[(VARIANT_TITLES[v], v) for v in variants], value=variants),
+            c["classes"]: self._classes_text(info.classes),
+            c["builtin_note"]: gr.Markdown(visible=set_name == BUILTIN_SET),
+            **{c[f"{v}_column"]: gr.Column(visible=v in variants) for v in VARIANTS},
+        }
+
+    # ------------------------------------------------------------------ page values
+
+    @staticmethod
+    def _target_choices(classes: list[str]) -> list[tuple[str, str]]:
+        return [(t("own_top1"), OWN_TOP1)] + [(name, name) for name in classes]
+
+    @staticmethod
+    def _classes_text(classes: list[str]) -> str:
+        shown = ", ".join(classes[:60]) + (f", … ({len(classes) - 60} more)" if len(classes) > 60 else "")
+        return f"**{t('classes')} ({len(classes)}):** {shown}"
+
+    def _page_values(self, analysis: Analysis | None, status: str = "") -> dict:
+        c = self.components
+        results = analysis.explanation.results if analysis else {}
+        values: dict = {}
+        for variant in VARIANTS:
+            result = results.get(variant)
+            drawn = analysis.rendered.models.get(variant) if analysis else None
+            # after an error the columns stay as they were: the chosen set's models
+            values[c[f"{variant}_column"]] = gr.Column(visible=result is not None) if analysis else gr.skip()
+            values[c[f"{variant}_info"]] = (
+                f"{t('explains')} **{result.target.name}** ({result.target.probability:.1%}) · {result.seconds:.2f} s"
+                if result else "")
+            values[c[f"{variant}_overlay"]] = drawn.overlay if drawn else None
+            values[c[f"{variant}_top"]] = {p.name: p.probability for p in result.top} if result else None
+            if f"{variant}_channel" in c:
+                values[c[f"{variant}_channel"]] = drawn.channel_weights if drawn else None
+            if f"{variant}_spatial" in c:
+                values[c[f"{variant}_spatial"]] = drawn.spatial_maps if drawn else None
+        difference = analysis.rendered.difference if analysis else None
+        values[c["difference_column"]] = gr.Column(visible=difference is not None) if analysis else gr.skip()
+        values[c["difference"]] = difference
+        values[c["agreement"]] = analysis.rendered.agreement if analysis else None
+        values[c["download"]] = str(analysis.archive) if analysis else None
+        if analysis and not status:
+            settings = analysis.explanation.settings
+            total = sum(r.seconds for r in results.values())
+            titles = ", ".join(VARIANT_TITLES[v] for v in results)
+            status = f"{t('done')} {CAM_METHODS[settings.method].label} · {settings.layer} · {titles} · {total:.1f} s"
+        values[c["status"]] = status
+        return values
+
+    # ------------------------------------------------------------------ the page
+
+    def build(self) -> gr.Blocks:
+        """The Blocks of the app, with its queue set up."""
+
+        def figure(elem_id: str) -> gr.Image:
+            # Captions go above as Markdown: a floating label would cover the figure's own title.
+            return gr.Image(show_label=False, format="png", interactive=False, elem_id=elem_id,
+                            elem_classes=["attnviz-figure"], buttons=["download", "fullscreen"])
+
+        c = self.components
+        classes = self.classes(self.default_set)
+        variants = [v for v in VARIANTS if v in self.manifest.get(self.default_set).models]
+        examples = sorted(EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
+        with gr.Blocks(title="attnviz", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
+            gr.Markdown(tr("title"))
+            gr.Markdown(tr("intro"))
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=5):
+                    c["image"] = uploaded_image(label=tr("image"), sources=["upload", "clipboard"], height=300,
+                                                elem_id="image-input")
+                    c["explain"] = gr.Button(tr("explain"), variant="primary", elem_id="explain-button")
+                    if examples:
+                        c["examples"] = gr.Examples([[str(p)] for p in examples], inputs=[c["image"]],
+                                                    label=tr("examples"), examples_per_page=len(examples))
+                        gr.Markdown(attribution(), elem_classes=["attnviz-credit"])
+                    else:
+                        gr.Markdown(tr("no_examples"))
+                with gr.Column(scale=4):
+                    c["model_set"] = gr.Dropdown(self.set_names, value=self.default_set, label=tr("model_set"))
+                    c["models"] = gr.CheckboxGroup([(VARIANT_TITLES[v], v) for v in variants], value=variants,
+                                                   label=tr("models"))
+                    c["method"] = gr.Dropdown(
+                        [(m.label + (" (slow)" if m.kind == "perturbation" else ""), m.key)
+                         for m in CAM_METHODS.values()],
+                        value=DEFAULT_METHOD, label=tr("method"), info=tr("method_info"))
+                    c["target"] = gr.Dropdown(self._target_choices(classes), value=OWN_TOP1, label=tr("target"),
+                                              info=tr("target_info"), allow_custom_value=True)
+                    c["layer"] = gr.Radio(list(TARGET_LAYERS), value=DEFAULT_LAYER, label=tr("layer"),
+                                          info=tr("layer_info"))
+                    with gr.Row():
+                        c["opacity"] = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label=tr("opacity"))
+                        c["colormap"] = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label=tr("colormap"))
+                    with gr.Accordion(tr("smoothing"), open=False):
+                        c["aug_smooth"] = gr.Checkbox(False, label=tr("aug_smooth"))
+                        c["eigen_smooth"] = gr.Checkbox(False, label=tr("eigen_smooth"))
+                        gr.Markdown(tr("smoothing_note"), elem_classes=["attnviz-note"])
+                    c["classes"] = gr.Markdown(self._classes_text(classes), elem_id="classes")
+                    c["builtin_note"] = gr.Markdown(tr("builtin_note"), visible=self.default_set == BUILTIN_SET)
+            c["status"] = gr.Markdown("", elem_id="status")
+            with gr.Row(equal_height=False):
+                for variant in VARIANTS:
+                    with gr.Column(min_width=300, elem_id=f"column-{variant}", visible=variant in variants) as column:
+                        c[f"{variant}_column"] = column
+                        gr.Markdown(f"### {VARIANT_TITLES[variant]}", elem_classes=["attnviz-model-title"])
+                        c[f"{variant}_info"] = gr.Markdown("", elem_id=f"info-{variant}")
+                        c[f"{variant}_overlay"] = gr.Image(label=tr("overlay"), show_label=False, format="png",
+                                                           interactive=False, height=280,
+                                                           buttons=["download", "fullscreen"],
+                                                           elem_id=f"overlay-{variant}",
+                                                           elem_classes=["attnviz-overlay"])
+                        c[f"{variant}_top"] = gr.Label(num_top_classes=TOP_K, label=tr("top5"), show_heading=False,
+                                                       elem_id=f"top-{variant}")
+                        if variant == "resnet50":
+                            gr.Markdown(tr("no_attention"), elem_classes=["attnviz-note"],
+                                        elem_id="no-attention-resnet50")
+                        else:
+                            gr.Markdown(tr("channel"), elem_classes=["attnviz-caption"])
+                            c[f"{variant}_channel"] = figure(f"channel-{variant}")
+                        if variant == "se":
+                            gr.Markdown(tr("se_no_spatial"), elem_classes=["attnviz-note"])
+                        if variant == "cbam":
+                            gr.Markdown(tr("spatial"), elem_classes=["attnviz-caption"])
+                            c[f"{variant}_spatial"] = figure(f"spatial-{variant}")
+            gr.Markdown(tr("comparison"))
+            with gr.Column(elem_id="difference-column") as difference_column:
+                c["difference_column"] = difference_column
+                gr.Markdown(tr("difference"), elem_classes=["attnviz-caption"])
+                c["difference"] = figure("difference")
+            gr.Markdown(tr("agreement"), elem_classes=["attnviz-caption"])
+            c["agreement"] = figure("agreement")
+            c["download"] = gr.File(label=tr("download"), interactive=False, elem_id="download")
+            with gr.Accordion(tr("how_title"), open=False):
+                gr.Markdown(tr("how_body"))
+            gr.Markdown(tr("footer"), elem_classes=["attnviz-credit"])
+
+            # The API endpoint: the same inputs (so the same defaults), compact JSON-friendly outputs.
+            with gr.Column(visible=False):
+                c["api_summary"] = gr.JSON(label="summary")
+                c["api_images"] = gr.Gallery(label="view and overlays", format="png")
+                c["api_archive"] = gr.File(label="zip")
+
+            inputs = [c[name] for name in ("image", "model_set", "models", "method", "target", "layer", "opacity",
+                                           "colormap", "aug_smooth", "eigen_smooth")]
+            outputs = [c[name] for name in self._page_output_names()]
+            page = {"fn": self.explain_page, "inputs": inputs, "outputs": outputs, "api_visibility": "private",
+                    "concurrency_id": "explain"}
+            c["explain"].click(**page)
+            c["image"].upload(**page)
+            if examples:
+                c["examples"].load_input_event.then(**page)
+            gr.on([], self.explain_api, inputs=inputs,
+                  outputs=[c["api_summary"], c["api_images"], c["api_archive"]], api_name="explain",
+                  concurrency_id="explain")
+            c["model_set"].change(self.set_changed, inputs=c["model_set"],
+                                  outputs=[c["target"], c["models"], c["classes"], c["builtin_note"],
+                                           *(c[f"{v}_column"] for v in VARIANTS)],
+                                  api_visibility="private")
+        demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, api_open=False)
+        return demo
+
+    def _page_output_names(self) -> list[str]:
+        names = []
+        for variant in VARIANTS:
+            names += [f"{variant}_column", f"{variant}_info", f"{variant}_overlay", f"{variant}_top"]
+            names += [n for n in (f"{variant}_channel", f"{variant}_spatial") if n in self.components]
+        return names + ["difference_column", "difference", "agreement", "download", "status"]
+
+
+def theme() -> gr.themes.Base:
+    """The default theme on the system's own fonts, so that the page fetches no web font."""
+    return gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
+
+
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **kwargs):
+    """Serve the app: no share link, 20 MB upload cap, English and Simplified Chinese, nothing from outside."""
+    return demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE, i18n=I18N,
+                       theme=theme(), css=CSS, ssr_mode=False, pwa=False, mcp_server=False,
+                       enable_monitoring=False, show_error=False, **kwargs)
+
+
+__all__ = ["AttnvizApp", "Analysis", "error_text", "installed_sets", "launch", "theme", "uploaded_image"]

@@ -1,0 +1,184 @@
+"""The real app, launched by app.py on a free local port with the tiny set, driven over HTTP with gradio_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnviz.images import load_image, preprocess
+from attnviz.weights import Manifest
+
+REPO = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 600  # a ceiling, not a wait: on a machine busy training, importing torch and gradio is slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {process.returncode}: {process.stdout.read()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)  # polling a port that is not open yet: there is no event to wait on
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextmanager
+def running_app(weights_dir: Path, *extra: str) -> Iterator[str]:
+    """``python app.py`` on a free port; yields its URL and stops it afterwards."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--weights-dir", str(weights_dir),
+                                *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, STARTUP_TIMEOUT_S)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_weights_dir) -> Iterator[str]:
+    with running_app(tiny_weights_dir) as url:
+        yield url
+
+
+@pytest.fixture
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, analytics_enabled=False, verbose=False)
+
+
+def solid_image(path: Path, colour: tuple[int, int, int], size: int = 80) -> Path:
+    image = np.zeros((size, size, 3), np.uint8)
+    image[...] = colour
+    image[size // 4 : size // 2, size // 4 : size // 2] = 255 - np.array(colour, np.uint8)  # not flat: CAMs vary
+    Image.fromarray(image).save(path)
+    return path
+
+
+def view_of(path: Path, weights_dir: Path) -> np.ndarray:
+    """The preprocessed view the tiny set's models see for an image file."""
+    return preprocess(load_image(path), Manifest(weights_dir).get("tiny").preprocessing).view
+
+
+@pytest.mark.slow
+def test_explain_endpoint_answers_with_only_the_image(client, tmp_path):
+    from gradio_client import handle_file
+
+    summary, images, archive = client.predict(handle_file(str(solid_image(tmp_path / "a.png", (200, 30, 30)))),
+                                              api_name="/explain")
+    assert summary["set"] == "tiny"
+    assert list(summary["models"]) == ["resnet50", "se", "cbam"]
+    assert summary["settings"]["method"] == "gradcam" and summary["settings"]["layer"] == "layer4"
+    assert [item["caption"] for item in images] == ["view", "resnet50: ResNet50", "se: ResNet50 + SE",
+                                                    "cbam: ResNet50 + CBAM"]
+    with zipfile.ZipFile(archive) as opened:
+        assert "heatmaps.npz" in opened.namelist() and "summary.json" in opened.namelist()
+
+
+@pytest.mark.slow
+def test_explain_endpoint_follows_the_options(client, tmp_path):
+    from gradio_client import handle_file
+
+    summary, images, _ = client.predict(
+        handle_file(str(solid_image(tmp_path / "b.png", (30, 200, 30)))), models=["se", "cbam"], method="layercam",
+        target="square", layer="layer3", opacity=0.3, colormap="viridis", api_name="/explain")
+    assert list(summary["models"]) == ["se", "cbam"]
+    assert summary["settings"]["method"] == "layercam" and summary["settings"]["layer"] == "layer3"
+    assert {m["target"]["name"] for m in summary["models"].values()} == {"square"}
+    assert summary["render"] == {"colormap": "viridis", "opacity": 0.3}
+    assert len(images) == 3
+
+
+@pytest.mark.slow
+def test_explain_endpoint_reports_a_file_that_is_not_an_image(client, tmp_path):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are notes, not pixels")
+    with pytest.raises(Exception, match="not an image file"):
+        client.predict(handle_file(str(bad)), api_name="/explain")
+
+
+def test_upload_over_20_mb_is_refused(app_url, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(21 * 2**20))
+    with big.open("rb") as fh:
+        answer = httpx.post(app_url + "gradio_api/upload", files={"files": ("big.png", fh, "image/png")}, timeout=60)
+    assert answer.status_code == 413
+
+
+def test_files_outside_the_app_are_not_served(app_url):
+    assert httpx.get(app_url + "gradio_api/file=/etc/passwd", timeout=10).status_code == 403
+
+
+def test_rest_route_outside_the_queue_is_closed(app_url):
+    answer = httpx.post(app_url + "gradio_api/run/explain", json={"data": [None]}, timeout=10)
+    assert answer.status_code == 404
+
+
+@pytest.mark.slow
+def test_concurrent_clients_each_get_their_own_result(app_url, tiny_weights_dir, tiny_explainer, tmp_path):
+    from gradio_client import Client, handle_file
+
+    colours = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
+    paths = [solid_image(tmp_path / f"c{i}.png", colour, size=70 + 10 * i) for i, colour in enumerate(colours)]
+
+    def ask(path: Path):
+        client = Client(app_url, analytics_enabled=False, verbose=False)
+        return client.predict(handle_file(str(path)), api_name="/explain")
+
+    with ThreadPoolExecutor(len(paths)) as pool:
+        answers = list(pool.map(ask, paths))
+    for path, (summary, images, archive) in zip(paths, answers, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(images[0]["image"]).convert("RGB")),
+                                      view_of(path, tiny_weights_dir))
+        with zipfile.ZipFile(archive) as opened:
+            heatmaps = np.load(opened.open("heatmaps.npz"))
+            assert json.loads(opened.read("summary.json"))["models"] == summary["models"]
+        np.testing.assert_array_equal(heatmaps["view"], view_of(path, tiny_weights_dir))
+        alone = tiny_explainer.explain(path, top_k=4)
+        for variant, result in alone.results.items():
+            np.testing.assert_allclose(heatmaps[variant], result.heatmap, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_app_py_without_model_sets_prints_one_line_and_exits_non_zero(tmp_path):
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    done = subprocess.run([sys.executable, "app.py", "--weights-dir", str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert done.stderr.startswith("error: no model set is installed")

@@ -1,0 +1,115 @@
+"""The app in a real headless Chromium (Debian's package, driven by Playwright for Python)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from test_app_http import running_app
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run"]
+TINY_CLASSES = re.compile("circle|square|triangle|star")
+TIMEOUT_MS = 300_000  # a ceiling for each wait; the machine may be busy training
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install -y chromium"),
+]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_weights_dir) -> Iterator[str]:
+    with running_app(tiny_weights_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patient_assertions():
+    """Assertions wait up to TIMEOUT_MS for their condition (Playwright's default is 5 s)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def example_image(tmp_path) -> Path:
+    """An example scene from examples/, or the same scene written on the spot when examples/ was not generated."""
+    shipped = Path(__file__).resolve().parent.parent / "examples" / "scene_00_cat.png"
+    if shipped.exists():
+        return shipped
+    from attnviz.scenes import export_examples
+
+    return export_examples(tmp_path, singles=1, pairs=0)[0]
+
+
+def open_page(browser, url: str, locale: str = "en-US"):
+    context = browser.new_context(viewport={"width": 1500, "height": 1100}, locale=locale)
+    page = context.new_page()
+    outside: list[str] = []
+    host = urlparse(url).netloc
+    page.on("request", lambda request: outside.append(request.url)
+            if urlparse(request.url).scheme in ("http", "https", "ws", "wss") and urlparse(request.url).netloc != host
+            else None)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    return page, outside
+
+
+def upload(page, path: Path) -> None:
+    page.locator("#image-input input[type=file]").set_input_files(str(path))
+
+
+def test_uploaded_example_shows_three_overlays_and_top5(browser, app_url, example_image, artifacts_dir):
+    from playwright.sync_api import expect
+
+    page, outside = open_page(browser, app_url)
+    upload(page, example_image)
+    for variant in ("resnet50", "se", "cbam"):
+        expect(page.locator(f"#overlay-{variant} img")).to_be_visible()
+        expect(page.locator(f"#top-{variant}")).to_contain_text(TINY_CLASSES)
+    expect(page.locator("#spatial-cbam img")).to_be_visible()
+    expect(page.locator("#agreement img")).to_be_visible()
+    expect(page.locator("#status")).to_contain_text("Done")
+    expect(page.locator("body")).not_to_contain_text("[object Object]")  # every translated label resolved
+    page.screenshot(path=str(artifacts_dir / "app.png"), full_page=True)
+    assert outside == []
+    page.context.close()
+
+
+def test_bad_upload_shows_a_message_and_the_next_upload_works(browser, app_url, example_image, tmp_path):
+    from playwright.sync_api import expect
+
+    page, _ = open_page(browser, app_url)
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are notes, not pixels")
+    upload(page, bad)
+    expect(page.locator("#status")).to_contain_text("not an image file")
+    upload(page, example_image)
+    expect(page.locator("#status")).to_contain_text("Done")
+    expect(page.locator("#overlay-cbam img")).to_be_visible()
+    page.context.close()
+
+
+def test_page_speaks_simplified_chinese_to_a_chinese_browser(browser, app_url):
+    from playwright.sync_api import expect
+
+    page, _ = open_page(browser, app_url, locale="zh-CN")
+    expect(page.locator("#explain-button")).to_have_text("解释")
+    expect(page.get_by_text("本模型组的类别")).to_be_visible()
+    page.context.close()

@@ -1,0 +1,140 @@
+"""attnviz's explain path gives default pytorch-grad-cam's maps, and leaves each model exactly as it found it."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from attnviz.errors import AttnvizError
+from attnviz.explain import CAM_METHODS, ExplainSettings, cam_class
+
+GRADIENT_METHODS = [key for key, method in CAM_METHODS.items() if method.kind == "gradient"]
+COMPARED_METHODS = GRADIENT_METHODS + ["eigencam"]
+VARIANTS = ("resnet50", "se", "cbam")
+LAYERS = ("layer4", "layer2")
+TOLERANCE = 1e-4
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+              "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                "_global_backward_pre_hooks")
+
+
+def _grid() -> list:
+    """Every method x variant x layer; Grad-CAM at layer4 stays in the quick run, the rest is marked slow."""
+    cases = []
+    for method in COMPARED_METHODS:
+        for variant in VARIANTS:
+            for layer in LAYERS:
+                marks = () if (method, layer) == ("gradcam", "layer4") else (pytest.mark.slow,)
+                cases.append(pytest.param(method, variant, layer, marks=marks, id=f"{method}-{variant}-{layer}"))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def user_models(tiny_explainer) -> dict[str, torch.nn.Module]:
+    """A copy of each random model as a user holds it (parameters requiring grad): default pytorch-grad-cam's input."""
+    models = {}
+    for variant, explainer in tiny_explainer.explainers.items():
+        model = copy.deepcopy(explainer.model).eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        models[variant] = model
+    return models
+
+
+@pytest.fixture(scope="module")
+def image_tensor() -> torch.Tensor:
+    return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+
+
+def default_pgc_map(model: torch.nn.Module, method: str, layer: str, x: torch.Tensor, target: int | None) -> np.ndarray:
+    """pytorch-grad-cam used the default way: full backward pass, parameter gradients included."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = None if target is None else [ClassifierOutputTarget(target)]
+    with cam_class(method)(model, target_layers=[getattr(model, layer)]) as cam:
+        heatmap = cam(x, targets=targets)[0]
+    model.zero_grad(set_to_none=True)
+    return heatmap
+
+
+@pytest.mark.parametrize(("method", "variant", "layer"), _grid())
+def test_heatmap_equals_default_pytorch_grad_cam(tiny_explainer, user_models, image_tensor, method, variant, layer):
+    explainer = tiny_explainer.explainers[variant]
+    ranges = []
+    for target in range(len(tiny_explainer.classes)):  # every class: some random-model maps are flat (all ReLU'd)
+        expected = default_pgc_map(user_models[variant], method, layer, image_tensor, target)
+        result = explainer.explain(image_tensor, ExplainSettings(method=method, layer=layer, target=target))
+        assert result.heatmap.shape == expected.shape
+        assert np.abs(result.heatmap - expected).max() <= TOLERANCE, f"class {target}"
+        ranges.append(expected.max() - expected.min())
+    assert max(ranges) > 0.5, "every reference map is flat: the comparison would prove nothing"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_own_top1_heatmap_equals_default_pytorch_grad_cam(tiny_explainer, user_models, image_tensor, variant):
+    expected = default_pgc_map(user_models[variant], "gradcam", "layer4", image_tensor, target=None)
+    result = tiny_explainer.explainers[variant].explain(image_tensor, ExplainSettings())
+    with torch.no_grad():
+        own_top1 = int(user_models[variant](image_tensor)[0].argmax())
+    assert result.target.index == own_top1
+    assert np.abs(result.heatmap - expected).max() <= TOLERANCE
+
+
+# --------------------------------------------------------------------------- the model is left as it was found
+
+
+def snapshot(model: torch.nn.Module) -> list[bool]:
+    return [p.requires_grad for p in model.parameters()]
+
+
+def leftovers(model: torch.nn.Module, requires_grad_before: list[bool]) -> list[str]:
+    """Everything a request may have left on the model: hooks, gradients, training mode, changed flags, records."""
+    problems = []
+    for name, module in model.named_modules():
+        for attribute in HOOK_DICTS:
+            if getattr(module, attribute, None):
+                problems.append(f"{name or 'model'}.{attribute} not empty")
+        if module.training:
+            problems.append(f"{name or 'model'} in training mode")
+        for record in ("last_channel_weights", "last_spatial_map"):
+            if getattr(module, record, None) is not None:
+                problems.append(f"{name}.{record} kept")
+    problems += [f"global {attribute} not empty" for attribute in GLOBAL_HOOKS
+                 if getattr(torch.nn.modules.module, attribute)]
+    problems += [f"{name}.grad kept" for name, p in model.named_parameters() if p.grad is not None]
+    if snapshot(model) != requires_grad_before:
+        problems.append("requires_grad changed")
+    return problems
+
+
+@pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+def test_explain_leaves_every_model_as_found(tiny_explainer, scene_image, method):
+    before = {v: snapshot(e.model) for v, e in tiny_explainer.explainers.items()}
+    tiny_explainer.explain(scene_image, method=method, layer="layer3", top_k=3)
+    for variant, explainer in tiny_explainer.explainers.items():
+        assert leftovers(explainer.model, before[variant]) == []
+
+
+def test_refused_request_leaves_every_model_as_found(tiny_explainer, scene_image):
+    before = {v: snapshot(e.model) for v, e in tiny_explainer.explainers.items()}
+    with pytest.raises(AttnvizError, match="target class 99"):
+        tiny_explainer.explain(scene_image, target=99, top_k=3)
+    for variant, explainer in tiny_explainer.explainers.items():
+        assert leftovers(explainer.model, before[variant]) == []
+
+
+def test_failure_inside_the_pass_leaves_the_model_as_found(tiny_explainer, image_tensor, monkeypatch):
+    explainer = tiny_explainer.explainers["cbam"]
+    before = snapshot(explainer.model)
+
+    def failing_grad(*args, **kwargs):
+        raise RuntimeError("backward failed")
+
+    monkeypatch.setattr(torch.autograd, "grad", failing_grad)  # after the forward pass and the CAM's own hooks
+    with pytest.raises(RuntimeError, match="backward failed"):
+        explainer.explain(image_tensor, ExplainSettings(layer="layer2"))
+    assert leftovers(explainer.model, before) == []

@@ -1,0 +1,241 @@
+"""render: overlays, figures and the export zip, from synthetic explanations made in the test."""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import weakref
+import zipfile
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image
+
+from attnviz import render
+from attnviz.errors import AttnvizError
+from attnviz.explain import BlockAttention, ExplainSettings, Explanation, ModelResult, Prediction, top_region_iou
+
+CLASSES = ["circle", "square", "triangle", "star"]
+STAGES = {"layer1": (3, 256, 16), "layer2": (4, 512, 8), "layer3": (6, 1024, 4), "layer4": (3, 2048, 2)}
+SIZE = 64
+
+
+def attention_records(variant: str, rng: np.random.Generator, value: float | None = None) -> list[BlockAttention]:
+    """ResNet50's 16 blocks: channel weights for SE and CBAM, spatial maps for CBAM only."""
+    if variant == "resnet50":
+        return []
+    records = []
+    for stage, (blocks, channels, side) in STAGES.items():
+        for i in range(blocks):
+            weights = np.full(channels, value, np.float32) if value is not None else rng.random(channels, np.float32)
+            spatial = rng.random((side, side), np.float32) if variant == "cbam" else None
+            records.append(BlockAttention(f"{stage}.{i}", weights, spatial))
+    return records
+
+
+def model_result(variant: str, heatmap: np.ndarray, rng: np.random.Generator,
+                 attention_value: float | None = None) -> ModelResult:
+    probabilities = rng.dirichlet(np.ones(len(CLASSES))).astype(np.float32)
+    order = np.argsort(-probabilities)
+    top = [Prediction(int(i), CLASSES[i], float(probabilities[i])) for i in order]
+    return ModelResult(variant=variant, probabilities=probabilities, top=top, target=top[0], heatmap=heatmap,
+                       attention=attention_records(variant, rng, attention_value), seconds=0.1 + len(variant) / 10)
+
+
+def make_explanation(heatmaps: dict[str, np.ndarray], seed: int = 0,
+                     attention_value: float | None = None) -> Explanation:
+    rng = np.random.default_rng(seed)
+    view = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    explanation = Explanation(view=view, classes=CLASSES, set_name="synthetic",
+                              settings=ExplainSettings(top_k=len(CLASSES), variants=tuple(heatmaps)))
+    for variant, heatmap in heatmaps.items():
+        explanation.results[variant] = model_result(variant, heatmap, rng, attention_value)
+    names = list(heatmaps)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            explanation.agreement[f"{a}|{b}"] = top_region_iou(heatmaps[a], heatmaps[b])
+    return explanation
+
+
+def ramps() -> dict[str, np.ndarray]:
+    """Three different maps in [0, 1]: left-to-right, top-to-bottom, a centred blob."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / (SIZE - 1)
+    blob = np.exp(-((xx - 0.5) ** 2 + (yy - 0.5) ** 2) / 0.05)
+    return {"resnet50": xx, "se": yy, "cbam": blob / blob.max()}
+
+
+@pytest.fixture(scope="module")
+def explanation() -> Explanation:
+    return make_explanation(ramps())
+
+
+@pytest.fixture(scope="module")
+def rendered(explanation) -> render.Rendered:
+    return render.render_explanation(explanation, colormap="jet", opacity=0.5)
+
+
+def strongly_coloured(image: np.ndarray, channel: int) -> int:
+    """Pixels where red (0) or blue (2) clearly exceeds the other."""
+    other = 2 - channel
+    return int(((image[..., channel].astype(int) - image[..., other]) > 40).sum())
+
+
+def test_overlay_has_the_views_size_and_is_uint8(explanation):
+    out = render.overlay(explanation.view, explanation.results["cbam"].heatmap, "jet", 0.5)
+    assert out.shape == explanation.view.shape and out.dtype == np.uint8
+
+
+def test_overlay_at_zero_opacity_is_the_view(explanation):
+    out = render.overlay(explanation.view, explanation.results["se"].heatmap, "jet", 0.0)
+    np.testing.assert_array_equal(out, explanation.view)
+
+
+def test_overlay_at_full_opacity_is_the_coloured_heatmap(explanation):
+    heatmap = explanation.results["se"].heatmap
+    out = render.overlay(explanation.view, heatmap, "viridis", 1.0)
+    np.testing.assert_array_equal(out, render.colorize(heatmap, "viridis"))
+
+
+def test_overlay_upsamples_a_small_heatmap_to_the_view(explanation):
+    out = render.overlay(explanation.view, np.ones((7, 7), np.float32), "jet", 1.0)
+    expected = (np.array(colormaps["jet"](1.0)[:3]) * 255 + 0.5).astype(np.uint8)
+    assert out.shape == explanation.view.shape
+    assert (out == expected).all()
+
+
+def test_overlay_refuses_an_unknown_colormap(explanation):
+    with pytest.raises(AttnvizError, match="unknown colormap"):
+        render.overlay(explanation.view, explanation.results["se"].heatmap, "no-such-map", 0.5)
+
+
+def test_overlay_refuses_opacity_outside_0_to_1(explanation):
+    with pytest.raises(AttnvizError, match="opacity"):
+        render.overlay(explanation.view, explanation.results["se"].heatmap, "jet", 1.5)
+
+
+def test_topk_chart_grows_with_the_number_of_classes(explanation):
+    result = explanation.results["se"]
+    full = render.topk_chart(result)
+    result_two = ModelResult(**{**vars(result), "top": result.top[:2]})
+    two = render.topk_chart(result_two)
+    assert full.dtype == np.uint8 and full.shape[2] == 3
+    assert full.shape[1] == two.shape[1] == round(4.6 * render.DPI)
+    assert full.shape[0] > two.shape[0]
+
+
+def test_channel_weights_figure_is_none_without_attention_modules():
+    assert render.channel_weights_figure([], "ResNet50") is None
+
+
+def test_channel_weights_figure_colours_follow_the_weights():
+    rng = np.random.default_rng(1)
+    low = render.channel_weights_figure(attention_records("se", rng, value=0.0), "low")
+    high = render.channel_weights_figure(attention_records("se", rng, value=1.0), "high")
+    top_colour = (np.array(colormaps[render.ATTENTION_COLORMAP](1.0)[:3]) * 255).astype(int)
+
+    def near_top(image):
+        return int((np.abs(image.astype(int) - top_colour).sum(axis=2) < 30).sum())
+
+    assert low.shape == high.shape
+    assert near_top(high) > 20 * max(near_top(low), 1)  # strips fill with the top colour; only the colorbar has it
+
+
+def test_spatial_maps_figure_is_none_for_se():
+    assert render.spatial_maps_figure(np.zeros((SIZE, SIZE, 3), np.uint8),
+                                      attention_records("se", np.random.default_rng(0))) is None
+
+
+def test_spatial_maps_figure_has_a_4x4_grid_for_cbams_16_blocks():
+    records = attention_records("cbam", np.random.default_rng(0))
+    image = render.spatial_maps_figure(np.zeros((SIZE, SIZE, 3), np.uint8), records)
+    assert len(records) == 16
+    assert image.shape == (round(render.DPI * (1.45 * 4 + 0.5)), round(render.DPI * (1.2 * 4 + 0.9)), 3)
+
+
+def test_difference_figure_is_none_for_a_single_model():
+    assert render.difference_figure(make_explanation({"se": ramps()["se"]})) is None
+
+
+def test_difference_figure_is_red_where_the_first_map_is_higher():
+    zeros, ones = np.zeros((SIZE, SIZE), np.float32), np.ones((SIZE, SIZE), np.float32)
+    agreeing = render.difference_figure(make_explanation({"se": zeros, "cbam": zeros}))
+    first_higher = render.difference_figure(make_explanation({"se": ones, "cbam": zeros}))
+    assert strongly_coloured(first_higher, 0) - strongly_coloured(agreeing, 0) > 20_000  # the whole panel turns red
+    assert strongly_coloured(first_higher, 2) <= strongly_coloured(agreeing, 2)  # blue only in the colorbar
+
+
+def test_agreement_figure_drops_the_iou_panel_for_a_single_model(explanation):
+    three = render.agreement_figure(explanation)
+    one = render.agreement_figure(make_explanation({"cbam": ramps()["cbam"]}))
+    assert three.shape == (round(3.4 * render.DPI), round(3 * 3.4 * render.DPI), 3)
+    assert one.shape == (round(3.4 * render.DPI), round(2 * 3.4 * render.DPI), 3)
+
+
+def test_render_explanation_draws_no_attention_figures_for_resnet50(rendered):
+    assert rendered.models["resnet50"].channel_weights is None
+    assert rendered.models["resnet50"].spatial_maps is None
+    assert rendered.models["se"].channel_weights is not None and rendered.models["se"].spatial_maps is None
+    assert rendered.models["cbam"].channel_weights is not None and rendered.models["cbam"].spatial_maps is not None
+
+
+def test_rendering_leaves_no_matplotlib_figure_alive(explanation, monkeypatch):
+    made = []
+
+    class TrackedFigure(Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(weakref.ref(self))
+
+    monkeypatch.setattr(render, "Figure", TrackedFigure)
+    render.render_explanation(explanation)
+    gc.collect()
+    assert len(made) == 8  # 3 top-k charts, 2 channel strips, 1 spatial grid, differences, agreement
+    assert all(ref() is None for ref in made)
+    assert plt.get_fignums() == []
+
+
+def read_zip(path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_export_zip_holds_every_picture_shown_as_png(explanation, rendered, tmp_path):
+    files = read_zip(render.export_zip(explanation, rendered, tmp_path / "out.zip"))
+    images = rendered.images()
+    assert {"view.png", "resnet50_overlay.png", "se_channel_weights.png", "cbam_spatial_maps.png",
+            "difference_maps.png", "agreement.png"} <= set(images)
+    for name, image in images.items():
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(files[name]))), image)
+
+
+def test_export_zip_heatmaps_npz_has_each_models_map(explanation, rendered, tmp_path):
+    files = read_zip(render.export_zip(explanation, rendered, tmp_path / "out.zip"))
+    heatmaps = np.load(io.BytesIO(files["heatmaps.npz"]))
+    for variant, result in explanation.results.items():
+        np.testing.assert_array_equal(heatmaps[variant], result.heatmap)
+        np.testing.assert_array_equal(heatmaps[f"{variant}_probabilities"], result.probabilities)
+    np.testing.assert_array_equal(heatmaps["view"], explanation.view)
+
+
+def test_export_zip_attention_npz_has_channel_weights_and_cbam_spatial_maps(explanation, rendered, tmp_path):
+    files = read_zip(render.export_zip(explanation, rendered, tmp_path / "out.zip"))
+    attention = np.load(io.BytesIO(files["attention.npz"]))
+    cbam = explanation.results["cbam"].attention
+    np.testing.assert_array_equal(attention["cbam/layer3.2/channel_weights"], cbam[9].channel_weights)
+    np.testing.assert_array_equal(attention["cbam/layer3.2/spatial_map"], cbam[9].spatial_map)
+    assert "se/layer4.2/channel_weights" in attention and "se/layer4.2/spatial_map" not in attention
+    assert not any(key.startswith("resnet50/") for key in attention)
+
+
+def test_export_zip_summary_json_has_predictions_and_settings(explanation, rendered, tmp_path):
+    files = read_zip(render.export_zip(explanation, rendered, tmp_path / "out.zip"))
+    summary = json.loads(files["summary.json"])
+    assert summary["models"]["se"]["top"][0]["name"] == explanation.results["se"].top[0].name
+    assert summary["settings"]["method"] == "gradcam"
+    assert summary["render"] == {"colormap": "jet", "opacity": 0.5}
+    assert set(summary["agreement_top20_iou"]) == {"resnet50|se", "resnet50|cbam", "se|cbam"}
+    assert sorted(summary["files"]) == sorted(files)

@@ -1,0 +1,323 @@
+"""The app's handlers, called directly with the tiny set: no server, no browser."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnviz import ui
+from attnviz.errors import AttnvizError
+from attnviz.images import load_image, preprocess
+from attnviz.render import overlay
+
+DONE = ui.t("done")
+ONE_MODEL = ["resnet50"]  # where only the image handling is under test, one model is enough
+
+
+@pytest.fixture(scope="module")
+def app(tiny_weights_dir) -> ui.AttnvizApp:
+    app = ui.AttnvizApp(tiny_weights_dir)
+    app.build()  # the handlers answer with values for the built components
+    return app
+
+
+def page(app: ui.AttnvizApp, image, **options) -> dict:
+    """Call the page's handler with the page's defaults; the outputs by component name."""
+    settings = {"model_set": "tiny", "models": ["resnet50", "se", "cbam"], "method": "gradcam",
+                "target": ui.OWN_TOP1, "layer": "layer4", "opacity": 0.5, "colormap": "jet", "aug_smooth": False,
+                "eigen_smooth": False, **options}
+    out = app.explain_page(image, **settings)
+    return {name: out[app.components[name]] for name in app._page_output_names()}
+
+
+def save(image: Image.Image, path: Path, **kwargs) -> Path:
+    image.save(path, **kwargs)
+    return path
+
+
+def scene(size: tuple[int, int] = (96, 80), seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[size[1] // 4 : size[1] // 2, size[0] // 4 : size[0] // 2] = (230, 20, 20)
+    return Image.fromarray(pixels)
+
+
+def view_of(path: Path, tiny_weights_dir: Path) -> np.ndarray:
+    from attnviz.weights import Manifest
+
+    return preprocess(load_image(path), Manifest(tiny_weights_dir).get("tiny").preprocessing).view
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` pixels: a decompression bomb's signature."""
+    data = io.BytesIO()
+    Image.new("L", (40, 40)).save(data, format="PNG")
+    raw = bytearray(data.getvalue())
+    ihdr = raw[12:29]  # type + 13 data bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(raw)
+
+
+def assert_cleared_with_message(out: dict, words: str) -> None:
+    assert out["status"].startswith("⚠️") and words in out["status"]
+    for variant in ("resnet50", "se", "cbam"):
+        assert out[f"{variant}_overlay"] is None and out[f"{variant}_top"] is None
+    assert out["agreement"] is None and out["download"] is None
+
+
+# ----------------------------------------------------------------------------- valid requests
+
+
+@pytest.mark.slow
+def test_page_shows_three_overlays_top_k_and_attention_figures(app, tmp_path):
+    out = page(app, save(scene(), tmp_path / "scene.png"))
+    assert out["status"].startswith(DONE)
+    for variant in ("resnet50", "se", "cbam"):
+        assert out[f"{variant}_overlay"].shape == (64, 64, 3)
+        assert len(out[f"{variant}_top"]) == 4 and abs(sum(out[f"{variant}_top"].values()) - 1) < 1e-4
+    assert out["se_channel"] is not None and out["cbam_channel"] is not None and out["cbam_spatial"] is not None
+    assert out["difference"] is not None and out["agreement"] is not None
+    assert zipfile.is_zipfile(out["download"])
+
+
+def test_resnet50_column_has_no_attention_figures_but_a_note(app):
+    assert "resnet50_channel" not in app.components and "resnet50_spatial" not in app.components
+    blocks = app.components["resnet50_column"].children
+    notes = [b for b in blocks if isinstance(b, gr.Markdown) and b.elem_id == "no-attention-resnet50"]
+    assert notes and "no_attention" in str(notes[0].value)
+
+
+def test_unchosen_models_get_hidden_columns(app, tmp_path):
+    out = page(app, save(scene(), tmp_path / "scene.png"), models=["cbam"])
+    assert out["cbam_column"].visible is True
+    assert out["resnet50_column"].visible is False and out["se_column"].visible is False
+    assert out["difference_column"].visible is False  # one model: nothing to compare
+
+
+def test_a_chosen_target_class_is_explained_by_every_model(app, tmp_path):
+    analysis = app.analyse(save(scene(), tmp_path / "scene.png"), "tiny", target="triangle")
+    assert {r.target.name for r in analysis.explanation.results.values()} == {"triangle"}
+
+
+def test_layer_method_and_colormap_reach_explain_and_render(app, tmp_path):
+    path = save(scene(), tmp_path / "scene.png")
+    analysis = app.analyse(path, "tiny", models=["se"], method="eigencam", layer="layer2", colormap="viridis",
+                           opacity=1.0)
+    assert analysis.explanation.settings.method == "eigencam" and analysis.explanation.settings.layer == "layer2"
+    result = analysis.explanation.results["se"]
+    np.testing.assert_array_equal(analysis.rendered.models["se"].overlay,
+                                  overlay(analysis.explanation.view, result.heatmap, "viridis", 1.0))
+
+
+@pytest.mark.slow
+def test_zip_of_a_request_holds_that_requests_view(app, tmp_path, tiny_weights_dir):
+    path = save(scene(seed=3), tmp_path / "scene.png")
+    out = page(app, path)
+    with zipfile.ZipFile(out["download"]) as archive:
+        view = np.asarray(Image.open(archive.open("view.png")))
+    np.testing.assert_array_equal(view, view_of(path, tiny_weights_dir))
+
+
+@pytest.mark.slow
+def test_score_cam_reports_progress_with_a_time_estimate(app, tmp_path, monkeypatch):
+    monkeypatch.setattr(ui, "TIME_LIMIT_S", None)  # under test: the progress, not the cap (a busy machine is slow)
+    messages = []
+    app.analyse(save(scene(), tmp_path / "scene.png"), "tiny", models=["resnet50"], method="scorecam",
+                layer="layer1", progress=lambda fraction, desc: messages.append(desc))
+    assert any("s left" in m and "batch" in m for m in messages)
+
+
+def test_score_cam_past_the_time_cap_stops_with_a_clear_message(app, tmp_path, monkeypatch):
+    monkeypatch.setattr(ui, "TIME_LIMIT_S", 0.0)
+    out = page(app, save(scene(), tmp_path / "scene.png"), models=ONE_MODEL, method="scorecam", layer="layer1")
+    assert_cleared_with_message(out, "time limit")
+    assert out["status"].startswith("⚠️ " + ui.t("err_time_limit"))
+
+
+def test_page_states_the_time_cap_for_slow_methods():
+    assert f"{ui.TIME_LIMIT_S} s" in ui.TRANSLATIONS["en"]["method_info"]
+    assert f"{ui.TIME_LIMIT_S} 秒" in ui.TRANSLATIONS["zh-CN"]["method_info"]
+
+
+def test_set_change_lists_the_sets_classes(app):
+    out = app.set_changed("tiny")
+    choices = [value for _, value in out[app.components["target"]].choices]
+    assert choices == [ui.OWN_TOP1, "circle", "square", "triangle", "star"]
+    assert "circle, square, triangle, star" in out[app.components["classes"]]
+    assert out[app.components["builtin_note"]].visible is False
+    assert all(out[app.components[f"{v}_column"]].visible for v in ("resnet50", "se", "cbam"))
+
+
+def test_api_handler_returns_summary_view_overlays_and_zip(app, tmp_path):
+    summary, images, archive = app.explain_api(save(scene(), tmp_path / "scene.png"), "tiny", ["se", "cbam"],
+                                               "gradcam", ui.OWN_TOP1, "layer4", 0.5, "jet", False, False)
+    assert list(summary["models"]) == ["se", "cbam"] and summary["classes"] == ["circle", "square", "triangle",
+                                                                                 "star"]
+    assert [caption for _, caption in images] == ["view", "se: ResNet50 + SE", "cbam: ResNet50 + CBAM"]
+    assert Path(archive).is_file()
+
+
+def test_api_handler_raises_a_gradio_error_with_the_message(app, tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(gr.Error, match="empty"):
+        app.explain_api(empty, "tiny", None, "gradcam", ui.OWN_TOP1, "layer4", 0.5, "jet", False, False)
+
+
+# ----------------------------------------------------------------------------- odd but valid images
+
+
+def test_animated_gif_uses_its_first_frame(app, tmp_path, tiny_weights_dir):
+    red, blue = Image.new("RGB", (80, 80), (255, 0, 0)), Image.new("RGB", (80, 80), (0, 0, 255))
+    path = save(red, tmp_path / "anim.gif", save_all=True, append_images=[blue], duration=100, loop=0)
+    view = app.analyse(path, "tiny", models=ONE_MODEL).explanation.view
+    assert view[..., 0].mean() > 200 and view[..., 2].mean() < 50
+
+
+def test_cmyk_jpeg_is_accepted(app, tmp_path):
+    path = save(scene().convert("CMYK"), tmp_path / "cmyk.jpg", quality=95)
+    assert page(app, path, models=ONE_MODEL)["status"].startswith(DONE)
+
+
+def test_16_bit_png_is_accepted(app, tmp_path):
+    ramp = (np.linspace(0, 65535, 96 * 96).reshape(96, 96)).astype(np.uint16)
+    path = save(Image.fromarray(ramp), tmp_path / "deep.png")
+    view = app.analyse(path, "tiny", models=ONE_MODEL).explanation.view
+    assert view.min() < 30 and view.max() > 220  # the full 16-bit range became the full 8-bit range
+
+
+def test_palette_png_is_accepted(app, tmp_path):
+    path = save(scene().convert("P", palette=Image.Palette.ADAPTIVE, colors=16), tmp_path / "palette.png")
+    assert page(app, path, models=ONE_MODEL)["status"].startswith(DONE)
+
+
+def test_transparent_png_is_composited_on_white(app, tmp_path):
+    path = save(Image.new("RGBA", (80, 80), (0, 0, 0, 0)), tmp_path / "clear.png")
+    assert (app.analyse(path, "tiny", models=ONE_MODEL).explanation.view == 255).all()
+
+
+def test_greyscale_png_is_accepted_as_grey(app, tmp_path):
+    path = save(scene().convert("L"), tmp_path / "grey.png")
+    view = app.analyse(path, "tiny", models=ONE_MODEL).explanation.view
+    assert (view[..., 0] == view[..., 1]).all() and (view[..., 1] == view[..., 2]).all()
+
+
+def test_exif_orientation_is_honoured(app, tmp_path):
+    pixels = np.zeros((64, 128, 3), np.uint8)
+    pixels[:, :64] = (255, 0, 0)  # left half red, right half blue as stored
+    pixels[:, 64:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the left half ends up on top
+    path = save(Image.fromarray(pixels), tmp_path / "rotated.jpg", exif=exif, quality=95)
+    view = app.analyse(path, "tiny", models=ONE_MODEL).explanation.view.astype(int)
+    top, bottom = view[:16], view[-16:]
+    assert top[..., 0].mean() > 200 and top[..., 2].mean() < 60
+    assert bottom[..., 2].mean() > 200 and bottom[..., 0].mean() < 60
+
+
+# ----------------------------------------------------------------------------- bad requests
+
+
+def test_not_an_image_gets_a_clear_message(app, tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("these are notes, not pixels")
+    assert_cleared_with_message(page(app, path), "not an image file")
+
+
+def test_truncated_png_gets_a_clear_message(app, tmp_path):
+    whole = save(scene((200, 200)), tmp_path / "whole.png").read_bytes()
+    path = tmp_path / "cut.png"
+    path.write_bytes(whole[: len(whole) // 2])
+    assert_cleared_with_message(page(app, path), "truncated or corrupt")
+
+
+def test_zero_bytes_get_a_clear_message(app, tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    assert_cleared_with_message(page(app, path), "empty (0 bytes)")
+
+
+def test_huge_dimensions_are_refused_before_decoding(app, tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_claiming_size(10_000, 8_000))  # 80 megapixels: over attnviz's limit, under Pillow's
+    assert_cleared_with_message(page(app, path), "megapixels")
+
+
+def test_decompression_bomb_is_refused_before_decoding(app, tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_claiming_size(40_000, 40_000))  # 1.6 gigapixels in a few hundred bytes
+    assert_cleared_with_message(page(app, path), "too many pixels")
+
+
+def test_image_under_32_pixels_gets_a_clear_message(app, tmp_path):
+    path = save(Image.new("RGB", (31, 200), (10, 20, 30)), tmp_path / "thin.png")
+    assert_cleared_with_message(page(app, path), "too small")
+
+
+def test_no_image_gets_a_clear_message(app):
+    assert_cleared_with_message(page(app, None), "no image yet")
+
+
+def test_unknown_target_class_gets_a_clear_message(app, tmp_path):
+    out = page(app, save(scene(), tmp_path / "scene.png"), target="unicorn")
+    assert_cleared_with_message(out, "'unicorn' is not a class of this set")
+
+
+def test_no_model_chosen_gets_a_clear_message(app, tmp_path):
+    assert_cleared_with_message(page(app, save(scene(), tmp_path / "scene.png"), models=[]), "no model chosen")
+
+
+@pytest.mark.slow
+def test_request_after_a_bad_upload_shows_only_its_own_results(app, tmp_path, tiny_weights_dir):
+    first = page(app, save(scene(seed=1), tmp_path / "first.png"), models=["cbam"])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    page(app, empty)
+    second_path = save(scene(seed=2), tmp_path / "second.png")
+    second = page(app, second_path, models=["cbam"])
+    assert second["status"].startswith(DONE)
+    assert second["download"] != first["download"]
+    with zipfile.ZipFile(second["download"]) as archive:
+        heatmaps = np.load(archive.open("heatmaps.npz"))
+        np.testing.assert_array_equal(heatmaps["view"], view_of(second_path, tiny_weights_dir))
+    np.testing.assert_array_equal(second["cbam_overlay"],
+                                  overlay(view_of(second_path, tiny_weights_dir), heatmaps["cbam"], "jet", 0.5))
+    assert not np.array_equal(second["cbam_overlay"], first["cbam_overlay"])
+
+
+def test_uploaded_image_passes_the_file_through_untouched(tmp_path):
+    from gradio.data_classes import ImageData
+
+    path = tmp_path / "notes.png"
+    path.write_text("not an image: gradio must not try to open it")
+    component = ui.uploaded_image(render=False)
+    assert component.preprocess(ImageData(path=str(path), orig_name="notes.png")) == str(path)
+    assert component.get_block_name() == "image"
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def test_error_text_puts_a_translated_headline_before_the_library_line():
+    text = ui.error_text(AttnvizError("cat.png: the file is empty (0 bytes); choose an image file"))
+    assert text.startswith(ui.t("err_empty")) and text.endswith("choose an image file")
+
+
+def test_every_text_has_english_and_simplified_chinese():
+    assert set(ui.TRANSLATIONS["en"]) == set(ui.TRANSLATIONS["zh-CN"])
+    assert all(ui.TRANSLATIONS["zh-CN"][key] for key in ui.TRANSLATIONS["en"])
+
+
+def test_no_model_set_installed_is_one_clear_error(tmp_path):
+    with pytest.raises(AttnvizError, match="no model set is installed"):
+        ui.AttnvizApp(tmp_path)
