@@ -49,25 +49,21 @@ def test_tiny_training_run_lowers_the_loss_and_registers_a_set_that_loads(scenes
     assert loaded.name == "builtin" and loaded.classes == CLASSES and list(loaded.models) == ["cbam"]
 
 
-def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(scenes, tmp_path):
-    straight = train("se", scenes, tmp_path / "a", tmp_path / "a.pt", _recipe(4), torch.device("cpu"), progress=False)
-    assert (
-        train(
-            "se",
-            scenes,
-            tmp_path / "b",
-            tmp_path / "b.pt",
-            _recipe(4),
-            torch.device("cpu"),
-            progress=False,
-            max_steps=2,
-        )
-        == {}
-    )
-    assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 2
-    resumed = train("se", scenes, tmp_path / "b", tmp_path / "b.pt", _recipe(4), torch.device("cpu"), progress=False)
+def test_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(scenes, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    cpu = torch.device("cpu")
+    straight = train("se", scenes, tmp_path / "a", tmp_path / "a.pt", _recipe(4), cpu, progress=False)
+    stopped = train("se", scenes, tmp_path / "b", tmp_path / "b.pt", _recipe(4), cpu, progress=False, max_steps=2)
+    assert stopped == {} and torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 2
+    capsys.readouterr()
+    resumed = train("se", scenes, tmp_path / "b", tmp_path / "b.pt", _recipe(4), cpu, progress=False)
+    assert "resuming se from step 2" in capsys.readouterr().out
     assert resumed["accuracy_top1_224px_fp32"] == straight["accuracy_top1_224px_fp32"]
-    assert sha256_of(tmp_path / "a" / "se.safetensors") == sha256_of(tmp_path / "b" / "se.safetensors")
+    a, b = load_file(tmp_path / "a" / "se.safetensors"), load_file(tmp_path / "b" / "se.safetensors")
+    # Same data order, optimiser state and schedule; CPU kernels may differ in the last bits between runs.
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), atol=2e-3, rtol=1e-2)
 
 
 def test_every_epoch_visits_each_scene_once():
@@ -101,6 +97,8 @@ def test_cli_writes_weights_and_a_result_record(scenes, tmp_path, monkeypatch):
             "--phases",
             "128:16",
             "224:8",
+            "--finetune",
+            "224:8:0.0001",
             "--batch-size",
             "8",
             "--quiet",
