@@ -595,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         handler, handler_note = find_app_handler(set_name, weights_dir)
     notes = [set_note, handler_note]
+    if machine["load_average_at_start"][0] > 0.5 * (machine["usable_cpus"] or 1):
+        notes.append(f"the machine was busy at the start (load average {machine['load_average_at_start'][0]}): "
+                     f"these timings are not those of an idle machine")
     if not HAS_TORCHCAM:
         notes.append("TorchCAM is not installed (pip install torchcam): its column is left out")
     if len(explainer.explainers) < len(VARIANTS):
