@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,32 +16,13 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from servers import free_port, stop, wait_until_serving
 
 from attnviz.images import load_image, preprocess
 from attnviz.weights import Manifest
 
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 600  # a ceiling, not a wait: on a machine busy training, importing torch and gradio is slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_serving(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with {process.returncode}: {process.stdout.read()}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)  # polling a port that is not open yet: there is no event to wait on
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
 @contextmanager
@@ -59,12 +38,7 @@ def running_app(weights_dir: Path, *extra: str) -> Iterator[str]:
         wait_until_serving(url, process, STARTUP_TIMEOUT_S)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @pytest.fixture(scope="module")

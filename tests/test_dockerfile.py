@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from servers import free_port, stop, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -76,12 +75,6 @@ def start_command(steps: list[tuple[str, str]]) -> list[str]:
 def here(command: list[str]) -> list[str]:
     """The image's command with this interpreter for ``python``."""
     return [sys.executable if part == "python" else part for part in command]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- structure
@@ -170,22 +163,6 @@ def health(steps, port: int) -> subprocess.CompletedProcess:
                           timeout=COMMAND_TIMEOUT_S)
 
 
-def wait_until_serving(url: str, process: subprocess.Popen, timeout: float) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the start command exited with {process.returncode}: {process.stdout.read()}")
-        try:
-            with opener.open(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)  # polling a port that is not open yet: there is no event to wait on
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
 @contextmanager
 def started_app(steps, weights_dir: Path, **extra_env: str) -> Iterator[int]:
     """The Dockerfile's CMD, run in the repository with its ENV, on a free port; yields the port."""
@@ -198,12 +175,7 @@ def started_app(steps, weights_dir: Path, **extra_env: str) -> Iterator[int]:
         wait_until_serving(f"http://127.0.0.1:{port}/", process, STARTUP_TIMEOUT_S)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def app_reads_the_password() -> bool:
