@@ -10,11 +10,11 @@ results deleted after a while, no analytics and nothing fetched from outside.
     launch(app.build(), host="127.0.0.1", port=7860)
 
 The named endpoint ``/explain`` takes the image first; every other input is
-optional with the page's defaults:
+optional with the page's defaults; ``archive=True`` asks for the zip too:
 
     from gradio_client import Client, handle_file
     summary, images, archive = Client("http://127.0.0.1:7860/").predict(
-        handle_file("examples/scene_00_cat.png"), api_name="/explain")
+        handle_file("examples/scene_00_cat.png"), archive=True, api_name="/explain")
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "difference": "Difference maps",
         "agreement": "Agreement (IoU of the top-20 % regions) and time per model",
         "download": "Download everything shown (PNGs, heatmaps .npz, attention .npz, summary .json)",
+        "zip_button": "Prepare the download (.zip)",
+        "zip_none": "Nothing to download yet: explain an image first.",
         "done": "Done:",
         "how_title": "How to read this",
         "how_body": (
@@ -201,6 +203,8 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "difference": "差异图",
         "agreement": "一致性（前 20 % 区域的 IoU）与各模型用时",
         "download": "下载全部结果（PNG 图、热力图 .npz、注意力 .npz、摘要 .json）",
+        "zip_button": "生成下载文件（.zip）",
+        "zip_none": "还没有可下载的结果：请先解释一张图像。",
         "done": "完成：",
         "how_title": "如何解读",
         "how_body": (
@@ -301,11 +305,11 @@ def uploaded_image(**kwargs) -> gr.Image:
 
 @dataclass
 class Analysis:
-    """One request's results: the data, its pictures and the zip of both."""
+    """One request's results: the data, its pictures and, once asked for, the zip of both."""
 
     explanation: Explanation
     rendered: Rendered
-    archive: Path
+    archive: Path | None = None
 
 
 def _prune_results(max_age: float) -> None:
@@ -365,8 +369,9 @@ class AttnvizApp:
     def analyse(self, image, model_set: str | None = None, models: list[str] | None = None,
                 method: str = DEFAULT_METHOD, target: str | None = OWN_TOP1, layer: str = DEFAULT_LAYER,
                 opacity: float = DEFAULT_OPACITY, colormap: str = DEFAULT_COLORMAP, aug_smooth: bool = False,
-                eigen_smooth: bool = False, progress=None) -> Analysis:
-        """Explain one image with the chosen models, draw every picture and write the zip."""
+                eigen_smooth: bool = False, progress=None, archive: bool = False) -> Analysis:
+        """Explain one image with the chosen models and draw every picture; write the zip only with ``archive``
+        (it costs about as much as the three models' explanations, and most requests never download it)."""
         if image is None or (isinstance(image, str) and not image):
             raise AttnvizError("no image yet: upload, drop or paste one, or click an example scene")
         if progress is not None:
@@ -392,11 +397,22 @@ class AttnvizApp:
         if progress is not None:
             progress(1.0, desc="drawing")
         rendered = render_explanation(explanation, colormap=colormap, opacity=float(opacity))
-        _prune_results(DELETE_CACHE[1])
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="request-", dir=RESULTS_DIR))
-        archive = export_zip(explanation, rendered, folder / f"attnviz_{explanation.set_name}_{method}.zip")
-        return Analysis(explanation, rendered, archive)
+        analysis = Analysis(explanation, rendered)
+        if archive:
+            self.write_archive(analysis)
+        return analysis
+
+    @staticmethod
+    def write_archive(analysis: Analysis) -> Path:
+        """The zip of one analysis (written once, in a folder of its own that the cache clean-up removes)."""
+        if analysis.archive is None or not analysis.archive.is_file():
+            _prune_results(DELETE_CACHE[1])
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix="request-", dir=RESULTS_DIR))
+            explanation = analysis.explanation
+            name = f"attnviz_{explanation.set_name}_{explanation.settings.method}.zip"
+            analysis.archive = export_zip(explanation, analysis.rendered, folder / name)
+        return analysis.archive
 
     # ------------------------------------------------------------------ handlers
 
@@ -411,13 +427,20 @@ class AttnvizApp:
             return self._page_values(None, status=f"⚠️ {error_text(exc)}")
         return self._page_values(analysis)
 
+    def archive_page(self, analysis: Analysis | None) -> dict:
+        """The page's "prepare the download" button: the zip of the results on show, written on first ask."""
+        c = self.components
+        if analysis is None:
+            return {c["download"]: None, c["status"]: f"⚠️ {t('zip_none')}"}
+        return {c["download"]: str(self.write_archive(analysis)), c["status"]: gr.skip()}
+
     def explain_api(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
-                    eigen_smooth, progress=gr.Progress()):  # noqa: B008 - gradio injects it
+                    eigen_smooth, archive=False, progress=gr.Progress()):  # noqa: B008 - gradio injects it
         """Explain an image: returns the summary (predictions, agreement, settings), the view and every model's
-        CAM overlay as captioned images, and the zip of everything."""
+        CAM overlay as captioned images, and, when ``archive`` is true, the zip of everything (else None)."""
         try:
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
-                                    aug_smooth, eigen_smooth, progress)
+                                    aug_smooth, eigen_smooth, progress, archive=bool(archive))
         except AttnvizError as exc:
             raise gr.Error(str(exc), title="attnviz", print_exception=False) from None
         summary = analysis.explanation.summary()
@@ -426,7 +449,7 @@ class AttnvizApp:
         images = [(analysis.rendered.view, "view")]
         images += [(m.overlay, f"{variant}: {VARIANT_TITLES[variant]}")
                    for variant, m in analysis.rendered.models.items()]
-        return summary, images, str(analysis.archive)
+        return summary, images, str(analysis.archive) if analysis.archive else None
 
     def set_changed(self, set_name: str) -> dict:
         """A new model set: its classes in the target dropdown and the page, its models in the checkbox group."""
@@ -474,7 +497,8 @@ class AttnvizApp:
         values[c["difference_column"]] = gr.Column(visible=difference is not None) if analysis else gr.skip()
         values[c["difference"]] = difference
         values[c["agreement"]] = analysis.rendered.agreement if analysis else None
-        values[c["download"]] = str(analysis.archive) if analysis else None
+        values[c["download"]] = None  # a new result (or an error) takes the previous zip off the page
+        values[c["last"]] = analysis
         if analysis and not status:
             settings = analysis.explanation.settings
             total = sum(r.seconds for r in results.values())
@@ -564,7 +588,10 @@ class AttnvizApp:
                 c["difference"] = figure("difference")
             gr.Markdown(tr("agreement"), elem_classes=["attnviz-caption"])
             c["agreement"] = figure("agreement")
-            c["download"] = gr.File(label=tr("download"), interactive=False, elem_id="download")
+            c["last"] = gr.State(None, time_to_live=DELETE_CACHE[1])  # the results on show, for the zip
+            with gr.Row(equal_height=True):
+                c["zip_button"] = gr.Button(tr("zip_button"), variant="secondary", elem_id="zip-button", scale=1)
+                c["download"] = gr.File(label=tr("download"), interactive=False, elem_id="download", scale=3)
             with gr.Accordion(tr("how_title"), open=False):
                 gr.Markdown(tr("how_body"))
             gr.Markdown(tr("footer"), elem_classes=["attnviz-credit"])
@@ -574,6 +601,7 @@ class AttnvizApp:
                 c["api_summary"] = gr.JSON(label="summary")
                 c["api_images"] = gr.Gallery(label="view and overlays", format="png")
                 c["api_archive"] = gr.File(label="zip")
+                c["api_archive_flag"] = gr.Checkbox(False, label="archive")
 
             inputs = [c[name] for name in ("image", "model_set", "models", "method", "target", "layer", "opacity",
                                            "colormap", "aug_smooth", "eigen_smooth")]
@@ -584,7 +612,9 @@ class AttnvizApp:
             c["image"].upload(**page)
             if examples:
                 c["examples"].load_input_event.then(**page)
-            gr.on([], self.explain_api, inputs=inputs,
+            c["zip_button"].click(self.archive_page, inputs=c["last"], outputs=[c["download"], c["status"]],
+                                  api_visibility="private", concurrency_id="archive")
+            gr.on([], self.explain_api, inputs=[*inputs, c["api_archive_flag"]],
                   outputs=[c["api_summary"], c["api_images"], c["api_archive"]], api_name="explain",
                   concurrency_id="explain")
             c["model_set"].change(self.set_changed, inputs=c["model_set"],
@@ -599,7 +629,7 @@ class AttnvizApp:
         for variant in VARIANTS:
             names += [f"{variant}_column", f"{variant}_info", f"{variant}_overlay", f"{variant}_top"]
             names += [n for n in (f"{variant}_channel", f"{variant}_spatial") if n in self.components]
-        return names + ["difference_column", "difference", "agreement", "download", "status"]
+        return names + ["difference_column", "difference", "agreement", "download", "last", "status"]
 
 
 def theme() -> gr.themes.Base:

@@ -72,7 +72,7 @@ def test_explain_endpoint_answers_with_only_the_image(client, tmp_path):
     from gradio_client import handle_file
 
     summary, images, archive = client.predict(handle_file(str(solid_image(tmp_path / "a.png", (200, 30, 30)))),
-                                              api_name="/explain")
+                                              archive=True, api_name="/explain")
     assert summary["set"] == "tiny"
     assert list(summary["models"]) == ["resnet50", "se", "cbam"]
     assert summary["settings"]["method"] == "gradcam" and summary["settings"]["layer"] == "layer4"
@@ -132,7 +132,7 @@ def test_concurrent_clients_each_get_their_own_result(app_url, tiny_weights_dir,
 
     def ask(path: Path):
         client = Client(app_url, analytics_enabled=False, verbose=False)
-        return client.predict(handle_file(str(path)), api_name="/explain")
+        return client.predict(handle_file(str(path)), archive=True, api_name="/explain")
 
     with ThreadPoolExecutor(len(paths)) as pool:
         answers = list(pool.map(ask, paths))

@@ -182,7 +182,31 @@ def test_render_explanation_draws_no_attention_figures_for_resnet50(rendered):
     assert rendered.models["cbam"].channel_weights is not None and rendered.models["cbam"].spatial_maps is not None
 
 
-def test_rendering_leaves_no_matplotlib_figure_alive(explanation, monkeypatch):
+def figures_of(rendered: render.Rendered) -> dict[str, np.ndarray]:
+    return {name: image for name, image in rendered.images().items() if "overlay" not in name and name != "view.png"}
+
+
+def test_figures_from_templates_equal_full_draws_of_fresh_figures(monkeypatch):
+    render.clear_templates()
+    render.render_explanation(make_explanation(ramps(), seed=1))  # the templates now hold another image's data
+    shown = make_explanation({k: 1 - v for k, v in ramps().items()}, seed=2)
+    blitted = figures_of(render.render_explanation(shown))
+    monkeypatch.setattr(render, "BLIT", False)
+    full = figures_of(render.render_explanation(shown))
+    assert set(blitted) == set(full) and len(full) == 8  # 3 top-k, 2 channel, 1 spatial, differences, agreement
+    for name, image in full.items():
+        np.testing.assert_array_equal(blitted[name], image, err_msg=name)
+
+
+def test_a_template_shows_each_requests_own_data():
+    first = render.agreement_figure(make_explanation(ramps(), seed=1))
+    flipped = render.agreement_figure(make_explanation({k: 1 - v for k, v in ramps().items()}, seed=1))
+    again = render.agreement_figure(make_explanation(ramps(), seed=1))
+    assert not np.array_equal(first, flipped)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_templates_are_bounded_and_pyplot_holds_no_figure(monkeypatch):
     made = []
 
     class TrackedFigure(Figure):
@@ -191,11 +215,26 @@ def test_rendering_leaves_no_matplotlib_figure_alive(explanation, monkeypatch):
             made.append(weakref.ref(self))
 
     monkeypatch.setattr(render, "Figure", TrackedFigure)
-    render.render_explanation(explanation)
+    monkeypatch.setattr(render, "MAX_TEMPLATES", 3)
+    render.clear_templates()
+    explanation = make_explanation(ramps())
+    for colormap in ("jet", "viridis", "gray", "hot", "magma"):  # the spatial grid has one layout per colormap
+        render.spatial_maps_figure(explanation.view, explanation.results["cbam"].attention, colormap)
+    render.spatial_maps_figure(explanation.view, explanation.results["cbam"].attention, "magma")
     gc.collect()
-    assert len(made) == 8  # 3 top-k charts, 2 channel strips, 1 spatial grid, differences, agreement
-    assert all(ref() is None for ref in made)
+    assert len(made) == 5  # the repeated layout was drawn from its template
+    assert sum(ref() is not None for ref in made) <= 3
     assert plt.get_fignums() == []
+    render.clear_templates()
+
+
+def test_top_k_charts_are_drawn_only_when_asked_for(explanation, monkeypatch):
+    calls = []
+    monkeypatch.setattr(render, "topk_chart", lambda result: calls.append(result.variant) or np.zeros((2, 2, 3)))
+    rendered = render.render_explanation(explanation)
+    assert calls == []
+    rendered.images()
+    assert calls == ["resnet50", "se", "cbam"]
 
 
 def read_zip(path) -> dict[str, bytes]:

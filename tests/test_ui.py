@@ -38,6 +38,12 @@ def page(app: ui.AttnvizApp, image, **options) -> dict:
     return {name: out[app.components[name]] for name in app._page_output_names()}
 
 
+def download(app: ui.AttnvizApp, out: dict) -> Path:
+    """Click "prepare the download" for the results a page call returned: the zip's path."""
+    answer = app.archive_page(out["last"])
+    return Path(answer[app.components["download"]])
+
+
 def save(image: Image.Image, path: Path, **kwargs) -> Path:
     image.save(path, **kwargs)
     return path
@@ -72,7 +78,7 @@ def assert_cleared_with_message(out: dict, words: str) -> None:
     assert out["status"].startswith("⚠️") and words in out["status"]
     for variant in ("resnet50", "se", "cbam"):
         assert out[f"{variant}_overlay"] is None and out[f"{variant}_top"] is None
-    assert out["agreement"] is None and out["download"] is None
+    assert out["agreement"] is None and out["download"] is None and out["last"] is None
 
 
 # ----------------------------------------------------------------------------- valid requests
@@ -87,7 +93,17 @@ def test_page_shows_three_overlays_top_k_and_attention_figures(app, tmp_path):
         assert len(out[f"{variant}_top"]) == 4 and abs(sum(out[f"{variant}_top"].values()) - 1) < 1e-4
     assert out["se_channel"] is not None and out["cbam_channel"] is not None and out["cbam_spatial"] is not None
     assert out["difference"] is not None and out["agreement"] is not None
-    assert zipfile.is_zipfile(out["download"])
+    assert out["download"] is None and out["last"].archive is None  # the zip is written only when asked for
+    assert zipfile.is_zipfile(download(app, out))
+
+
+def test_the_zip_is_written_once_per_result_and_only_for_a_result(app, tmp_path):
+    out = page(app, save(scene(), tmp_path / "scene.png"), models=ONE_MODEL)
+    first = download(app, out)
+    assert download(app, out) == first
+    nothing = app.archive_page(None)
+    assert nothing[app.components["download"]] is None
+    assert ui.t("zip_none") in nothing[app.components["status"]]
 
 
 def test_resnet50_column_has_no_attention_figures_but_a_note(app):
@@ -123,7 +139,7 @@ def test_layer_method_and_colormap_reach_explain_and_render(app, tmp_path):
 def test_zip_of_a_request_holds_that_requests_view(app, tmp_path, tiny_weights_dir):
     path = save(scene(seed=3), tmp_path / "scene.png")
     out = page(app, path)
-    with zipfile.ZipFile(out["download"]) as archive:
+    with zipfile.ZipFile(download(app, out)) as archive:
         view = np.asarray(Image.open(archive.open("view.png")))
     np.testing.assert_array_equal(view, view_of(path, tiny_weights_dir))
 
@@ -164,7 +180,11 @@ def test_api_handler_returns_summary_view_overlays_and_zip(app, tmp_path):
     assert list(summary["models"]) == ["se", "cbam"] and summary["classes"] == ["circle", "square", "triangle",
                                                                                  "star"]
     assert [caption for _, caption in images] == ["view", "se: ResNet50 + SE", "cbam: ResNet50 + CBAM"]
-    assert Path(archive).is_file()
+    assert archive is None  # not asked for
+    *_, archive = app.explain_api(save(scene(), tmp_path / "scene.png"), "tiny", ["se"], "gradcam", ui.OWN_TOP1,
+                                  "layer4", 0.5, "jet", False, False, True)
+    with zipfile.ZipFile(archive) as opened:
+        assert "se_overlay.png" in opened.namelist()
 
 
 def test_api_handler_raises_a_gradio_error_with_the_message(app, tmp_path):
@@ -286,8 +306,8 @@ def test_request_after_a_bad_upload_shows_only_its_own_results(app, tmp_path, ti
     second_path = save(scene(seed=2), tmp_path / "second.png")
     second = page(app, second_path, models=["cbam"])
     assert second["status"].startswith(DONE)
-    assert second["download"] != first["download"]
-    with zipfile.ZipFile(second["download"]) as archive:
+    assert download(app, second) != download(app, first)
+    with zipfile.ZipFile(download(app, second)) as archive:
         heatmaps = np.load(archive.open("heatmaps.npz"))
         np.testing.assert_array_equal(heatmaps["view"], view_of(second_path, tiny_weights_dir))
     np.testing.assert_array_equal(second["cbam_overlay"],
