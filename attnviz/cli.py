@@ -175,7 +175,8 @@ def prepare_run(args: argparse.Namespace) -> Run:
         raise AttnvizError(f"model set {info.name!r} has no model {missing[0]!r}; it has {', '.join(info.models)}")
     settings = ExplainSettings(method=args.method, layer=args.layer, target=_resolve_target(args.target, info.classes),
                                top_k=min(TOP_K, len(info.classes)), aug_smooth=args.aug_smooth,
-                               eigen_smooth=args.eigen_smooth, variants=tuple(v for v in VARIANTS if v in wanted))
+                               eigen_smooth=args.eigen_smooth, variants=tuple(v for v in VARIANTS if v in wanted),
+                               precision=args.precision)
     settings.validate(info.classes)
     fingerprint = {
         "format": OUTPUT_FORMAT,
@@ -476,7 +477,7 @@ CBAM's spatial attention is its weight (0 to 1) for each position.</p>
 
 
 def _explain_parser() -> argparse.ArgumentParser:
-    from attnviz.explain import CAM_METHODS
+    from attnviz.explain import CAM_METHODS, PRECISIONS
     from attnviz.models import TARGET_LAYERS, VARIANTS
     from attnviz.render import COLORMAPS
 
@@ -498,6 +499,9 @@ def _explain_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity, 0 to 1 (0.5)")
     parser.add_argument("--aug-smooth", action="store_true", help="pytorch-grad-cam's aug_smooth (6 extra passes)")
     parser.add_argument("--eigen-smooth", action="store_true", help="pytorch-grad-cam's eigen_smooth")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32, or bf16 autocast for the models' pass: faster on CPUs with native bf16 "
+                             "(AVX512-BF16, AMX), slower elsewhere; maps change slightly (README)")
     parser.add_argument("--force", action="store_true", help="explain every image again, even if finished")
     return parser
 

@@ -33,7 +33,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attnviz.errors import AttnvizError  # noqa: E402
-from attnviz.explain import CAM_METHODS, ExplainSettings, Explanation, get_explainer  # noqa: E402
+from attnviz.explain import CAM_METHODS, PRECISIONS, ExplainSettings, Explanation, get_explainer  # noqa: E402
 from attnviz.images import MAX_FILE_BYTES  # noqa: E402
 from attnviz.models import TARGET_LAYERS, VARIANT_TITLES, VARIANTS  # noqa: E402
 from attnviz.render import COLORMAPS, Rendered, export_zip, render_explanation  # noqa: E402
@@ -101,6 +101,9 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "eigen_smooth": "eigen_smooth: keep the first principal component of the weighted activations (one SVD)",
         "smoothing_note": "The attention figures always come from the pass on your image itself, never from the "
                           "altered copies that smoothing or Score-CAM make.",
+        "precision": "Precision",
+        "precision_info": "bf16 runs the models under bfloat16 autocast: faster only on CPUs with native bf16 "
+                          "(AVX512-BF16 or AMX), slower elsewhere; heatmaps change slightly (see the README).",
         "classes": "Classes of this set",
         "builtin_note": "The built-in set was trained on generated scenes (OpenMoji glyphs on cluttered backgrounds) "
                         "and knows **only these classes**: anything else is forced into one of them. For photos, "
@@ -187,6 +190,9 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "aug_smooth": "aug_smooth：对 6 个翻转和缩放的副本取平均（每个模型多 6 次前向传播）",
         "eigen_smooth": "eigen_smooth：只保留加权激活的第一主成分（一次 SVD）",
         "smoothing_note": "注意力图始终来自对你的原图本身的那次前向传播，绝不来自平滑或 Score-CAM 生成的变换副本。",
+        "precision": "数值精度",
+        "precision_info": "bf16 在 bfloat16 自动混合精度下运行模型：只有在原生支持 bf16 的 CPU（AVX512-BF16 或 AMX）上"
+                          "更快，其他 CPU 上更慢；热力图会有细微变化（见 README）。",
         "classes": "本模型组的类别",
         "builtin_note": "内置模型组在生成的场景（杂乱背景上的 OpenMoji 图形）上训练，**只认识这些类别**：其他任何"
                         "东西都会被归入其中之一。要分析照片，请导入 ImageNet 模型组（1000 类），"
@@ -369,7 +375,8 @@ class AttnvizApp:
     def analyse(self, image, model_set: str | None = None, models: list[str] | None = None,
                 method: str = DEFAULT_METHOD, target: str | None = OWN_TOP1, layer: str = DEFAULT_LAYER,
                 opacity: float = DEFAULT_OPACITY, colormap: str = DEFAULT_COLORMAP, aug_smooth: bool = False,
-                eigen_smooth: bool = False, progress=None, archive: bool = False) -> Analysis:
+                eigen_smooth: bool = False, progress=None, archive: bool = False, precision: str = "fp32"
+                ) -> Analysis:
         """Explain one image with the chosen models and draw every picture; write the zip only with ``archive``
         (it costs about as much as the three models' explanations, and most requests never download it)."""
         if image is None or (isinstance(image, str) and not image):
@@ -391,7 +398,7 @@ class AttnvizApp:
             raise AttnvizError("no model chosen: choose at least one of the set's models")
         settings = ExplainSettings(method=method, layer=layer, target=target_index, top_k=min(TOP_K, len(classes)),
                                    aug_smooth=bool(aug_smooth), eigen_smooth=bool(eigen_smooth),
-                                   variants=tuple(chosen), time_limit=TIME_LIMIT_S)
+                                   variants=tuple(chosen), time_limit=TIME_LIMIT_S, precision=precision or "fp32")
         report = None if progress is None else (lambda fraction, message: progress(fraction, desc=message))
         explanation = explainer.explain(image, settings, progress=report)
         if progress is not None:
@@ -417,11 +424,11 @@ class AttnvizApp:
     # ------------------------------------------------------------------ handlers
 
     def explain_page(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
-                     eigen_smooth, progress=gr.Progress()) -> dict:  # noqa: B008 - gradio injects it
+                     eigen_smooth, precision="fp32", progress=gr.Progress()) -> dict:  # noqa: B008 - gradio injects it
         """The page's handler: every output component's new value; a user's error clears them and says why."""
         try:
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
-                                    aug_smooth, eigen_smooth, progress)
+                                    aug_smooth, eigen_smooth, progress, precision=precision)
         except AttnvizError as exc:
             gr.Warning(str(exc), title="attnviz")  # toasts show text as it is: the library's English line
             return self._page_values(None, status=f"⚠️ {error_text(exc)}")
@@ -435,12 +442,14 @@ class AttnvizApp:
         return {c["download"]: str(self.write_archive(analysis)), c["status"]: gr.skip()}
 
     def explain_api(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
-                    eigen_smooth, archive=False, progress=gr.Progress()):  # noqa: B008 - gradio injects it
+                    eigen_smooth, precision="fp32", archive=False,
+                    progress=gr.Progress()):  # noqa: B008 - gradio injects it
         """Explain an image: returns the summary (predictions, agreement, settings), the view and every model's
         CAM overlay as captioned images, and, when ``archive`` is true, the zip of everything (else None)."""
         try:
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
-                                    aug_smooth, eigen_smooth, progress, archive=bool(archive))
+                                    aug_smooth, eigen_smooth, progress, archive=bool(archive),
+                                    precision=precision)
         except AttnvizError as exc:
             raise gr.Error(str(exc), title="attnviz", print_exception=False) from None
         summary = analysis.explanation.summary()
@@ -554,6 +563,8 @@ class AttnvizApp:
                         c["aug_smooth"] = gr.Checkbox(False, label=tr("aug_smooth"))
                         c["eigen_smooth"] = gr.Checkbox(False, label=tr("eigen_smooth"))
                         gr.Markdown(tr("smoothing_note"), elem_classes=["attnviz-note"])
+                        c["precision"] = gr.Radio(list(PRECISIONS), value="fp32", label=tr("precision"),
+                                                  info=tr("precision_info"))
                     c["classes"] = gr.Markdown(self._classes_text(classes), elem_id="classes")
                     c["builtin_note"] = gr.Markdown(tr("builtin_note"), visible=self.default_set == BUILTIN_SET)
             c["status"] = gr.Markdown("", elem_id="status")
@@ -604,7 +615,7 @@ class AttnvizApp:
                 c["api_archive_flag"] = gr.Checkbox(False, label="archive")
 
             inputs = [c[name] for name in ("image", "model_set", "models", "method", "target", "layer", "opacity",
-                                           "colormap", "aug_smooth", "eigen_smooth")]
+                                           "colormap", "aug_smooth", "eigen_smooth", "precision")]
             outputs = [c[name] for name in self._page_output_names()]
             page = {"fn": self.explain_page, "inputs": inputs, "outputs": outputs, "api_visibility": "private",
                     "concurrency_id": "explain"}

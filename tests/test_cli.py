@@ -142,6 +142,9 @@ def test_changed_settings_explain_the_image_again(image_folder, tiny_weights_dir
     summary = json.loads((tmp_path / "a.png" / "summary.json").read_text(encoding="utf-8"))
     assert summary["settings"]["layer"] == "layer3" and list(summary["models"]) == ["resnet50"]
     assert "1 image: 0 explained, 1 skipped" in run_cli(capsys, *common, "--layer", "layer3")[1]
+    code, stdout, _ = run_cli(capsys, *common, "--layer", "layer3", "--precision", "bf16")
+    summary = json.loads((tmp_path / "a.png" / "summary.json").read_text(encoding="utf-8"))
+    assert code == 0 and "1 explained" in stdout and summary["settings"]["precision"] == "bf16"
 
 
 @pytest.mark.slow

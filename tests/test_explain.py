@@ -129,3 +129,22 @@ def test_top_region_iou_is_one_for_equal_maps_and_zero_for_disjoint_ones():
     assert top_region_iou(ramp, -ramp) == 0.0
     shifted = np.roll(ramp, 10)  # top 20 rows-worth overlap by half
     assert 0 < top_region_iou(ramp, shifted) < 1
+
+
+def test_bf16_gives_float32_results_close_to_fp32(tiny_explainer, scene_image):
+    fp32 = tiny_explainer.explain(scene_image, top_k=4)
+    bf16 = tiny_explainer.explain(scene_image, top_k=4, precision="bf16",
+                                  target=fp32.results["se"].target.index)
+    for variant in ("resnet50", "se", "cbam"):
+        a, b = fp32.results[variant], bf16.results[variant]
+        assert b.heatmap.dtype == np.float32 and b.heatmap.shape == a.heatmap.shape
+        assert np.abs(a.probabilities - b.probabilities).max() < 0.05
+        if variant == "se":  # the same class explained: the maps agree, though not bit for bit
+            assert np.corrcoef(a.heatmap.ravel(), b.heatmap.ravel())[0, 1] > 0.9
+        for x, y in zip(a.attention, b.attention, strict=True):
+            assert y.channel_weights.dtype == np.float32
+            assert np.abs(x.channel_weights - y.channel_weights).max() < 0.05
+    assert bf16.settings.precision == "bf16"
+    # bf16 really ran: the probabilities are not bit for bit those of fp32
+    assert any(not np.array_equal(fp32.results[v].probabilities, bf16.results[v].probabilities)
+               for v in ("resnet50", "se", "cbam"))

@@ -182,7 +182,7 @@ def test_api_handler_returns_summary_view_overlays_and_zip(app, tmp_path):
     assert [caption for _, caption in images] == ["view", "se: ResNet50 + SE", "cbam: ResNet50 + CBAM"]
     assert archive is None  # not asked for
     *_, archive = app.explain_api(save(scene(), tmp_path / "scene.png"), "tiny", ["se"], "gradcam", ui.OWN_TOP1,
-                                  "layer4", 0.5, "jet", False, False, True)
+                                  "layer4", 0.5, "jet", False, False, "fp32", True)
     with zipfile.ZipFile(archive) as opened:
         assert "se_overlay.png" in opened.namelist()
 
@@ -341,3 +341,9 @@ def test_every_text_has_english_and_simplified_chinese():
 def test_no_model_set_installed_is_one_clear_error(tmp_path):
     with pytest.raises(AttnvizError, match="no model set is installed"):
         ui.AttnvizApp(tmp_path)
+
+
+def test_precision_choice_reaches_explain(app, tmp_path):
+    out = page(app, save(scene(), tmp_path / "scene.png"), models=ONE_MODEL, precision="bf16")
+    assert out["status"].startswith(DONE) and out["last"].explanation.settings.precision == "bf16"
+    assert_cleared_with_message(page(app, save(scene(), tmp_path / "scene.png"), precision="fp8"), "precision")
