@@ -346,11 +346,75 @@ class ModelExplainer:
             seconds=time.perf_counter() - started,
         )
 
+    def explain_grid(self, x: torch.Tensor, methods: list[str], layers: list[str], targets: list[int],
+                     precision: str = "fp32") -> GridResult:
+        """Every (method, layer, target class) map from one forward pass of one image: each layer's output is
+        captured on the way, and each class gets one backward pass from its logit to the earliest layer only.
+        Gradient and activation methods only: Score-CAM needs passes of its own for every class and layer."""
+        slow = [m for m in methods if CAM_METHODS[m].kind == "perturbation"]
+        if slow:
+            raise AttnvizError(f"{CAM_METHODS[slow[0]].label} needs passes of its own for every class and layer; "
+                               f"explain with it one class and layer at a time")
+        with self.lock:
+            try:
+                return _grid_explain(self, x, methods, layers, targets, precision)
+            finally:
+                clear_records(self.model)
+
     def _library_path(self, cam, x, targets, settings, method) -> np.ndarray:
         """pytorch-grad-cam's own call, for test-time augmentation smoothing (several passes)."""
         inputs = x.clone().requires_grad_(method.kind == "gradient")  # gradients flow without weight gradients
         with torch.enable_grad():
             return cam(inputs, targets, aug_smooth=True, eigen_smooth=settings.eigen_smooth)[0]
+
+
+@dataclass
+class GridResult:
+    """One model's maps for several methods x layers x target classes, all from one forward pass."""
+
+    variant: str
+    probabilities: np.ndarray  # (classes,)
+    maps: dict[tuple[str, str, int], np.ndarray]  # (method, layer, class index) -> (H, W) float32 in [0, 1]
+    attention: list[BlockAttention]
+    seconds: float
+
+
+def _grid_explain(explainer: ModelExplainer, x: torch.Tensor, methods: list[str], layers: list[str],
+                  targets: list[int], precision: str) -> GridResult:
+    """The body of ``ModelExplainer.explain_grid``, under the model's lock."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    started = time.perf_counter()
+    kinds = {CAM_METHODS[m].kind for m in methods}
+    ordered = sorted(set(layers), key=TARGET_LAYERS.index)  # the earliest layer is the leaf backprop stops at
+    logits, captured = explainer._forward(x, ordered, "gradient" in kinds, precision)
+    attention = explainer._read_attention()
+    probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
+    activations = {layer: captured[layer].detach().float().cpu() for layer in ordered}
+    gradients: dict[tuple[str, int], torch.Tensor] = {}
+    if "gradient" in kinds:
+        for i, target in enumerate(targets):  # one backward per class, each only as deep as the earliest layer
+            grads = torch.autograd.grad(logits[0, target], [captured[layer] for layer in ordered],
+                                        retain_graph=i < len(targets) - 1)
+            gradients.update({(layer, target): g.detach().float().cpu() for layer, g in zip(ordered, grads,
+                                                                                            strict=True)})
+    maps = {}
+    for method in methods:
+        for layer in layers:
+            cam = cam_class(method)(explainer.model, target_layers=[explainer._layer(layer)])
+            try:
+                cam.activations_and_grads.release()
+                for target in targets:
+                    cam.activations_and_grads.activations = [activations[layer]]
+                    cam.activations_and_grads.gradients = (
+                        [gradients[(layer, target)]] if CAM_METHODS[method].kind == "gradient" else [])
+                    per_layer = cam.compute_cam_per_layer(x, [ClassifierOutputTarget(target)], False)
+                    maps[(method, layer, target)] = np.asarray(cam.aggregate_multi_layers(per_layer)[0], np.float32)
+            finally:
+                cam.activations_and_grads.activations = []
+                cam.activations_and_grads.gradients = []
+                cam.model = None
+    return GridResult(explainer.variant, probabilities, maps, attention, time.perf_counter() - started)
 
 
 class Explainer:
@@ -393,6 +457,38 @@ class Explainer:
                 key = f"{a}|{b}"
                 result.agreement[key] = top_region_iou(result.results[a].heatmap, result.results[b].heatmap)
         return result
+
+
+    def explain_grid(self, image: ImageSource, methods: list[str] | None = None, layers: list[str] | None = None,
+                     targets: list[int | str] | None = None, variants: list[str] | None = None,
+                     precision: str = "fp32") -> tuple[np.ndarray, dict[str, GridResult]]:
+        """Several methods, layers and target classes per model from one forward pass each (e.g. the Grad-CAM of
+        both objects of a two-object scene at every layer). Targets are class indices or names (default: every
+        class of the set). Returns the preprocessed view and each model's result."""
+        methods = list(methods or ["gradcam"])
+        layers = list(layers or ["layer4"])
+        indices = []
+        for target in targets if targets is not None else range(len(self.classes)):
+            if isinstance(target, str):
+                if target not in self.classes:
+                    raise AttnvizError(f"target class {target!r} is not a class of this set; choose one of "
+                                       f"{', '.join(self.classes[:20])}{' ...' if len(self.classes) > 20 else ''}")
+                target = self.classes.index(target)
+            ExplainSettings(target=int(target)).validate(self.classes)
+            indices.append(int(target))
+        for method in methods:
+            for layer in layers:
+                ExplainSettings(method=method, layer=layer, precision=precision).validate(self.classes)
+        chosen = list(variants or self.explainers)
+        unknown = [v for v in chosen if v not in self.explainers]
+        if unknown:
+            raise AttnvizError(
+                f"model set {self.model_set.name!r} has no model {unknown[0]!r}; it has {', '.join(self.explainers)}"
+            )
+        prepared = preprocess(load_image(image), self.model_set.preprocessing)
+        results = {v: self.explainers[v].explain_grid(prepared.tensor, methods, layers, indices, precision)
+                   for v in chosen}
+        return prepared.view, results
 
 
 _EXPLAINERS: dict[tuple[str | None, str | None], Explainer] = {}

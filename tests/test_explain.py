@@ -148,3 +148,31 @@ def test_bf16_gives_float32_results_close_to_fp32(tiny_explainer, scene_image):
     # bf16 really ran: the probabilities are not bit for bit those of fp32
     assert any(not np.array_equal(fp32.results[v].probabilities, bf16.results[v].probabilities)
                for v in ("resnet50", "se", "cbam"))
+
+
+def test_grid_of_methods_layers_and_classes_equals_single_explanations_from_one_forward(tiny_explainer, scene_image):
+    model = tiny_explainer.explainers["cbam"].model
+    forwards = []
+    handle = model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        view, grid = tiny_explainer.explain_grid(scene_image, methods=["gradcam", "layercam", "eigencam"],
+                                                 layers=["layer4", "layer2"], targets=["square", 3],
+                                                 variants=["cbam"])
+    finally:
+        handle.remove()
+    assert forwards == [1] and list(grid) == ["cbam"]
+    result = grid["cbam"]
+    assert len(result.maps) == 3 * 2 * 2 and len(result.attention) == 16
+    for (method, layer, target), heatmap in result.maps.items():
+        single = tiny_explainer.explain(scene_image, method=method, layer=layer, target=target, variants=("cbam",))
+        np.testing.assert_allclose(heatmap, single.results["cbam"].heatmap, atol=1e-5)
+        np.testing.assert_allclose(result.probabilities, single.results["cbam"].probabilities, atol=1e-6)
+    assert not np.allclose(result.maps[("gradcam", "layer4", 1)], result.maps[("gradcam", "layer4", 3)])
+    assert all(m.last_channel_weights is None for _, m in attention_modules(model))  # records cleared
+
+
+def test_grid_refuses_score_cam_and_unknown_classes(tiny_explainer, scene_image):
+    with pytest.raises(AttnvizError, match="Score-CAM needs passes of its own"):
+        tiny_explainer.explain_grid(scene_image, methods=["scorecam"], variants=["resnet50"])
+    with pytest.raises(AttnvizError, match="'unicorn' is not a class of this set"):
+        tiny_explainer.explain_grid(scene_image, targets=["unicorn"], variants=["resnet50"])
