@@ -88,6 +88,9 @@ def test_uploaded_example_shows_three_overlays_and_top5(browser, app_url, exampl
     expect(page.locator("#status")).to_contain_text("Done")
     expect(page.locator("body")).not_to_contain_text("[object Object]")  # every translated label resolved
     page.screenshot(path=str(artifacts_dir / "app.png"), full_page=True)
+    expect(page.locator("#download")).not_to_contain_text(".zip")  # written only when asked for
+    page.locator("#zip-button").click()
+    expect(page.locator("#download")).to_contain_text(re.compile(r"attnviz_tiny_gradcam\s*\.zip"))
     assert outside == []
     page.context.close()
 

@@ -1,0 +1,157 @@
+"""The benchmark results as markdown: the tables the README shows, written from bench/results/*.json.
+
+    python bench/report.py [--results bench/results] [--out bench/results/REPORT.md]
+
+Every figure in the README's performance section comes from here, so none is copied by hand; a result file
+that is missing is named in the output instead of its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TITLES = {"resnet50": "ResNet50", "se": "ResNet50 + SE", "cbam": "ResNet50 + CBAM", "three": "all three"}
+
+
+def _load(folder: Path, name: str) -> dict | None:
+    path = folder / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _ms(entry: dict | None) -> str:
+    return f"{entry['median_ms']:.0f} / {entry['p90_ms']:.0f}" if entry else "-"
+
+
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+def _machine(data: dict) -> str:
+    m = data["machine"]
+    load = m.get("load_average_at_start")
+    return (f"{m.get('cpu', '?')}, {m.get('usable_cpus', '?')} CPUs, torch {m.get('torch', '?')}"
+            + (f", load average at start {load[0]}" if load else ""))
+
+
+def explain_section(data: dict) -> list[str]:
+    lines = [f"Machine: {_machine(data)}; {data['config']['runs']} runs per variant after "
+             f"{data['config']['warmup']} warm-up, round-robin; input {data['config']['input']}.", ""]
+    for layer, result in data["layers"].items():
+        lines += [f"**{layer}**{' (targets)' if layer == 'layer4' else ' (reported, not targeted)'}: "
+                  f"median / p90 in ms", "",
+                  "| model | forward | default pytorch-grad-cam | TorchCAM | attnviz explain | app handler | "
+                  "explain / forward | default pgc / explain |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for variant, entry in result["per_model"].items():
+            r = result["ratios"]["per_model"][variant]
+            lines.append(f"| {TITLES[variant]} | {_ms(entry.get('forward'))} | {_ms(entry.get('pgc'))} | "
+                         f"{_ms(entry.get('torchcam'))} | {_ms(entry.get('attnviz'))} | | "
+                         f"{_x(r['explain_over_forward'])} | {_x(r['pgc_default_over_explain'])} |")
+        entry, r = result["three"], result["ratios"]["three"]
+        handler = _ms(entry.get("handler"))
+        handler_ratio = f" (handler / forward {_x(r['handler_over_forward'])})" if entry.get("handler") else ""
+        lines.append(f"| {TITLES['three']} | {_ms(entry.get('forward'))} | {_ms(entry.get('pgc'))} | "
+                     f"{_ms(entry.get('torchcam'))} | {_ms(entry.get('attnviz'))} | {handler}{handler_ratio} | "
+                     f"{_x(r['explain_over_forward'])} | {_x(r['pgc_default_over_explain'])} |")
+        diffs = ", ".join(f"{TITLES[v]} {e['max_abs_diff']:.1e}" for v, e in
+                          result["equivalence_with_pgc_default"].items())
+        lines += ["", f"Max abs difference of attnviz's maps from default pytorch-grad-cam's: {diffs}.", ""]
+    if data.get("targets_layer4"):
+        lines += ["| target (layer4, ratios of medians) | measured | met |", "|---|---:|:-:|"]
+        for name, t in data["targets_layer4"].items():
+            value = "-" if t["value"] is None else (f"{t['value']:.1e}" if t["value"] < 0.01 else f"{t['value']:.3g}")
+            met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+            lines.append(f"| {name} | {value} | {met} |")
+        lines.append("")
+    return lines
+
+
+def memory_section(data: dict) -> list[str]:
+    lines = [f"Machine: {_machine(data)}; {data['config']['requests']} requests per mode, each mode in its own "
+             f"process; RSS in MiB.", "",
+             "| mode | after set-up | after 1st request | after last | peak | growth 1st -> last | ms / request |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for mode, r in data["modes"].items():
+        if "error" in r:
+            lines.append(f"| {mode} | failed: {r['error']} | | | | | |")
+            continue
+        lines.append(f"| {mode} | {r['rss_after_setup_mb']:.0f} | {r['rss_after_first_mb']:.0f} | "
+                     f"{r['rss_after_last_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['growth_first_to_last_mb']:+.1f} | "
+                     f"{r['median_request_ms']:.0f} |")
+    lines.append("")
+    for name, t in data.get("targets", {}).items():
+        lines.append(f"- {name}: {t['value']} ({'met' if t['met'] else '**missed**'})")
+    return [*lines, ""]
+
+
+def load_section(data: dict) -> list[str]:
+    if "skipped" in data:
+        return [f"Skipped: {data['skipped']}", ""]
+    c = data["config"]
+    lines = [f"Machine: {_machine(data)}; {c['clients']} clients x {c['requests_per_client']} requests through "
+             f"gradio_client, loopback.", ""]
+    if "error" in data:
+        return [*lines, f"Failed: {data['error']}", ""]
+    lines += ["| completed | errors | wall | throughput | p50 | p95 | max | server RSS before / after / peak |",
+              "|---:|---:|---:|---:|---:|---:|---:|---|",
+              f"| {data['completed']}/{data['expected']} | {data['errors']} | {data['wall_s']:.0f} s | "
+              f"{data['throughput_rps']:.2f} req/s | {data['latency_p50_ms']:.0f} ms | "
+              f"{data['latency_p95_ms']:.0f} ms | {data['latency_max_ms']:.0f} ms | "
+              f"{data['server_rss_before_mb']:.0f} / {data['server_rss_after_mb']:.0f} / "
+              f"{data['server_peak_rss_mb']:.0f} MiB |", ""]
+    return lines
+
+
+def bf16_section(data: dict) -> list[str]:
+    c = data["config"]
+    lines = [f"Machine: {_machine(data)}; set {c['set']}, layer {c['layer']}, {len(c['images'])} images "
+             f"(maps compared), timing on the first, {c['runs']} runs each.", "",
+             "| model | max abs diff of maps | mean abs diff | IoU of top-20 % regions (min / mean) | "
+             "same top-1 | max probability diff | fp32 ms | bf16 ms | bf16 / fp32 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant, e in data["models"].items():
+        t = e["timing"]
+        lines.append(f"| {TITLES[variant]} | {e['max_abs_diff']:.3f} | {e['mean_abs_diff']:.4f} | "
+                     f"{e['top20_iou_min']:.2f} / {e['top20_iou_mean']:.2f} | {e['top1_agreement']:.0%} | "
+                     f"{e['max_probability_diff']:.3f} | {t['fp32']['median_ms']:.0f} | {t['bf16']['median_ms']:.0f} | "
+                     f"{_x(t['bf16_over_fp32'])} |")
+    return [*lines, ""]
+
+
+SECTIONS = (
+    ("Time per request", "explain.json", "python bench/bench_explain.py --random --runs 21", explain_section),
+    ("Memory of a serving process", "memory.json", "python bench/bench_memory.py --random --requests 50",
+     memory_section),
+    ("The running app under load", "load.json", "python bench/load_test.py --random --clients 8 --requests 25",
+     load_section),
+    ("bf16 against fp32", "bf16.json", "python bench/bench_bf16.py --set builtin --runs 21", bf16_section),
+)
+
+
+def report(folder: Path) -> str:
+    lines: list[str] = []
+    for title, name, command, section in SECTIONS:
+        lines += [f"### {title}", "", f"`{command}` (writes `bench/results/{name}`)", ""]
+        data = _load(folder, name)
+        lines += section(data) if data is not None else [f"Not measured yet: `bench/results/{name}` is missing.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON results")
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    args = parser.parse_args(argv)
+    text = report(args.results)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
