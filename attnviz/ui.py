@@ -31,7 +31,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
+from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
 from attnviz.explain import CAM_METHODS, PRECISIONS, ExplainSettings, Explanation, get_explainer  # noqa: E402
 from attnviz.images import MAX_FILE_BYTES  # noqa: E402
@@ -124,6 +126,7 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "zip_button": "Prepare the download (.zip)",
         "zip_none": "Nothing to download yet: explain an image first.",
         "done": "Done:",
+        "tab_explain": "Explain an image",
         "how_title": "How to read this",
         "how_body": (
             "### What Grad-CAM shows\n"
@@ -212,6 +215,7 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "zip_button": "生成下载文件（.zip）",
         "zip_none": "还没有可下载的结果：请先解释一张图像。",
         "done": "完成：",
+        "tab_explain": "解释图像",
         "how_title": "如何解读",
         "how_body": (
             "### Grad-CAM 显示什么\n"
@@ -246,6 +250,8 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "err_choice": "某项设置无效。",
     },
 }
+for _lang in ("en", "zh-CN"):  # the Analysis tab's texts live with it
+    TRANSLATIONS[_lang].update(ANALYSIS_TRANSLATIONS[_lang])
 TRANSLATIONS["zh"] = TRANSLATIONS["zh-CN"]  # browsers that send plain "zh"
 # Keys are prefixed in the page: gradio's own translations have nested groups ("image", "file", ...) and a key
 # equal to one of their names would show as "[object Object]".
@@ -316,6 +322,29 @@ class Analysis:
     explanation: Explanation
     rendered: Rendered
     archive: Path | None = None
+    folder: Path | None = None  # this request's own folder for its files, made on first use
+
+    def directory(self) -> Path:
+        if self.folder is None:
+            _prune_results(DELETE_CACHE[1])
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            self.folder = Path(tempfile.mkdtemp(prefix="request-", dir=RESULTS_DIR))
+        return self.folder
+
+    def image_file(self, name: str, image: np.ndarray | None) -> str | None:
+        """A picture as a PNG file of this request's own, for an image output.
+
+        Handing gradio arrays would let it write each picture to a path named by the hash of its bytes, in
+        place: two requests with the same result (a class clicking the same example) would rewrite the file
+        while another client downloads it, and that download breaks off. gradio copies a file output into its
+        cache under a temporary name and renames it into place, which is safe.
+        """
+        if image is None:
+            return None
+        path = self.directory() / f"{name}.png"
+        if not path.exists():
+            Image.fromarray(image).save(path, format="PNG")
+        return str(path)
 
 
 def _prune_results(max_age: float) -> None:
@@ -342,6 +371,12 @@ def installed_sets(weights_dir: str | Path | None = None) -> tuple[Manifest, lis
             f"import torchvision-resnet50 --set imagenet), or point --weights-dir / ATTNVIZ_WEIGHTS at a weights "
             f"folder")
     return manifest, names
+
+
+def figure(elem_id: str) -> gr.Image:
+    """An output for a figure; its caption goes above as Markdown (a floating label would cover its title)."""
+    return gr.Image(show_label=False, format="png", interactive=False, elem_id=elem_id,
+                    elem_classes=["attnviz-figure"], buttons=["download", "fullscreen"])
 
 
 class AttnvizApp:
@@ -413,12 +448,9 @@ class AttnvizApp:
     def write_archive(analysis: Analysis) -> Path:
         """The zip of one analysis (written once, in a folder of its own that the cache clean-up removes)."""
         if analysis.archive is None or not analysis.archive.is_file():
-            _prune_results(DELETE_CACHE[1])
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            folder = Path(tempfile.mkdtemp(prefix="request-", dir=RESULTS_DIR))
             explanation = analysis.explanation
             name = f"attnviz_{explanation.set_name}_{explanation.settings.method}.zip"
-            analysis.archive = export_zip(explanation, analysis.rendered, folder / name)
+            analysis.archive = export_zip(explanation, analysis.rendered, analysis.directory() / name)
         return analysis.archive
 
     # ------------------------------------------------------------------ handlers
@@ -455,8 +487,8 @@ class AttnvizApp:
         summary = analysis.explanation.summary()
         summary["classes"] = list(analysis.explanation.classes)
         summary["render"] = {"colormap": colormap, "opacity": float(opacity)}
-        images = [(analysis.rendered.view, "view")]
-        images += [(m.overlay, f"{variant}: {VARIANT_TITLES[variant]}")
+        images = [(analysis.image_file("view", analysis.rendered.view), "view")]
+        images += [(analysis.image_file(f"{variant}_overlay", m.overlay), f"{variant}: {VARIANT_TITLES[variant]}")
                    for variant, m in analysis.rendered.models.items()]
         return summary, images, str(analysis.archive) if analysis.archive else None
 
@@ -496,16 +528,19 @@ class AttnvizApp:
             values[c[f"{variant}_info"]] = (
                 f"{t('explains')} **{result.target.name}** ({result.target.probability:.1%}) · {result.seconds:.2f} s"
                 if result else "")
-            values[c[f"{variant}_overlay"]] = drawn.overlay if drawn else None
+            values[c[f"{variant}_overlay"]] = (
+                analysis.image_file(f"{variant}_overlay", drawn.overlay) if drawn else None)
             values[c[f"{variant}_top"]] = {p.name: p.probability for p in result.top} if result else None
             if f"{variant}_channel" in c:
-                values[c[f"{variant}_channel"]] = drawn.channel_weights if drawn else None
+                values[c[f"{variant}_channel"]] = (
+                    analysis.image_file(f"{variant}_channel_weights", drawn.channel_weights) if drawn else None)
             if f"{variant}_spatial" in c:
-                values[c[f"{variant}_spatial"]] = drawn.spatial_maps if drawn else None
+                values[c[f"{variant}_spatial"]] = (
+                    analysis.image_file(f"{variant}_spatial_maps", drawn.spatial_maps) if drawn else None)
         difference = analysis.rendered.difference if analysis else None
         values[c["difference_column"]] = gr.Column(visible=difference is not None) if analysis else gr.skip()
-        values[c["difference"]] = difference
-        values[c["agreement"]] = analysis.rendered.agreement if analysis else None
+        values[c["difference"]] = analysis.image_file("difference_maps", difference) if analysis else None
+        values[c["agreement"]] = analysis.image_file("agreement", analysis.rendered.agreement) if analysis else None
         values[c["download"]] = None  # a new result (or an error) takes the previous zip off the page
         values[c["last"]] = analysis
         if analysis and not status:
@@ -521,90 +556,17 @@ class AttnvizApp:
     def build(self) -> gr.Blocks:
         """The Blocks of the app, with its queue set up."""
 
-        def figure(elem_id: str) -> gr.Image:
-            # Captions go above as Markdown: a floating label would cover the figure's own title.
-            return gr.Image(show_label=False, format="png", interactive=False, elem_id=elem_id,
-                            elem_classes=["attnviz-figure"], buttons=["download", "fullscreen"])
-
         c = self.components
         classes = self.classes(self.default_set)
         variants = [v for v in VARIANTS if v in self.manifest.get(self.default_set).models]
         examples = sorted(EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
         with gr.Blocks(title="attnviz", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
             gr.Markdown(tr("title"))
-            gr.Markdown(tr("intro"))
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=5):
-                    c["image"] = uploaded_image(label=tr("image"), sources=["upload", "clipboard"], height=300,
-                                                elem_id="image-input")
-                    c["explain"] = gr.Button(tr("explain"), variant="primary", elem_id="explain-button")
-                    if examples:
-                        c["examples"] = gr.Examples([[str(p)] for p in examples], inputs=[c["image"]],
-                                                    label=tr("examples"), examples_per_page=len(examples))
-                        gr.Markdown(attribution(), elem_classes=["attnviz-credit"])
-                    else:
-                        gr.Markdown(tr("no_examples"))
-                with gr.Column(scale=4):
-                    c["model_set"] = gr.Dropdown(self.set_names, value=self.default_set, label=tr("model_set"))
-                    c["models"] = gr.CheckboxGroup([(VARIANT_TITLES[v], v) for v in variants], value=variants,
-                                                   label=tr("models"))
-                    c["method"] = gr.Dropdown(
-                        [(m.label + (" (slow)" if m.kind == "perturbation" else ""), m.key)
-                         for m in CAM_METHODS.values()],
-                        value=DEFAULT_METHOD, label=tr("method"), info=tr("method_info"))
-                    c["target"] = gr.Dropdown(self._target_choices(classes), value=OWN_TOP1, label=tr("target"),
-                                              info=tr("target_info"), allow_custom_value=True)
-                    c["layer"] = gr.Radio(list(TARGET_LAYERS), value=DEFAULT_LAYER, label=tr("layer"),
-                                          info=tr("layer_info"))
-                    with gr.Row():
-                        c["opacity"] = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label=tr("opacity"))
-                        c["colormap"] = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label=tr("colormap"))
-                    with gr.Accordion(tr("smoothing"), open=False):
-                        c["aug_smooth"] = gr.Checkbox(False, label=tr("aug_smooth"))
-                        c["eigen_smooth"] = gr.Checkbox(False, label=tr("eigen_smooth"))
-                        gr.Markdown(tr("smoothing_note"), elem_classes=["attnviz-note"])
-                        c["precision"] = gr.Radio(list(PRECISIONS), value="fp32", label=tr("precision"),
-                                                  info=tr("precision_info"))
-                    c["classes"] = gr.Markdown(self._classes_text(classes), elem_id="classes")
-                    c["builtin_note"] = gr.Markdown(tr("builtin_note"), visible=self.default_set == BUILTIN_SET)
-            c["status"] = gr.Markdown("", elem_id="status")
-            with gr.Row(equal_height=False):
-                for variant in VARIANTS:
-                    with gr.Column(min_width=300, elem_id=f"column-{variant}", visible=variant in variants) as column:
-                        c[f"{variant}_column"] = column
-                        gr.Markdown(f"### {VARIANT_TITLES[variant]}", elem_classes=["attnviz-model-title"])
-                        c[f"{variant}_info"] = gr.Markdown("", elem_id=f"info-{variant}")
-                        c[f"{variant}_overlay"] = gr.Image(label=tr("overlay"), show_label=False, format="png",
-                                                           interactive=False, height=280,
-                                                           buttons=["download", "fullscreen"],
-                                                           elem_id=f"overlay-{variant}",
-                                                           elem_classes=["attnviz-overlay"])
-                        c[f"{variant}_top"] = gr.Label(num_top_classes=TOP_K, label=tr("top5"), show_heading=False,
-                                                       elem_id=f"top-{variant}")
-                        if variant == "resnet50":
-                            gr.Markdown(tr("no_attention"), elem_classes=["attnviz-note"],
-                                        elem_id="no-attention-resnet50")
-                        else:
-                            gr.Markdown(tr("channel"), elem_classes=["attnviz-caption"])
-                            c[f"{variant}_channel"] = figure(f"channel-{variant}")
-                        if variant == "se":
-                            gr.Markdown(tr("se_no_spatial"), elem_classes=["attnviz-note"])
-                        if variant == "cbam":
-                            gr.Markdown(tr("spatial"), elem_classes=["attnviz-caption"])
-                            c[f"{variant}_spatial"] = figure(f"spatial-{variant}")
-            gr.Markdown(tr("comparison"))
-            with gr.Column(elem_id="difference-column") as difference_column:
-                c["difference_column"] = difference_column
-                gr.Markdown(tr("difference"), elem_classes=["attnviz-caption"])
-                c["difference"] = figure("difference")
-            gr.Markdown(tr("agreement"), elem_classes=["attnviz-caption"])
-            c["agreement"] = figure("agreement")
-            c["last"] = gr.State(None, time_to_live=DELETE_CACHE[1])  # the results on show, for the zip
-            with gr.Row(equal_height=True):
-                c["zip_button"] = gr.Button(tr("zip_button"), variant="secondary", elem_id="zip-button", scale=1)
-                c["download"] = gr.File(label=tr("download"), interactive=False, elem_id="download", scale=3)
-            with gr.Accordion(tr("how_title"), open=False):
-                gr.Markdown(tr("how_body"))
+            with gr.Tabs(elem_id="tabs"):
+                with gr.Tab(tr("tab_explain"), id="explain", elem_id="tab-explain"):
+                    self._build_explain_tab(classes, variants, examples)
+                with gr.Tab(tr("analysis_tab"), id="analysis", elem_id="tab-analysis"):
+                    c["analysis"] = build_analysis_tab(self.weights_dir, self.default_set, translate=tr)
             gr.Markdown(tr("footer"), elem_classes=["attnviz-credit"])
 
             # The API endpoint: the same inputs (so the same defaults), compact JSON-friendly outputs.
@@ -634,6 +596,83 @@ class AttnvizApp:
                                   api_visibility="private")
         demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, api_open=False)
         return demo
+
+    def _build_explain_tab(self, classes: list[str], variants: list[str], examples: list[Path]) -> None:
+        """The main tab: the image and the controls, one column per model, the comparison and the download."""
+        c = self.components
+        gr.Markdown(tr("intro"))
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                c["image"] = uploaded_image(label=tr("image"), sources=["upload", "clipboard"], height=300,
+                                            elem_id="image-input")
+                c["explain"] = gr.Button(tr("explain"), variant="primary", elem_id="explain-button")
+                if examples:
+                    c["examples"] = gr.Examples([[str(p)] for p in examples], inputs=[c["image"]],
+                                                label=tr("examples"), examples_per_page=len(examples))
+                    gr.Markdown(attribution(), elem_classes=["attnviz-credit"])
+                else:
+                    gr.Markdown(tr("no_examples"))
+            with gr.Column(scale=4):
+                c["model_set"] = gr.Dropdown(self.set_names, value=self.default_set, label=tr("model_set"))
+                c["models"] = gr.CheckboxGroup([(VARIANT_TITLES[v], v) for v in variants], value=variants,
+                                               label=tr("models"))
+                c["method"] = gr.Dropdown(
+                    [(m.label + (" (slow)" if m.kind == "perturbation" else ""), m.key)
+                     for m in CAM_METHODS.values()],
+                    value=DEFAULT_METHOD, label=tr("method"), info=tr("method_info"))
+                c["target"] = gr.Dropdown(self._target_choices(classes), value=OWN_TOP1, label=tr("target"),
+                                          info=tr("target_info"), allow_custom_value=True)
+                c["layer"] = gr.Radio(list(TARGET_LAYERS), value=DEFAULT_LAYER, label=tr("layer"),
+                                      info=tr("layer_info"))
+                with gr.Row():
+                    c["opacity"] = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label=tr("opacity"))
+                    c["colormap"] = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label=tr("colormap"))
+                with gr.Accordion(tr("smoothing"), open=False):
+                    c["aug_smooth"] = gr.Checkbox(False, label=tr("aug_smooth"))
+                    c["eigen_smooth"] = gr.Checkbox(False, label=tr("eigen_smooth"))
+                    gr.Markdown(tr("smoothing_note"), elem_classes=["attnviz-note"])
+                    c["precision"] = gr.Radio(list(PRECISIONS), value="fp32", label=tr("precision"),
+                                              info=tr("precision_info"))
+                c["classes"] = gr.Markdown(self._classes_text(classes), elem_id="classes")
+                c["builtin_note"] = gr.Markdown(tr("builtin_note"), visible=self.default_set == BUILTIN_SET)
+        c["status"] = gr.Markdown("", elem_id="status")
+        with gr.Row(equal_height=False):
+            for variant in VARIANTS:
+                with gr.Column(min_width=300, elem_id=f"column-{variant}", visible=variant in variants) as column:
+                    c[f"{variant}_column"] = column
+                    gr.Markdown(f"### {VARIANT_TITLES[variant]}", elem_classes=["attnviz-model-title"])
+                    c[f"{variant}_info"] = gr.Markdown("", elem_id=f"info-{variant}")
+                    c[f"{variant}_overlay"] = gr.Image(label=tr("overlay"), show_label=False, format="png",
+                                                       interactive=False, height=280,
+                                                       buttons=["download", "fullscreen"],
+                                                       elem_id=f"overlay-{variant}",
+                                                       elem_classes=["attnviz-overlay"])
+                    c[f"{variant}_top"] = gr.Label(num_top_classes=TOP_K, label=tr("top5"), show_heading=False,
+                                                   elem_id=f"top-{variant}")
+                    if variant == "resnet50":
+                        gr.Markdown(tr("no_attention"), elem_classes=["attnviz-note"],
+                                    elem_id="no-attention-resnet50")
+                    else:
+                        gr.Markdown(tr("channel"), elem_classes=["attnviz-caption"])
+                        c[f"{variant}_channel"] = figure(f"channel-{variant}")
+                    if variant == "se":
+                        gr.Markdown(tr("se_no_spatial"), elem_classes=["attnviz-note"])
+                    if variant == "cbam":
+                        gr.Markdown(tr("spatial"), elem_classes=["attnviz-caption"])
+                        c[f"{variant}_spatial"] = figure(f"spatial-{variant}")
+        gr.Markdown(tr("comparison"))
+        with gr.Column(elem_id="difference-column") as difference_column:
+            c["difference_column"] = difference_column
+            gr.Markdown(tr("difference"), elem_classes=["attnviz-caption"])
+            c["difference"] = figure("difference")
+        gr.Markdown(tr("agreement"), elem_classes=["attnviz-caption"])
+        c["agreement"] = figure("agreement")
+        c["last"] = gr.State(None, time_to_live=DELETE_CACHE[1])  # the results on show, for the zip
+        with gr.Row(equal_height=True):
+            c["zip_button"] = gr.Button(tr("zip_button"), variant="secondary", elem_id="zip-button", scale=1)
+            c["download"] = gr.File(label=tr("download"), interactive=False, elem_id="download", scale=3)
+        with gr.Accordion(tr("how_title"), open=False):
+            gr.Markdown(tr("how_body"))
 
     def _page_output_names(self) -> list[str]:
         names = []

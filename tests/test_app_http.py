@@ -149,6 +149,27 @@ def test_concurrent_clients_each_get_their_own_result(app_url, tiny_weights_dir,
 
 
 @pytest.mark.slow
+def test_concurrent_clients_sending_the_same_image_all_get_complete_files(app_url, tiny_weights_dir, tmp_path):
+    """A class clicking the same example at once: identical results must not overwrite each other's files while
+    they download (gradio writes arrays to a path named by their hash; attnviz hands it files of its own)."""
+    from gradio_client import Client, handle_file
+
+    path = solid_image(tmp_path / "same.png", (200, 120, 30))
+
+    def ask(_: int):
+        client = Client(app_url, analytics_enabled=False, verbose=False, download_files=str(tmp_path / "downloads"))
+        return [client.predict(handle_file(str(path)), models=["resnet50"], api_name="/explain") for _ in range(3)]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = [answer for batch in pool.map(ask, range(4)) for answer in batch]
+    assert len(answers) == 12
+    for _, images, archive in answers:
+        assert archive is None
+        np.testing.assert_array_equal(np.asarray(Image.open(images[0]["image"]).convert("RGB")),
+                                      view_of(path, tiny_weights_dir))
+
+
+@pytest.mark.slow
 def test_app_py_without_model_sets_prints_one_line_and_exits_non_zero(tmp_path):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     done = subprocess.run([sys.executable, "app.py", "--weights-dir", str(tmp_path)], cwd=REPO, env=env,

@@ -44,6 +44,12 @@ def download(app: ui.AttnvizApp, out: dict) -> Path:
     return Path(answer[app.components["download"]])
 
 
+def pixels(value) -> np.ndarray:
+    """An image output's pixels: the handlers hand gradio PNG files of the request's own."""
+    assert isinstance(value, str) and value.endswith(".png"), value
+    return np.asarray(Image.open(value).convert("RGB"))
+
+
 def save(image: Image.Image, path: Path, **kwargs) -> Path:
     image.save(path, **kwargs)
     return path
@@ -89,7 +95,7 @@ def test_page_shows_three_overlays_top_k_and_attention_figures(app, tmp_path):
     out = page(app, save(scene(), tmp_path / "scene.png"))
     assert out["status"].startswith(DONE)
     for variant in ("resnet50", "se", "cbam"):
-        assert out[f"{variant}_overlay"].shape == (64, 64, 3)
+        assert pixels(out[f"{variant}_overlay"]).shape == (64, 64, 3)
         assert len(out[f"{variant}_top"]) == 4 and abs(sum(out[f"{variant}_top"].values()) - 1) < 1e-4
     assert out["se_channel"] is not None and out["cbam_channel"] is not None and out["cbam_spatial"] is not None
     assert out["difference"] is not None and out["agreement"] is not None
@@ -310,9 +316,10 @@ def test_request_after_a_bad_upload_shows_only_its_own_results(app, tmp_path, ti
     with zipfile.ZipFile(download(app, second)) as archive:
         heatmaps = np.load(archive.open("heatmaps.npz"))
         np.testing.assert_array_equal(heatmaps["view"], view_of(second_path, tiny_weights_dir))
-    np.testing.assert_array_equal(second["cbam_overlay"],
+    np.testing.assert_array_equal(pixels(second["cbam_overlay"]),
                                   overlay(view_of(second_path, tiny_weights_dir), heatmaps["cbam"], "jet", 0.5))
-    assert not np.array_equal(second["cbam_overlay"], first["cbam_overlay"])
+    assert not np.array_equal(pixels(second["cbam_overlay"]), pixels(first["cbam_overlay"]))
+    assert Path(second["cbam_overlay"]).parent != Path(first["cbam_overlay"]).parent  # each request its own files
 
 
 def test_uploaded_image_passes_the_file_through_untouched(tmp_path):
