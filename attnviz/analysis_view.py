@@ -1,0 +1,170 @@
+"""The app's Analysis tab: the measured comparison of a model set's models, read from the files attnviz.analyze wrote.
+
+The tab computes nothing: it shows ``<weights dir>/<set>/analysis/`` (the headline table, the plots, every table of
+analysis.md and the command that regenerates them), or one line with that command when the files are not there.
+
+    with gr.Tab("Analysis"):
+        build_analysis_tab(weights_dir, "builtin", translate=ui.tr)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from attnviz.analyze import (
+    JSON_NAME,
+    MARKDOWN_NAME,
+    PNG_FILES,
+    analysis_dir,
+    read_result,
+    regenerate_command,
+    render_summary,
+)
+from attnviz.errors import AttnvizError
+from attnviz.weights import Manifest, default_weights_dir
+
+ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
+    "en": {
+        "analysis_tab": "Analysis",
+        "analysis_title": "## How the three models compare, measured",
+        "analysis_intro": (
+            "The scenes come with true object masks, so attnviz measures what the CBAM paper only shows in "
+            "pictures: how well each model's CAM finds the object (pointing game, energy in the mask, mask IoU), "
+            "how faithful the CAM is to the model (deletion, insertion, ROAD), and what SE's and CBAM's attention "
+            "does in every block (the SE paper's excitation analysis). Every number comes with a 95 % paired "
+            "bootstrap interval over the same scenes; a difference in **bold** is one the sample can tell from noise."
+        ),
+        "analysis_command": "Regenerate these results (about an hour on 2 CPU cores):",
+        "analysis_missing": "No analysis for this model set yet. Make it with this command (about an hour on 2 CPU "
+        "cores), then restart the app:",
+        "analysis_unreadable": "The analysis files of this model set cannot be read. Make them again with:",
+        "analysis_summary": "### Summary: test scenes, Grad-CAM at layer4",
+        "analysis_plots": "### Plots",
+        "analysis_tables": "Every table, with its intervals",
+        "analysis_localisation": "Localisation at layer4, per model and CAM method",
+        "analysis_layers": "Grad-CAM at each layer",
+        "analysis_pairs": "Two-object scenes: each class's CAM on its own object and on the other",
+        "analysis_faithfulness": "Faithfulness: deletion, insertion and ROAD",
+        "analysis_curves": "Mean deletion and insertion curves",
+        "analysis_excitation_se": "SE: mean excitation per class, after the SE paper's figure",
+        "analysis_excitation_cbam": "CBAM's channel gate: mean excitation per class",
+        "analysis_specificity": "How class-specific each block's channel attention is",
+        "analysis_spatial": "CBAM's spatial attention on the object, per block",
+    },
+    "zh-CN": {
+        "analysis_tab": "分析",
+        "analysis_title": "## 三个模型的定量比较",
+        "analysis_intro": (
+            "这些场景带有物体的真实掩码，所以 attnviz 可以测量 CBAM 论文只用图片展示的内容：每个模型的 CAM "
+            "找到物体的程度（指向游戏、掩码内能量、掩码 IoU），CAM 对模型的忠实度（删除、插入、ROAD），以及 SE 和 "
+            "CBAM 的注意力在每个模块中的作用（SE 论文的激励分析）。每个数值都附有在同一批场景上的 95 % 配对自助法"
+            "置信区间；**粗体**的差异表示样本足以将其与噪声区分开。"
+        ),
+        "analysis_command": "重新生成这些结果（在 2 个 CPU 核上约一小时）：",
+        "analysis_missing": "此模型集还没有分析结果。用下面的命令生成（在 2 个 CPU 核上约一小时），然后重启应用：",
+        "analysis_unreadable": "无法读取此模型集的分析文件。用下面的命令重新生成：",
+        "analysis_summary": "### 摘要：测试场景，layer4 的 Grad-CAM",
+        "analysis_plots": "### 图表",
+        "analysis_tables": "全部表格及其置信区间",
+        "analysis_localisation": "layer4 的定位效果：每个模型和每种 CAM 方法",
+        "analysis_layers": "各层的 Grad-CAM",
+        "analysis_pairs": "双物体场景：每个类别的 CAM 落在自己的物体上还是另一个物体上",
+        "analysis_faithfulness": "忠实度：删除、插入和 ROAD",
+        "analysis_curves": "删除和插入的平均曲线",
+        "analysis_excitation_se": "SE：每个类别的平均激励（仿照 SE 论文的图）",
+        "analysis_excitation_cbam": "CBAM 通道门：每个类别的平均激励",
+        "analysis_specificity": "每个模块的通道注意力有多大的类别特异性",
+        "analysis_spatial": "CBAM 的空间注意力落在物体上的比例（逐模块）",
+    },
+}
+ANALYSIS_TRANSLATIONS["zh"] = ANALYSIS_TRANSLATIONS["zh-CN"]
+
+
+def _english(key: str) -> str:
+    return ANALYSIS_TRANSLATIONS["en"][key]
+
+
+def _command(weights_dir: Path | str | None, set_name: str) -> str:
+    """The command for this set, naming the weights folder only when it is not the default one."""
+    default = weights_dir is None or Path(weights_dir).resolve() == default_weights_dir().resolve()
+    return regenerate_command(set_name, None if default else weights_dir)
+
+
+def build_analysis_tab(
+    weights_dir: Path | str | None = None,
+    set_name: str | None = None,
+    translate: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """Create the tab's components inside an open ``gr.Tab`` (or any Blocks context); returns them by name.
+
+    ``translate`` gives a component's text for a key of ``ANALYSIS_TRANSLATIONS`` (the app's ``ui.tr`` once
+    they are merged into its translations); by default the English text.
+    """
+    tr = translate or _english
+    set_name = set_name or Manifest(Path(weights_dir) if weights_dir else None).default_set
+    folder = analysis_dir(weights_dir, set_name)
+    command = _command(weights_dir, set_name)
+    components: dict[str, Any] = {"plots": {}}
+    try:
+        result = read_result(folder) if (folder / JSON_NAME).is_file() else None
+    except AttnvizError:
+        components["status"] = gr.Markdown(f"{tr('analysis_unreadable')} `{command}`", elem_id="analysis-status")
+        return components
+    if result is None:
+        components["status"] = gr.Markdown(f"{tr('analysis_missing')} `{command}`", elem_id="analysis-status")
+        return components
+
+    gr.Markdown(tr("analysis_title"))
+    gr.Markdown(tr("analysis_intro"))
+    components["status"] = gr.Markdown(_sample_line(result), elem_id="analysis-status")
+    summary = render_summary(result)
+    if summary:
+        gr.Markdown(tr("analysis_summary"))
+        components["summary"] = gr.Markdown(summary, elem_id="analysis-summary")
+    gr.Markdown(tr("analysis_command"))
+    components["command"] = gr.Code(
+        result.get("command") or command,
+        language="shell",
+        interactive=False,
+        show_label=False,
+        elem_id="analysis-command",
+    )
+    names = [name for name, file in PNG_FILES.items() if file in result.get("plots", []) and (folder / file).is_file()]
+    if names:
+        gr.Markdown(tr("analysis_plots"))
+    for start in range(0, len(names), 2):
+        with gr.Row(equal_height=False):
+            for name in names[start : start + 2]:
+                with gr.Column():
+                    gr.Markdown(tr(f"analysis_{name}"), elem_classes=["attnviz-caption"])
+                    with Image.open(folder / PNG_FILES[name]) as image:
+                        picture = image.convert("RGB")
+                    components["plots"][name] = gr.Image(
+                        picture,
+                        format="png",
+                        show_label=False,
+                        interactive=False,
+                        buttons=["download", "fullscreen"],
+                        elem_id=f"analysis-{name}",
+                        elem_classes=["attnviz-figure"],
+                    )
+    markdown = folder / MARKDOWN_NAME
+    if markdown.is_file():
+        with gr.Accordion(tr("analysis_tables"), open=False):
+            components["tables"] = gr.Markdown(markdown.read_text(encoding="utf-8"), elem_id="analysis-tables")
+    return components
+
+
+def _sample_line(result: dict) -> str:
+    """Which set, how many scenes, how long: plain facts from the JSON, the same in every language."""
+    samples, timing = result["samples"], result["timing"]
+    return (
+        f"`{result['set']}`: {samples['test']} test, {samples['unseen']} unseen-glyph, {samples['pairs']} "
+        f"two-object scenes; faithfulness {samples['faithfulness']}, Score-CAM {samples['scorecam']}; "
+        f"{timing['total_s'] / 60:.0f} min on {result['machine']['cores']} cores."
+    )

@@ -1,0 +1,1626 @@
+"""Measure the comparison: localisation and faithfulness per model and CAM method, and the attention read-out.
+
+The CBAM paper shows pictures in which CBAM's Grad-CAM covers the object
+better than ResNet50's and SE's. attnviz's scenes come with true masks, so
+here it is measured, with paired bootstrap intervals over the same scenes so
+that a real difference between the models can be told from noise:
+
+* top-1 accuracy, the pointing game, energy in the mask and mask IoU for every
+  model x CAM method at layer4 and for Grad-CAM at every layer, on the test,
+  unseen-glyph and two-object scenes (each CAM explains the true class);
+* faithfulness (deletion / insertion AUC against a blurred image, ROAD) on the
+  first scenes of the test sample; Score-CAM on a smaller subset (it needs one
+  forward pass per channel of layer4);
+* the SE paper's excitation analysis for SE's and CBAM's channel gates, and
+  how much CBAM's spatial attention at each block lies on the object.
+
+The scenes are regenerated from their seed (``make_scene(0, split, index)``, the
+built-in dataset's seed); nothing is read from data/.
+
+    python -m attnviz.analyze                          # the default set; about an hour on 2 CPU cores
+    python -m attnviz.analyze --set NAME --quick       # seconds: a handful of scenes, to try it out
+
+Results go to ``<weights dir>/<set>/analysis/``: analysis.json, analysis.md and PNG plots,
+which the app's Analysis tab shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from attnviz.attention import attention_modules, clear_records
+from attnviz.errors import AttnvizError
+from attnviz.explain import CAM_METHODS, ModelExplainer, cam_class
+from attnviz.images import preprocess
+from attnviz.metrics import (
+    POINTING_TOLERANCE,
+    THRESHOLD_GRID,
+    area_share,
+    choose_threshold,
+    curve_auc,
+    deletion_insertion,
+    distance_to_mask,
+    energy_in_mask,
+    gaussian_blur,
+    iou_curve,
+    mask_iou,
+    paired_bootstrap,
+    pointing_hits,
+    road_impute,
+    road_jobs,
+    road_scores,
+    road_worker_start,
+    target_probability,
+)
+from attnviz.models import TARGET_LAYERS, VARIANT_TITLES, VARIANTS
+from attnviz.scenes import CLASSES, make_scene
+from attnviz.weights import LoadedSet, Manifest, Preprocessing, load_model_set
+
+FORMAT = 1
+ANALYSIS_DIR = "analysis"
+JSON_NAME = "analysis.json"
+MARKDOWN_NAME = "analysis.md"
+SCENE_SEED = 0  # the built-in dataset's seed (python -m attnviz.scenes generate, attnviz.train)
+DEFAULT_METHODS = tuple(k for k, m in CAM_METHODS.items() if m.kind != "perturbation")
+PROFILE_CHANNELS = 64  # channels shown per block in the excitation figure
+PROFILE_CLASSES = ("dog", "fish", "aeroplane", "flower")  # four classes far apart, like the SE paper's figure
+DPI = 100
+
+# name -> (label, higher is better, shown in percent)
+METRICS = {
+    "accuracy": ("top-1 accuracy", True, True),
+    "pointing": ("pointing game", True, True),
+    "energy": ("energy in mask", True, False),
+    "iou": ("mask IoU", True, False),
+    "deletion": ("deletion AUC", False, False),
+    "insertion": ("insertion AUC", True, False),
+    "road_morf": ("ROAD most relevant first", False, False),
+    "road_lerf": ("ROAD least relevant first", True, False),
+    "road_combined": ("ROAD combined", True, False),
+    "top2": ("classes found in the top-2", True, True),
+}
+LOCALISATION = ("pointing", "energy", "iou")
+FAITHFULNESS = ("deletion", "insertion", "road_morf", "road_lerf", "road_combined")
+PNG_FILES = {
+    "localisation": "localisation.png",
+    "layers": "layers.png",
+    "pairs": "pairs.png",
+    "faithfulness": "faithfulness.png",
+    "curves": "curves.png",
+    "excitation_se": "excitation_se.png",
+    "excitation_cbam": "excitation_cbam.png",
+    "specificity": "specificity.png",
+    "spatial": "spatial.png",
+}
+
+
+@dataclass
+class AnalysisConfig:
+    """What to measure on how many scenes; the defaults make the full run about an hour on 2 CPU cores."""
+
+    val: int = 120  # val scenes that choose the IoU threshold
+    test: int = 480
+    unseen: int = 120
+    pairs: int = 60  # two-object scenes; each gives two CAMs, one per class
+    faithfulness: int = 24  # the first test scenes also get deletion / insertion and ROAD
+    scorecam: int = 2  # the first test scenes also get Score-CAM at layer4 (2048 forward passes per model)
+    methods: tuple[str, ...] = DEFAULT_METHODS  # at layer4
+    layers: tuple[str, ...] = TARGET_LAYERS  # Grad-CAM at each
+    steps: int = 10  # deletion / insertion: 10 % of the pixels per step
+    blur_sigma: float = 10.0  # px at 224 (scaled to the input size): the baseline of deletion / insertion
+    road_percentiles: tuple[int, ...] = (20, 40, 60, 80)
+    tolerance: float = POINTING_TOLERANCE  # px of the model's input
+    threshold: float | None = None  # mask IoU threshold; None: chosen on the val scenes
+    resamples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0  # bootstrap, tie-breaks and ROAD noise
+    batch_size: int = 16
+    scorecam_batch: int = 64
+    workers: int = 2  # processes for ROAD's imputation (scipy, one core each); 0 runs it inline
+    variants: tuple[str, ...] | None = None  # None: every model of the set
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in CAM_METHODS or CAM_METHODS[m].kind == "perturbation"]
+        if unknown:
+            choices = ", ".join(DEFAULT_METHODS)
+            raise AttnvizError(
+                f"unknown CAM method {unknown[0]!r} for --methods; choose from {choices} "
+                f"(Score-CAM has its own --scorecam count)"
+            )
+        if not self.methods:
+            raise AttnvizError("--methods needs at least one CAM method")
+        bad_layers = [layer for layer in self.layers if layer not in TARGET_LAYERS]
+        if bad_layers:
+            raise AttnvizError(f"unknown layer {bad_layers[0]!r}; choose from {', '.join(TARGET_LAYERS)}")
+        counts = {
+            "val": self.val,
+            "test": self.test,
+            "unseen": self.unseen,
+            "pairs": self.pairs,
+            "faithfulness": self.faithfulness,
+            "scorecam": self.scorecam,
+        }
+        negative = [k for k, v in counts.items() if v < 0]
+        if negative:
+            raise AttnvizError(f"--{negative[0]} must be 0 or more")
+        if self.test < 1:
+            raise AttnvizError("--test must be at least 1: the test scenes are the main sample")
+        if self.faithfulness > self.test or self.scorecam > self.test:
+            raise AttnvizError("--faithfulness and --scorecam take the first test scenes: keep them at most --test")
+        if self.threshold is None and self.val < 1:
+            raise AttnvizError("choosing the IoU threshold needs val scenes: give --val 1 or more, or --threshold")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise AttnvizError("--threshold must be in (0, 1]")
+        if self.steps < 2:
+            raise AttnvizError("--steps must be at least 2")
+        if not self.road_percentiles or any(not 0 < p < 100 for p in self.road_percentiles):
+            raise AttnvizError("--road-percentiles must lie between 0 and 100")
+        if not 0 < self.confidence < 1 or self.resamples < 10:
+            raise AttnvizError("--confidence must be in (0, 1) and --resamples at least 10")
+        if self.batch_size < 1 or self.scorecam_batch < 1 or self.workers < 0:
+            raise AttnvizError("--batch-size and --scorecam-batch must be at least 1, --workers 0 or more")
+
+
+QUICK = {
+    "val": 6,
+    "test": 6,
+    "unseen": 3,
+    "pairs": 3,
+    "faithfulness": 2,
+    "scorecam": 0,
+    "steps": 4,
+    "resamples": 200,
+    "workers": 0,
+}
+
+
+# --------------------------------------------------------------------------- scenes as the models see them
+
+
+@dataclass
+class Item:
+    """One CAM to measure: a scene as the model set sees it, the class explained and its object's mask."""
+
+    split: str
+    scene: int
+    target: int  # class index of the model set
+    tensor: torch.Tensor  # (3, S, S)
+    own: np.ndarray  # (S, S) bool: the target's object
+    other: np.ndarray | None  # (S, S) bool: the other object of a two-object scene
+    own_distance: np.ndarray = field(repr=False, default=None)
+    other_distance: np.ndarray | None = field(repr=False, default=None)
+
+
+def _view_mask(mask: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """A scene mask through the set's own resize and crop, so that it lies on the pixels the model sees."""
+    grey = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
+    return preprocess(Image.fromarray(grey), preprocessing).view[..., 0] >= 128
+
+
+def scene_items(split: str, index: int, classes: list[str], preprocessing: Preprocessing) -> list[Item]:
+    """The CAMs of one scene: one for a single object, one per class for a two-object scene."""
+    scene = make_scene(SCENE_SEED, split, index)
+    tensor = preprocess(Image.fromarray(scene.image), preprocessing).tensor[0]
+    masks = [_view_mask(m, preprocessing) for m in scene.masks]
+    distances = [distance_to_mask(m) for m in masks]
+    items = []
+    for i, label in enumerate(scene.labels):
+        j = 1 - i if len(masks) == 2 else None
+        items.append(
+            Item(
+                split=split,
+                scene=index,
+                target=classes.index(CLASSES[label]),
+                tensor=tensor,
+                own=masks[i],
+                other=None if j is None else masks[j],
+                own_distance=distances[i],
+                other_distance=None if j is None else distances[j],
+            )
+        )
+    return items
+
+
+# --------------------------------------------------------------------------- one pass of one model
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    method: str
+    layer: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}@{self.layer}"
+
+    @property
+    def label(self) -> str:
+        label = CAM_METHODS[self.method].label
+        return label if self.layer == "layer4" else f"{label} ({self.layer})"
+
+    @classmethod
+    def parse(cls, key: str) -> CamConfig:
+        method, layer = key.split("@")
+        return cls(method, layer)
+
+
+@dataclass
+class BatchPass:
+    """What one forward (and one backward) of a batch gave: logits, a map per CAM config, the attention records."""
+
+    logits: torch.Tensor  # (B, classes)
+    maps: dict[str, np.ndarray]  # config key -> (B, S, S) in [0, 1]
+    channel: dict[str, np.ndarray]  # block -> (B, C)
+    spatial: dict[str, np.ndarray]  # block -> (B, h, w), CBAM only
+
+
+def _library_maps(model, config: CamConfig, x, activation, gradient, targets, scorecam_batch: int) -> np.ndarray:
+    """pytorch-grad-cam's own method class on activations (and gradients) captured elsewhere, as explain.py does."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    kind = CAM_METHODS[config.method].kind
+    cam = cam_class(config.method)(model, target_layers=[getattr(model, config.layer)])
+    try:
+        cam.activations_and_grads.release()
+        cam.activations_and_grads.activations = [activation.detach().float().cpu()]
+        cam.activations_and_grads.gradients = [gradient] if kind == "gradient" else []
+        cam.batch_size = scorecam_batch
+        with contextlib.redirect_stderr(io.StringIO()):  # Score-CAM's own progress bar, per image
+            per_layer = cam.compute_cam_per_layer(x, [ClassifierOutputTarget(t) for t in targets], False)
+        return np.asarray(cam.aggregate_multi_layers(per_layer), np.float32)
+    finally:
+        cam.activations_and_grads.release()
+        cam.activations_and_grads.activations = []
+        cam.activations_and_grads.gradients = []
+        cam.model = None
+
+
+def explain_batch(
+    explainer: ModelExplainer, x: torch.Tensor, targets: list[int], configs: list[CamConfig], scorecam_batch: int = 64
+) -> BatchPass:
+    """One forward pass capturing every layer the configs need, one backward from the targets' logits to the
+    earliest of them, then every map from those activations and gradients; the attention records are read
+    and cleared."""
+    layers = sorted({c.layer for c in configs}, key=TARGET_LAYERS.index)
+    needs_grad = any(CAM_METHODS[c.method].kind == "gradient" for c in configs)
+    model = explainer.model
+    with explainer.lock:
+        try:
+            logits, captured = explainer._forward(x, layers, needs_grad)
+            channel, spatial = {}, {}
+            for block, module in attention_modules(model):
+                channel[block] = module.last_channel_weights.float().cpu().numpy().copy()
+                if module.last_spatial_map is not None:
+                    spatial[block] = module.last_spatial_map.float().cpu().numpy().copy()
+            gradients = {}
+            if needs_grad:
+                index = torch.tensor(targets).view(-1, 1)
+                score = logits.gather(1, index).sum()  # each image's logit depends on its own activations only
+                grads = torch.autograd.grad(score, [captured[layer] for layer in layers])
+                gradients = {layer: g.detach().float().cpu() for layer, g in zip(layers, grads, strict=True)}
+            maps = {
+                c.key: _library_maps(model, c, x, captured[c.layer], gradients.get(c.layer), targets, scorecam_batch)
+                for c in configs
+            }
+        finally:
+            clear_records(model)
+    return BatchPass(logits=logits.detach().float(), maps=maps, channel=channel, spatial=spatial)
+
+
+# --------------------------------------------------------------------------- accumulators
+
+
+class Records:
+    """Per-item values, appended batch by batch: (metric, variant, config) -> values in item order."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+
+    def add(self, metric: str, variant: str, config: str, values) -> None:
+        self.values[metric, variant, config].extend(np.asarray(values, np.float64).ravel().tolist())
+
+    def get(self, metric: str, variant: str, config: str) -> np.ndarray:
+        return np.asarray(self.values.get((metric, variant, config), []), np.float64)
+
+    def configs(self, metric: str) -> list[str]:
+        return list(dict.fromkeys(c for m, _, c in self.values if m == metric))
+
+
+class ExcitationStats:
+    """Per block: count, sum and sum of squares of the channel weights per class, for the SE paper's analysis."""
+
+    def __init__(self, classes: int) -> None:
+        self.classes = classes
+        self.count = np.zeros(classes)
+        self.sums: dict[str, np.ndarray] = {}
+        self.squares: dict[str, np.ndarray] = {}
+
+    def add(self, channel: dict[str, np.ndarray], targets: np.ndarray) -> None:
+        np.add.at(self.count, targets, 1)
+        for block, weights in channel.items():
+            weights = weights.astype(np.float64)
+            if block not in self.sums:
+                self.sums[block] = np.zeros((self.classes, weights.shape[1]))
+                self.squares[block] = np.zeros((self.classes, weights.shape[1]))
+            np.add.at(self.sums[block], targets, weights)
+            np.add.at(self.squares[block], targets, weights**2)
+
+    def summary(self, class_names: list[str], profile_blocks: list[str]) -> dict:
+        present = self.count > 0
+        total = self.count.sum()
+        # eta squared of pure noise is about (classes - 1) / (images - 1): the floor a small sample cannot go below
+        chance = (present.sum() - 1) / (total - 1) if total > 1 else 1.0
+        out: dict = {
+            "blocks": list(self.sums),
+            "channels": [],
+            "class_specificity": [],
+            "spread": [],
+            "mean": [],
+            "near_one": [],
+            "chance_specificity": float(chance),
+            "profiles": {},
+        }
+        for block, sums in self.sums.items():
+            class_means = sums[present] / self.count[present, None]
+            overall = sums.sum(axis=0) / total
+            between = (self.count[present, None] * (class_means - overall) ** 2).sum(axis=0)
+            within = np.maximum(self.squares[block][present] - self.count[present, None] * class_means**2, 0).sum(0)
+            variance = between.sum() + within.sum()
+            out["channels"].append(int(sums.shape[1]))
+            # eta squared: the share of the excitation's variance across images that the class explains
+            out["class_specificity"].append(float(between.sum() / variance) if variance > 0 else 0.0)
+            out["spread"].append(float(class_means.std(axis=0).mean()))
+            out["mean"].append(float(overall.mean()))
+            out["near_one"].append(float((overall > 0.9).mean()))
+            if block in profile_blocks:
+                names = [n for n, p in zip(class_names, present, strict=True) if p]
+                out["profiles"][block] = {
+                    "classes": {
+                        n: np.round(m[:PROFILE_CHANNELS], 4).tolist() for n, m in zip(names, class_means, strict=True)
+                    },
+                    "all": np.round(overall[:PROFILE_CHANNELS], 4).tolist(),
+                }
+        return out
+
+
+def profile_blocks(blocks: list[str]) -> list[str]:
+    """The SE paper's blocks: the last of each early stage and every block of the last (SE_2_3 ... SE_5_3)."""
+    stages: dict[str, list[str]] = defaultdict(list)
+    for block in blocks:
+        stages[block.split(".")[0]].append(block)
+    names = list(stages)
+    return [stages[s][-1] for s in names[:-1]] + (stages[names[-1]] if names else [])
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class _Context:
+    model_set: LoadedSet
+    config: AnalysisConfig
+    explainers: dict[str, ModelExplainer]
+    progress: bool
+    threshold: float = 0.5
+    records: dict[str, Records] = field(default_factory=lambda: defaultdict(Records))
+    faith_maps: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    faith_items: list[Item] = field(default_factory=list)
+    faith_probability: dict[tuple[int, str], float] = field(default_factory=dict)
+    excitation: dict[str, ExcitationStats] = field(default_factory=dict)
+    spatial: dict[str, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    area: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    curves: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def bar(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total, desc=desc, unit="scene", disable=not self.progress, file=sys.stderr, dynamic_ncols=True
+        )
+
+
+def _batches(split: str, count: int, ctx: _Context):
+    """Items of ``count`` scenes, a batch of about ``batch_size`` CAMs at a time, with the number of scenes."""
+    batch: list[Item] = []
+    scenes = 0
+    for index in range(count):
+        batch.extend(scene_items(split, index, ctx.model_set.classes, ctx.model_set.preprocessing))
+        scenes += 1
+        if len(batch) >= ctx.config.batch_size:
+            yield batch, scenes
+            batch, scenes = [], 0
+    if batch:
+        yield batch, scenes
+
+
+def _main_configs(config: AnalysisConfig) -> list[CamConfig]:
+    """Every method at layer4 and Grad-CAM at every chosen layer: all served by one forward and one backward."""
+    configs = [CamConfig(m, "layer4") for m in config.methods]
+    configs += [CamConfig("gradcam", layer) for layer in config.layers if layer != "layer4"]
+    if "layer4" in config.layers and "gradcam" not in config.methods:
+        configs.append(CamConfig("gradcam", "layer4"))
+    return configs
+
+
+def _choose_threshold(ctx: _Context) -> dict:
+    """The IoU threshold that maximises the mean IoU of Grad-CAM at layer4 over every model on the val scenes."""
+    config = ctx.config
+    if config.threshold is not None:
+        ctx.threshold = config.threshold
+        return {"value": config.threshold, "chosen_on": "given on the command line"}
+    gradcam = CamConfig("gradcam", "layer4")
+    rows = []
+    with ctx.bar(config.val, "val: IoU threshold") as bar:
+        for items, scenes in _batches("val", config.val, ctx):
+            x = torch.stack([it.tensor for it in items])
+            targets = [it.target for it in items]
+            masks = np.stack([it.own for it in items])
+            for explainer in ctx.explainers.values():
+                maps = explain_batch(explainer, x, targets, [gradcam]).maps[gradcam.key]
+                rows.append(iou_curve(maps, masks, THRESHOLD_GRID))
+            bar.update(scenes)
+    ctx.threshold, means = choose_threshold(np.concatenate(rows), THRESHOLD_GRID)
+    return {
+        "value": ctx.threshold,
+        "chosen_on": f"val, {config.val} scenes: the highest mean IoU of Grad-CAM at layer4 over every model",
+        "grid": list(THRESHOLD_GRID),
+        "mean_iou": np.round(means, 4).tolist(),
+    }
+
+
+def _localise(ctx: _Context, split: str, count: int) -> None:
+    """Accuracy and localisation of every config on ``count`` scenes of ``split``; the attention read-out on test."""
+    config = ctx.config
+    configs = _main_configs(config)
+    records = ctx.records[split]
+    faith_keys = [CamConfig(m, "layer4").key for m in config.methods]
+    position = 0
+    with ctx.bar(count, split) as bar:
+        for items, scenes in _batches(split, count, ctx):
+            x = torch.stack([it.tensor for it in items])
+            targets = np.array([it.target for it in items])
+            own = np.stack([it.own for it in items])
+            own_distance = np.stack([it.own_distance for it in items])
+            pairs = items[0].other is not None
+            if pairs:
+                other = np.stack([it.other for it in items])
+                other_distance = np.stack([it.other_distance for it in items])
+            ctx.area[split].extend(area_share(own).tolist())
+            for variant, explainer in ctx.explainers.items():
+                out = explain_batch(explainer, x, targets.tolist(), configs)
+                if pairs:
+                    top2 = out.logits.topk(2, dim=1).indices.numpy()
+                    records.add("top2", variant, "", _per_scene((top2 == targets[:, None]).any(axis=1)))
+                else:
+                    records.add("accuracy", variant, "", out.logits.argmax(dim=1).numpy() == targets)
+                for key, maps in out.maps.items():
+                    values = {
+                        "pointing": pointing_hits(maps, own_distance, config.tolerance),
+                        "energy": energy_in_mask(maps, own),
+                        "iou": mask_iou(maps, own, ctx.threshold),
+                    }
+                    if pairs:
+                        values["pointing_other"] = pointing_hits(maps, other_distance, config.tolerance)
+                        values["energy_other"] = energy_in_mask(maps, other)
+                    for metric, per_cam in values.items():
+                        records.add(metric, variant, key, _per_scene(per_cam) if pairs else per_cam)
+                if split == "test":
+                    _read_attention(ctx, variant, out, targets, own)
+                    probabilities = target_probability(out.logits, torch.from_numpy(targets)).numpy()
+                    for b in range(len(items)):
+                        if position + b < config.faithfulness:
+                            ctx.faith_maps[position + b, variant] = np.stack([out.maps[k][b] for k in faith_keys])
+                            ctx.faith_probability[position + b, variant] = float(probabilities[b])
+            if split == "test":
+                ctx.faith_items.extend(items[: max(0, config.faithfulness - position)])
+            position += len(items)
+            bar.update(scenes)
+
+
+def _per_scene(values: np.ndarray) -> np.ndarray:
+    """A two-object scene's two CAMs averaged: the bootstrap resamples scenes, not CAMs of one scene."""
+    return np.asarray(values, np.float64).reshape(-1, 2).mean(axis=1)
+
+
+def _read_attention(ctx: _Context, variant: str, out: BatchPass, targets: np.ndarray, own: np.ndarray) -> None:
+    if not out.channel:
+        return
+    ctx.excitation.setdefault(variant, ExcitationStats(len(ctx.model_set.classes))).add(out.channel, targets)
+    if variant != "cbam":
+        return
+    masks = torch.from_numpy(own.astype(np.float32))[:, None]
+    for block, spatial in out.spatial.items():
+        share = F.adaptive_avg_pool2d(masks, spatial.shape[-2:])[:, 0].numpy().astype(np.float64)  # area per cell
+        weights = spatial.astype(np.float64)
+        stats = ctx.spatial[block]
+        stats["energy"].extend(energy_in_mask(weights, share).tolist())
+        stats["chance"].extend(area_share(share).tolist())
+        inside = (weights * share).sum(axis=(1, 2)) / np.maximum(share.sum(axis=(1, 2)), 1e-9)
+        outside = (weights * (1 - share)).sum(axis=(1, 2)) / np.maximum((1 - share).sum(axis=(1, 2)), 1e-9)
+        stats["inside"].extend(inside.tolist())
+        stats["outside"].extend(outside.tolist())
+
+
+def _scorecam(ctx: _Context) -> None:
+    """Score-CAM at layer4 on the first test scenes, with Grad-CAM's values on the same scenes beside it."""
+    config = ctx.config
+    scorecam = CamConfig("scorecam", "layer4")
+    records = ctx.records["scorecam"]
+    with ctx.bar(config.scorecam * len(ctx.explainers), "Score-CAM") as bar:
+        for index in range(config.scorecam):
+            (item,) = scene_items("test", index, ctx.model_set.classes, ctx.model_set.preprocessing)
+            for variant, explainer in ctx.explainers.items():
+                maps = explain_batch(
+                    explainer, item.tensor[None], [item.target], [scorecam], config.scorecam_batch
+                ).maps[scorecam.key]
+                records.add(
+                    "pointing", variant, scorecam.key, pointing_hits(maps, item.own_distance[None], config.tolerance)
+                )
+                records.add("energy", variant, scorecam.key, energy_in_mask(maps, item.own[None]))
+                records.add("iou", variant, scorecam.key, mask_iou(maps, item.own[None], ctx.threshold))
+                bar.update(1)
+    gradcam = CamConfig("gradcam", "layer4").key
+    for metric in LOCALISATION:
+        for variant in ctx.explainers:
+            same_scenes = ctx.records["test"].get(metric, variant, gradcam)[: config.scorecam]
+            if len(same_scenes) == config.scorecam:
+                records.add(metric, variant, gradcam, same_scenes)
+
+
+class _Imputer:
+    """Runs ROAD's imputation jobs inline or in worker processes (scipy's solver uses one core)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = None
+        if workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=road_worker_start
+            )
+
+    def submit(self, jobs):
+        """Start the jobs (in the background when there are workers); ``list()`` the result to wait for them."""
+        if self.pool is None:
+            return (road_impute(job) for job in jobs)
+        return self.pool.map(road_impute, jobs, chunksize=4)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _faithfulness(ctx: _Context) -> None:
+    """Deletion / insertion curves and ROAD of every layer4 method on the first test scenes."""
+    config = ctx.config
+    keys = [CamConfig(m, "layer4").key for m in config.methods]
+    records = ctx.records["faithfulness"]
+    curves = ctx.curves
+    sigma = config.blur_sigma * ctx.model_set.preprocessing.crop / 224
+    imputer = _Imputer(config.workers)
+    try:
+        with ctx.bar(len(ctx.faith_items), "faithfulness") as bar:
+            for i, item in enumerate(ctx.faith_items):
+                baseline = gaussian_blur(item.tensor[None], sigma)[0]
+                tiebreak = np.random.default_rng([config.seed, 1, i]).permutation(item.own.size)
+                pending = {}
+                for v, variant in enumerate(ctx.explainers):  # ROAD's imputation runs while the curves are scored
+                    seed = int(np.random.default_rng([config.seed, 2, i, v]).integers(2**31))
+                    jobs = road_jobs(item.tensor, ctx.faith_maps[i, variant], config.road_percentiles, seed)
+                    pending[variant] = imputer.submit(jobs)
+                for variant, explainer in ctx.explainers.items():
+                    model = explainer.model
+                    original = ctx.faith_probability[i, variant]
+                    with torch.no_grad():
+                        blurred = float(target_probability(model(baseline[None]), torch.tensor([item.target]))[0])
+                    found = deletion_insertion(
+                        model,
+                        item.tensor,
+                        baseline,
+                        ctx.faith_maps[i, variant],
+                        item.target,
+                        config.steps,
+                        config.batch_size,
+                        tiebreak,
+                        (original, blurred),
+                    )
+                    for k, key in enumerate(keys):
+                        curves[key, variant, "deletion"].append(found.deletion[k])
+                        curves[key, variant, "insertion"].append(found.insertion[k])
+                        records.add("deletion", variant, key, curve_auc(found.deletion[k]))
+                        records.add("insertion", variant, key, curve_auc(found.insertion[k]))
+                for variant, explainer in ctx.explainers.items():
+                    imputed = list(pending.pop(variant))
+                    scores = road_scores(
+                        explainer.model,
+                        ctx.faith_probability[i, variant],
+                        item.target,
+                        imputed,
+                        len(keys),
+                        len(config.road_percentiles),
+                        config.batch_size,
+                    )
+                    for k, key in enumerate(keys):
+                        records.add("road_morf", variant, key, scores.most_relevant_first[k])
+                        records.add("road_lerf", variant, key, scores.least_relevant_first[k])
+                        records.add("road_combined", variant, key, scores.combined[k])
+                for explainer in ctx.explainers.values():  # the passes above recorded attention too
+                    clear_records(explainer.model)
+                bar.update(1)
+    finally:
+        imputer.close()
+
+
+def check_set(name: str, classes: list[str], models: Iterable[str], variants: Iterable[str] | None = None) -> list[str]:
+    """The variants to analyse, in the usual order; one line of error when the set cannot be analysed."""
+    if sorted(classes) != sorted(CLASSES):
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise AttnvizError(
+            f"model set {name!r} has other classes ({shown}) than attnviz's scenes ({', '.join(CLASSES)}); "
+            f"the analysis needs a set trained on them, e.g. --set builtin"
+        )
+    models = list(models)
+    present = [v for v in VARIANTS if v in models]
+    if variants:
+        missing = [v for v in variants if v not in models]
+        if missing:
+            raise AttnvizError(f"model set {name!r} has no model {missing[0]!r}; it has {', '.join(present)}")
+        present = [v for v in present if v in variants]
+    return present
+
+
+def run_analysis(
+    model_set: LoadedSet,
+    config: AnalysisConfig | None = None,
+    progress: bool = True,
+    command: str = "python -m attnviz.analyze",
+) -> dict:
+    """Measure everything on a loaded model set; returns the JSON-ready result that ``write_report`` writes."""
+    config = config or AnalysisConfig()
+    config.validate()
+    variants = check_set(model_set.name, model_set.classes, model_set.models, config.variants)
+    ctx = _Context(
+        model_set, config, {v: ModelExplainer(v, model_set.models[v], model_set.classes) for v in variants}, progress
+    )
+    started = time.perf_counter()
+
+    def phase(name: str, fn, *args):
+        t0 = time.perf_counter()
+        value = fn(*args)
+        ctx.timing[name] = round(time.perf_counter() - t0, 1)
+        return value
+
+    threshold = phase("val", _choose_threshold, ctx)
+    phase("test", _localise, ctx, "test", config.test)
+    if config.unseen:
+        phase("unseen", _localise, ctx, "unseen", config.unseen)
+    if config.pairs:
+        phase("pairs", _localise, ctx, "pairs", config.pairs)
+    if config.scorecam:
+        phase("scorecam", _scorecam, ctx)
+    if config.faithfulness:
+        phase("faithfulness", _faithfulness, ctx)
+    result = phase("bootstrap", _summarise, ctx, threshold, command)
+    result["timing"] = {"total_s": round(time.perf_counter() - started, 1), "phases_s": ctx.timing}
+    return result
+
+
+# --------------------------------------------------------------------------- summary (JSON-ready)
+
+
+def _compare(values: dict[str, np.ndarray], config: AnalysisConfig) -> dict:
+    boot = paired_bootstrap(values, config.resamples, config.confidence, config.seed)
+    return {
+        "n": boot.n,
+        "models": {k: iv.to_dict() for k, iv in boot.means.items()},
+        "differences": {
+            f"{b}-{a}": {**iv.to_dict(), "excludes_zero": iv.excludes_zero} for (a, b), iv in boot.differences.items()
+        },
+    }
+
+
+def _group(records: Records, metric: str, variants: list[str], config: AnalysisConfig) -> dict:
+    return {
+        key: _compare({v: records.get(metric, v, key) for v in variants}, config)
+        for key in records.configs(metric)
+        if key
+    }
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("grad-cam", "numpy", "scipy"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[package] = version(package)
+    return out
+
+
+def _summarise(ctx: _Context, threshold: dict, command: str) -> dict:
+    config = ctx.config
+    variants = list(ctx.explainers)
+    records = ctx.records
+    result: dict = {
+        "format": FORMAT,
+        "set": ctx.model_set.name,
+        "variants": variants,
+        "titles": {v: VARIANT_TITLES[v] for v in variants},
+        "classes": ctx.model_set.classes,
+        "command": command,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "input_size": ctx.model_set.preprocessing.crop,
+        "target": "the true class of each scene; in a two-object scene each of its two classes in turn",
+        "samples": {
+            "scene_seed": SCENE_SEED,
+            "val": config.val if config.threshold is None else 0,
+            "test": config.test,
+            "unseen": config.unseen,
+            "pairs": config.pairs,
+            "faithfulness": len(ctx.faith_items),
+            "scorecam": config.scorecam,
+            "note": "scenes 0..n-1 of each split, regenerated with attnviz.scenes.make_scene(seed, split, index); "
+            "faithfulness and Score-CAM use the first test scenes",
+        },
+        "threshold": threshold,
+        "area_share": {split: float(np.mean(values)) for split, values in ctx.area.items() if values},
+        "accuracy": {},
+        "localisation": {},
+        "pairs": {},
+        "scorecam": {},
+        "faithfulness": {},
+        "excitation": {},
+        "spatial": {},
+        "machine": _machine(),
+        "versions": _versions(),
+    }
+    for split in ("test", "unseen"):
+        if split in records:
+            result["accuracy"][split] = _compare({v: records[split].get("accuracy", v, "") for v in variants}, config)
+            result["localisation"][split] = {m: _group(records[split], m, variants, config) for m in LOCALISATION}
+    if "pairs" in records:
+        pairs = records["pairs"]
+        result["accuracy"]["pairs_top2"] = _compare({v: pairs.get("top2", v, "") for v in variants}, config)
+        result["pairs"] = {
+            m: _group(pairs, m, variants, config)
+            for m in ("pointing", "pointing_other", "energy", "energy_other", "iou")
+        }
+        own_minus_other: dict = {}
+        for metric in ("pointing", "energy"):
+            own_minus_other[metric] = {}
+            for key in pairs.configs(metric):
+                own_minus_other[metric][key] = {}
+                for v in variants:
+                    boot = paired_bootstrap(
+                        {"other": pairs.get(f"{metric}_other", v, key), "own": pairs.get(metric, v, key)},
+                        config.resamples,
+                        config.confidence,
+                        config.seed,
+                    )
+                    iv = boot.differences["other", "own"]
+                    own_minus_other[metric][key][v] = {**iv.to_dict(), "excludes_zero": iv.excludes_zero}
+        result["pairs"]["own_minus_other"] = own_minus_other
+    if "scorecam" in records:
+        result["scorecam"] = {m: _group(records["scorecam"], m, variants, config) for m in LOCALISATION}
+    if "faithfulness" in records:
+        result["faithfulness"] = {m: _group(records["faithfulness"], m, variants, config) for m in FAITHFULNESS}
+        mean_curves: dict = defaultdict(dict)
+        for (key, variant, kind), rows in ctx.curves.items():
+            mean_curves[key].setdefault(variant, {})[kind] = np.round(np.mean(rows, axis=0), 4).tolist()
+        result["faithfulness"]["curves"] = dict(mean_curves)
+    for variant, stats in ctx.excitation.items():
+        result["excitation"][variant] = stats.summary(ctx.model_set.classes, profile_blocks(list(stats.sums)))
+    if ctx.spatial:
+        spatial: dict = {
+            "blocks": list(ctx.spatial),
+            "energy": [],
+            "chance": [],
+            "energy_minus_chance": [],
+            "inside_outside_ratio": [],
+        }
+        for stats in ctx.spatial.values():
+            boot = paired_bootstrap(
+                {"chance": np.array(stats["chance"]), "energy": np.array(stats["energy"])},
+                config.resamples,
+                config.confidence,
+                config.seed,
+            )
+            spatial["energy"].append(boot.means["energy"].to_dict())
+            spatial["chance"].append(boot.means["chance"].to_dict())
+            iv = boot.differences["chance", "energy"]
+            spatial["energy_minus_chance"].append({**iv.to_dict(), "excludes_zero": iv.excludes_zero})
+            ratio = np.mean(stats["inside"]) / max(np.mean(stats["outside"]), 1e-9)
+            spatial["inside_outside_ratio"].append(round(float(ratio), 4))
+        result["spatial"] = spatial
+    return result
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _number(value: float | None, percent: bool, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    value = value * 100 if percent else value
+    text = (
+        f"{value:+.1f}"
+        if signed and percent
+        else f"{value:.1f}"
+        if percent
+        else (f"{value:+.3f}" if signed else f"{value:.3f}")
+    )
+    return text
+
+
+def _cell(iv: dict, percent: bool, signed: bool = False) -> str:
+    if iv.get("mean") is None:
+        return "n/a"
+    text = f"{_number(iv['mean'], percent, signed)} [{_number(iv['low'], percent)}, {_number(iv['high'], percent)}]"
+    return f"**{text}**" if iv.get("excludes_zero") else text
+
+
+def _comparison_table(
+    rows: dict[str, tuple[dict, bool]], variants: list[str], titles: dict, first_column: str
+) -> list[str]:
+    """One row per (comparison, in percent): each model's mean [CI], then each pairwise difference [CI], bold when
+    its interval excludes 0."""
+    pairs = [(a, b) for i, a in enumerate(variants) for b in variants[i + 1 :]]
+    header = (
+        [first_column]
+        + [titles[v] for v in variants]
+        + [f"{titles[b].replace('ResNet50 + ', '')} − {titles[a].replace('ResNet50 + ', '')}" for a, b in pairs]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, (group, percent) in rows.items():
+        cells = [label] + [_cell(group["models"][v], percent) for v in variants]
+        cells += [_cell(group["differences"][f"{b}-{a}"], percent, signed=True) for a, b in pairs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _method_rows(group: dict, percent: bool) -> dict[str, tuple[dict, bool]]:
+    return {_label(key): (comparison, percent) for key, comparison in group.items()}
+
+
+def _label(key: str) -> str:
+    return CamConfig.parse(key).label
+
+
+def _metric_heading(metric: str, result: dict, split: str | None = None) -> str:
+    label, higher, percent = METRICS[metric]
+    unit = " (%)" if percent else ""
+    note = "higher is better" if higher else "lower is better"
+    if metric == "iou":
+        note += f"; threshold {result['threshold']['value']:.2f} of each map's maximum"
+    if metric == "energy" and split in result["area_share"]:
+        note += f"; chance (the mask's mean area share) {result['area_share'][split]:.3f}"
+    return f"**{label}{unit}** ({note})"
+
+
+def summary_rows(result: dict) -> dict[str, tuple[dict, bool]]:
+    """The headline comparison (test scenes, Grad-CAM at layer4): metric label -> (comparison, in percent)."""
+    rows: dict[str, tuple[dict, bool]] = {}
+    gradcam = "gradcam@layer4"
+    if "test" in result["accuracy"]:
+        rows["top-1 accuracy (%)"] = (result["accuracy"]["test"], True)
+    for metric in LOCALISATION:
+        group = result["localisation"].get("test", {}).get(metric, {})
+        if gradcam in group:
+            label, _, percent = METRICS[metric]
+            rows[label + (" (%)" if percent else "")] = (group[gradcam], percent)
+    for metric in ("deletion", "insertion", "road_combined"):
+        group = result.get("faithfulness", {}).get(metric, {})
+        if gradcam in group:
+            rows[METRICS[metric][0] + (" ↑" if METRICS[metric][1] else " ↓")] = (group[gradcam], False)
+    return rows
+
+
+def render_summary(result: dict) -> str:
+    """The headline table as markdown (empty when nothing was measured): what the app's Analysis tab shows first."""
+    rows = summary_rows(result)
+    if not rows:
+        return ""
+    return "\n".join(_comparison_table(rows, result["variants"], result["titles"], "metric"))
+
+
+def render_markdown(result: dict) -> str:
+    """analysis.md: how it was made, the headline table, then every table with its intervals."""
+    variants, titles = result["variants"], result["titles"]
+    config, samples, timing = result["config"], result["samples"], result["timing"]
+    machine, versions = result["machine"], result["versions"]
+    conf = int(round(config["confidence"] * 100))
+    lines = [
+        f"# attnviz analysis: model set `{result['set']}`",
+        "",
+        f"Regenerate with `{result['command']}` (every number and plot here comes from that command).",
+        "",
+        f"- **Sample** (scenes regenerated from seed {samples['scene_seed']}, the first *n* of each split): "
+        f"{samples['val']} val (IoU threshold), {samples['test']} test, {samples['unseen']} unseen-glyph, "
+        f"{samples['pairs']} two-object scenes; faithfulness on the first {samples['faithfulness']} test scenes; "
+        + (f"Score-CAM on the first {samples['scorecam']}." if samples["scorecam"] else "no Score-CAM."),
+        f"- **Target**: {result['target']}. Input {result['input_size']} px.",
+        f"- **Time**: {timing['total_s'] / 60:.1f} min in all ("
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing["phases_s"].items())
+        + ").",
+        f"- **Machine**: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ".",
+        f"- **Intervals**: {conf} % paired percentile bootstrap over the same scenes ({config['resamples']} "
+        f"resamples, seed {config['seed']}); a difference such as CBAM − SE is taken scene by scene and is **bold** "
+        f"when its interval excludes 0. A two-object scene counts once (its two CAMs averaged).",
+        "",
+    ]
+    summary = render_summary(result)
+    if summary:
+        lines += ["## Summary: test scenes, Grad-CAM at layer4", "", summary, ""]
+
+    split_titles = {"test": "test scenes", "unseen": "unseen-glyph scenes (glyphs never seen in training)"}
+    for split, title in split_titles.items():
+        if split not in result["localisation"]:
+            continue
+        n = result["accuracy"][split]["n"]
+        lines += [f"## Localisation: {title} (n = {n})", ""]
+        lines += _comparison_table(
+            {"top-1 accuracy (%)": (result["accuracy"][split], True)}, variants, titles, "accuracy"
+        )
+        lines.append("")
+        for metric in LOCALISATION:
+            group = result["localisation"][split][metric]
+            lines += [_metric_heading(metric, result, split), ""]
+            lines += _comparison_table(_method_rows(group, METRICS[metric][2]), variants, titles, "method")
+            lines.append("")
+    if result["pairs"]:
+        pairs = result["pairs"]
+        n = result["accuracy"]["pairs_top2"]["n"]
+        lines += [
+            f"## Two-object scenes (n = {n} scenes, one CAM per class)",
+            "",
+            "Does the CAM for each class light up its own object? *own* is the explained class's object, "
+            "*other* the second object.",
+            "",
+        ]
+        lines += _comparison_table(
+            {"classes found in the top-2 (%)": (result["accuracy"]["pairs_top2"], True)}, variants, titles, "accuracy"
+        )
+        lines.append("")
+        for metric, title in (
+            ("pointing", "pointing game on its own object (%)"),
+            ("pointing_other", "pointing game on the other object (%)"),
+            ("energy", "energy on its own object"),
+            ("energy_other", "energy on the other object"),
+        ):
+            percent = metric.startswith("pointing")
+            lines += [f"**{title}**", ""]
+            lines += _comparison_table(_method_rows(pairs[metric], percent), variants, titles, "method")
+            lines.append("")
+        for metric in ("pointing", "energy"):
+            percent = metric == "pointing"
+            lines += [
+                f"**own − other, {METRICS[metric][0]}{' (points)' if percent else ''}**",
+                "",
+                "| method | " + " | ".join(titles[v] for v in variants) + " |",
+                "|" + "---|" * (len(variants) + 1),
+            ]
+            for key, per_variant in pairs["own_minus_other"][metric].items():
+                lines.append(
+                    f"| {_label(key)} | "
+                    + " | ".join(_cell(per_variant[v], percent, signed=True) for v in variants)
+                    + " |"
+                )
+            lines.append("")
+    if result["scorecam"]:
+        n = samples["scorecam"]
+        lines += [
+            f"## Score-CAM at layer4 (first {n} test scenes, Grad-CAM on the same scenes)",
+            "",
+            "Score-CAM runs one forward pass per channel of layer4 (2048 per image and model), so it gets only "
+            "a few scenes: read these as examples, not as a measurement.",
+            "",
+        ]
+        for metric in LOCALISATION:
+            lines += [_metric_heading(metric, result), ""]
+            lines += _comparison_table(
+                _method_rows(result["scorecam"][metric], METRICS[metric][2]), variants, titles, "method"
+            )
+            lines.append("")
+    if result["faithfulness"]:
+        n = samples["faithfulness"]
+        pct = ", ".join(str(p) for p in config["road_percentiles"])
+        lines += [
+            f"## Faithfulness (first {n} test scenes, layer4)",
+            "",
+            f"Score: the softmax probability of the true class. Deletion replaces the most relevant pixels "
+            f"first by a blurred copy of the image (Gaussian, sigma {config['blur_sigma']:g} px at 224 px), "
+            f"insertion puts them first into the blurred copy, in {config['steps']} steps of "
+            f"{100 / config['steps']:.0f} % of the pixels; the AUC is the mean probability over the curve. "
+            f"ROAD (pytorch-grad-cam's noisy linear imputation) removes {pct} % of the pixels, most relevant "
+            f"first (MoRF) or least relevant first (LeRF), and reports the mean change in probability; "
+            f"combined = (LeRF − MoRF) / 2.",
+            "",
+        ]
+        for metric in FAITHFULNESS:
+            group = result["faithfulness"].get(metric, {})
+            lines += [_metric_heading(metric, result), ""]
+            lines += _comparison_table(_method_rows(group, False), variants, titles, "method")
+            lines.append("")
+    if result["excitation"]:
+        lines += [
+            "## Excitation (the SE paper's analysis)",
+            "",
+            f"Channel weights of every attention block on the {samples['test']} test scenes. *class "
+            "specificity*: the share of the weights' variance across images that the class explains (eta², "
+            "pooled over channels; 0 = the same for every class; about "
+            f"{result['excitation'][next(iter(result['excitation']))]['chance_specificity']:.3f} by chance with "
+            "this many scenes per class). *spread*: the standard deviation across "
+            "classes of each channel's class mean, averaged over channels. *near 1*: share of channels whose "
+            "mean weight is above 0.9.",
+            "",
+        ]
+        gated = list(result["excitation"])
+        blocks = result["excitation"][gated[0]]["blocks"]
+        header = ["block"] + [
+            f"{titles[v].replace('ResNet50 + ', '')} {col}"
+            for v in gated
+            for col in ("specificity", "spread", "mean", "near 1")
+        ]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for b, block in enumerate(blocks):
+            cells = [block]
+            for v in gated:
+                ex = result["excitation"][v]
+                cells += [
+                    f"{ex['class_specificity'][b]:.3f}",
+                    f"{ex['spread'][b]:.3f}",
+                    f"{ex['mean'][b]:.3f}",
+                    f"{ex['near_one'][b]:.2f}",
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if result["spatial"]:
+        sp = result["spatial"]
+        lines += [
+            "## CBAM's spatial attention and the object",
+            "",
+            "Per block, the share of the spatial map's mass on the object (the mask averaged over each cell "
+            "of the map) against the chance level, the mask's area share; the ratio is the mean attention on "
+            "the object over the mean attention off it.",
+            "",
+            "| block | energy on object | chance | energy − chance | inside / outside |",
+            "|---|---|---|---|---|",
+        ]
+        for b, block in enumerate(sp["blocks"]):
+            lines.append(
+                f"| {block} | {_cell(sp['energy'][b], False)} | {_cell(sp['chance'][b], False)} | "
+                f"{_cell(sp['energy_minus_chance'][b], False, signed=True)} | "
+                f"{sp['inside_outside_ratio'][b]:.3f} |"
+            )
+        lines.append("")
+    lines += [
+        "## Definitions",
+        "",
+        f"- **Pointing game**: a hit when the map's maximum lies within {config['tolerance']:g} px of the object's "
+        "mask (Zhang et al. 2016); a flat map misses.",
+        "- **Energy in mask**: the share of the map's total mass inside the mask; a uniform map scores the "
+        "mask's area share.",
+        f"- **Mask IoU**: IoU of the mask and the map's region at or above {result['threshold']['value']:.2f} of "
+        f"its maximum ({result['threshold']['chosen_on']}).",
+        "- **CAMs**: pytorch-grad-cam's method classes on the activations and gradients of one forward and one "
+        "backward pass per image and model; every map is scaled to [0, 1] on its own.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _figure(width: float, height: float, ncols: int, nrows: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig, path: Path) -> None:
+    """PNG with an adaptive 256-colour palette: the plots' flat colours survive it at a third of the size."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    image = Image.open(buffer).convert("RGB")
+    image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def _legend_below(fig, ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9, frameon=False)
+
+
+def _colour(variant: str) -> str:
+    from attnviz.render import VARIANT_COLOURS
+
+    return VARIANT_COLOURS[variant]
+
+
+def _bars(ax, groups: dict[str, dict], variants: list[str], titles: dict, scale: float = 1.0) -> None:
+    """Grouped bars: one group per config, one bar per model with its interval."""
+    keys = list(groups)
+    width = 0.8 / max(1, len(variants))
+    for j, v in enumerate(variants):
+        means, lows, highs = [], [], []
+        for key in keys:
+            iv = groups[key]["models"][v]
+            mean = np.nan if iv["mean"] is None else iv["mean"] * scale
+            means.append(mean)
+            lows.append(0 if iv["low"] is None else mean - iv["low"] * scale)
+            highs.append(0 if iv["high"] is None else iv["high"] * scale - mean)
+        xs = np.arange(len(keys)) + (j - (len(variants) - 1) / 2) * width
+        ax.bar(
+            xs,
+            means,
+            width,
+            yerr=[lows, highs],
+            capsize=2,
+            color=_colour(v),
+            label=titles[v],
+            error_kw={"elinewidth": 0.8},
+        )
+    ax.set_xticks(np.arange(len(keys)), [_label(k) for k in keys], rotation=30, ha="right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def _plot_localisation(result: dict, path: Path) -> bool:
+    test = result["localisation"].get("test")
+    if not test:
+        return False
+    variants, titles = result["variants"], result["titles"]
+    fig, axes = _figure(13, 4.2, 3)
+    for ax, metric in zip(axes[0], LOCALISATION, strict=True):
+        groups = {k: g for k, g in test[metric].items() if k.endswith("@layer4")}
+        label, _, percent = METRICS[metric]
+        _bars(ax, groups, variants, titles, 100 if percent else 1)
+        ax.set_title(label + (" (%)" if percent else ""))
+        if metric == "energy" and "test" in result["area_share"]:
+            ax.axhline(result["area_share"]["test"], color="k", ls="--", lw=1, label="chance (mask area)")
+        if metric == "iou":
+            ax.set_title(f"{label} at {result['threshold']['value']:.2f}")
+    _legend_below(fig, axes[0][1])
+    fig.suptitle(
+        f"Localisation at layer4, {result['accuracy']['test']['n']} test scenes "
+        f"(bars: {int(round(result['config']['confidence'] * 100))} % paired bootstrap CIs)"
+    )
+    _save(fig, path)
+    return True
+
+
+def _plot_layers(result: dict, path: Path) -> bool:
+    test = result["localisation"].get("test")
+    if not test:
+        return False
+    layers = [layer for layer in TARGET_LAYERS if f"gradcam@{layer}" in test["pointing"]]
+    if len(layers) < 2:
+        return False
+    variants, titles = result["variants"], result["titles"]
+    fig, axes = _figure(12, 3.6, 3)
+    xs = np.arange(len(layers))
+    for ax, metric in zip(axes[0], LOCALISATION, strict=True):
+        label, _, percent = METRICS[metric]
+        scale = 100 if percent else 1
+        for v in variants:
+            ivs = [test[metric][f"gradcam@{layer}"]["models"][v] for layer in layers]
+            mean = np.array([np.nan if iv["mean"] is None else iv["mean"] for iv in ivs]) * scale
+            low = np.array([np.nan if iv["low"] is None else iv["low"] for iv in ivs]) * scale
+            high = np.array([np.nan if iv["high"] is None else iv["high"] for iv in ivs]) * scale
+            ax.plot(xs, mean, "o-", color=_colour(v), label=titles[v])
+            ax.fill_between(xs, low, high, color=_colour(v), alpha=0.15)
+        if metric == "energy" and "test" in result["area_share"]:
+            ax.axhline(result["area_share"]["test"], color="k", ls="--", lw=1, label="chance")
+        ax.set_xticks(xs, layers)
+        ax.set_title(label + (" (%)" if percent else ""))
+        ax.grid(alpha=0.3)
+    _legend_below(fig, axes[0][1])
+    fig.suptitle("Grad-CAM at each layer, test scenes (bands: paired bootstrap CIs)")
+    _save(fig, path)
+    return True
+
+
+def _plot_pairs(result: dict, path: Path) -> bool:
+    pairs = result["pairs"]
+    key = "gradcam@layer4"
+    if not pairs or key not in pairs["pointing"]:
+        return False
+    variants, titles = result["variants"], result["titles"]
+    fig, axes = _figure(10, 3.6, 2)
+    for ax, metric in zip(axes[0], ("pointing", "energy"), strict=True):
+        scale = 100 if metric == "pointing" else 1
+        width = 0.38
+        xs = np.arange(len(variants))
+        for offset, which, hatch in ((-width / 2, metric, None), (width / 2, f"{metric}_other", "//")):
+            ivs = [pairs[which][key]["models"][v] for v in variants]
+            mean = np.array([iv["mean"] or 0 for iv in ivs]) * scale
+            err = np.array(
+                [
+                    [m - (iv["low"] or 0) * scale for m, iv in zip(mean, ivs, strict=True)],
+                    [(iv["high"] or 0) * scale - m for m, iv in zip(mean, ivs, strict=True)],
+                ]
+            )
+            ax.bar(
+                xs + offset,
+                mean,
+                width,
+                yerr=err,
+                capsize=3,
+                color=[_colour(v) for v in variants],
+                hatch=hatch,
+                edgecolor="white" if hatch else None,
+                alpha=0.55 if hatch else 1.0,
+                label="other object" if hatch else "own object",
+            )
+        ax.set_xticks(xs, [titles[v] for v in variants], fontsize=9)
+        ax.set_title("pointing game (%)" if metric == "pointing" else "energy on the object")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor="0.35", label="on its own object"),
+        Patch(facecolor="0.35", alpha=0.55, hatch="//", edgecolor="white", label="on the other object"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
+    n = result["accuracy"]["pairs_top2"]["n"]
+    fig.suptitle(f"Two-object scenes ({n}): Grad-CAM at layer4 for each class, on its own object vs the other")
+    _save(fig, path)
+    return True
+
+
+def _plot_faithfulness(result: dict, path: Path) -> bool:
+    faith = result["faithfulness"]
+    if not faith:
+        return False
+    variants, titles = result["variants"], result["titles"]
+    shown = ("deletion", "insertion", "road_combined")
+    fig, axes = _figure(13, 4.2, len(shown))
+    for ax, metric in zip(axes[0], shown, strict=True):
+        _bars(ax, faith[metric], variants, titles)
+        label, higher, _ = METRICS[metric]
+        ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)")
+    _legend_below(fig, axes[0][0])
+    fig.suptitle(f"Faithfulness at layer4, {result['samples']['faithfulness']} test scenes (paired bootstrap CIs)")
+    _save(fig, path)
+    return True
+
+
+def _plot_curves(result: dict, path: Path) -> bool:
+    curves = result["faithfulness"].get("curves", {}) if result["faithfulness"] else {}
+    key = "gradcam@layer4" if "gradcam@layer4" in curves else next(iter(curves), None)
+    if key is None:
+        return False
+    variants, titles = result["variants"], result["titles"]
+    fig, axes = _figure(10, 3.6, 2)
+    for ax, kind in zip(axes[0], ("deletion", "insertion"), strict=True):
+        for v in variants:
+            values = curves[key][v][kind]
+            xs = np.linspace(0, 100, len(values))
+            ax.plot(xs, values, "o-", ms=3, color=_colour(v), label=f"{titles[v]} (AUC {curve_auc(values):.3f})")
+        ax.set_xlabel(f"pixels {'removed' if kind == 'deletion' else 'inserted'}, most relevant first (%)")
+        ax.set_ylabel("probability of the true class")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(kind)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{_label(key)}: mean deletion and insertion curves, {result['samples']['faithfulness']} test scenes")
+    _save(fig, path)
+    return True
+
+
+def _plot_excitation(result: dict, variant: str, path: Path) -> bool:
+    ex = result["excitation"].get(variant)
+    if not ex or not ex["profiles"]:
+        return False
+    blocks = list(ex["profiles"])
+    ncols = min(3, len(blocks))
+    nrows = -(-len(blocks) // ncols)
+    fig, axes = _figure(4.2 * ncols, 2.8 * nrows, ncols, nrows)
+    some_classes = [c for c in PROFILE_CLASSES if c in ex["profiles"][blocks[0]]["classes"]]
+    some_classes = some_classes or list(ex["profiles"][blocks[0]]["classes"])[:4]
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    for n, block in enumerate(blocks):
+        ax = axes[n // ncols][n % ncols]
+        profile = ex["profiles"][block]
+        xs = np.arange(len(profile["all"]))
+        for c, name in enumerate(some_classes):
+            ax.plot(xs, profile["classes"][name], lw=1, color=palette(c), label=name)
+        ax.plot(xs, profile["all"], lw=1.6, color="k", ls="--", label="all")
+        b = ex["blocks"].index(block)
+        ax.set_title(f"{block}  (specificity {ex['class_specificity'][b]:.2f})", fontsize=10)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        if n % ncols == 0:
+            ax.set_ylabel("mean excitation")
+        if n // ncols == nrows - 1:
+            ax.set_xlabel("channel index")
+    for n in range(len(blocks), nrows * ncols):
+        axes[n // ncols][n % ncols].set_visible(False)
+    _legend_below(fig, axes[0][0])
+    title = "SE" if variant == "se" else "CBAM's channel gate"
+    fig.suptitle(
+        f"{title}: mean excitation per class, first {PROFILE_CHANNELS} channels, {result['samples']['test']} "
+        f"test scenes (after the SE paper's figure)"
+    )
+    _save(fig, path)
+    return True
+
+
+def _plot_specificity(result: dict, path: Path) -> bool:
+    gated = list(result["excitation"])
+    if not gated:
+        return False
+    titles = result["titles"]
+    fig, axes = _figure(12, 3.8, 2)
+    blocks = result["excitation"][gated[0]]["blocks"]
+    xs = np.arange(len(blocks))
+    for ax, column, label in (
+        (axes[0][0], "class_specificity", "class specificity (eta²)"),
+        (axes[0][1], "mean", "mean excitation"),
+    ):
+        for v in gated:
+            ax.plot(xs, result["excitation"][v][column], "o-", ms=4, color=_colour(v), label=titles[v])
+        ax.set_xticks(xs, blocks, rotation=60, ha="right", fontsize=7)
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    chance = result["excitation"][gated[0]]["chance_specificity"]
+    axes[0][0].axhline(chance, color="k", ls="--", lw=1, label="chance for this sample")
+    top = max(max(result["excitation"][v]["class_specificity"]) for v in gated)
+    axes[0][0].set_ylim(0, min(1.02, max(top, chance) * 1.15 + 0.02))
+    axes[0][1].set_ylim(0, 1.02)
+    _legend_below(fig, axes[0][0])
+    fig.suptitle("How class-specific each block's channel attention is, from early to late blocks")
+    _save(fig, path)
+    return True
+
+
+def _plot_spatial(result: dict, path: Path) -> bool:
+    sp = result["spatial"]
+    if not sp:
+        return False
+    fig, axes = _figure(12, 3.8, 1)
+    ax = axes[0][0]
+    xs = np.arange(len(sp["blocks"]))
+    energy = np.array([iv["mean"] for iv in sp["energy"]], float)
+    low = np.array([iv["low"] for iv in sp["energy"]], float)
+    high = np.array([iv["high"] for iv in sp["energy"]], float)
+    chance = np.array([iv["mean"] for iv in sp["chance"]], float)
+    ax.plot(xs, energy, "o-", color=_colour("cbam"), label="spatial attention's energy on the object")
+    ax.fill_between(xs, low, high, color=_colour("cbam"), alpha=0.2)
+    ax.plot(xs, chance, "k--", lw=1, label="chance: the object's area share")
+    ax.set_xticks(xs, sp["blocks"], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("share of the map's mass")
+    ax.set_ylim(0, None)
+    ax.grid(alpha=0.3)
+    _legend_below(fig, ax)
+    fig.suptitle(f"CBAM's spatial attention at each block vs the true mask, {result['samples']['test']} test scenes")
+    _save(fig, path)
+    return True
+
+
+def write_report(result: dict, out: Path) -> list[Path]:
+    """Write analysis.json, analysis.md and the plots into ``out``; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    plots = {
+        "localisation": _plot_localisation,
+        "layers": _plot_layers,
+        "pairs": _plot_pairs,
+        "faithfulness": _plot_faithfulness,
+        "curves": _plot_curves,
+        "excitation_se": lambda r, p: _plot_excitation(r, "se", p),
+        "excitation_cbam": lambda r, p: _plot_excitation(r, "cbam", p),
+        "specificity": _plot_specificity,
+        "spatial": _plot_spatial,
+    }
+    result["plots"] = []
+    for name, draw in plots.items():
+        path = out / PNG_FILES[name]
+        path.unlink(missing_ok=True)  # a plot this run cannot draw must not stay from an earlier run
+        if draw(result, path):
+            result["plots"].append(PNG_FILES[name])
+            written.append(path)
+    (out / MARKDOWN_NAME).write_text(render_markdown(result), encoding="utf-8")
+    text = json.dumps(_finite(result), indent=1, ensure_ascii=False, allow_nan=False)
+    (out / JSON_NAME).write_text(text + "\n", encoding="utf-8")
+    return [out / JSON_NAME, out / MARKDOWN_NAME, *written]
+
+
+def _finite(value):
+    """The result with every NaN or infinity as None, so that analysis.json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def read_result(folder: Path) -> dict:
+    """The analysis.json of an earlier run."""
+    path = Path(folder) / JSON_NAME
+    if not path.is_file():
+        raise AttnvizError(f"{path} does not exist: run python -m attnviz.analyze first")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AttnvizError(f"{path}: not valid JSON ({exc.msg}); run python -m attnviz.analyze again") from None
+    if result.get("format") != FORMAT:
+        raise AttnvizError(f"{path}: written by another version of attnviz; run python -m attnviz.analyze again")
+    return result
+
+
+def analysis_dir(weights_dir: Path | str | None, set_name: str | None) -> Path:
+    """Where the analysis of a model set lives: ``<weights dir>/<set>/analysis``."""
+    manifest = Manifest(Path(weights_dir) if weights_dir else None)
+    return manifest.weights_dir / (set_name or manifest.default_set) / ANALYSIS_DIR
+
+
+def regenerate_command(set_name: str, weights_dir: Path | str | None = None) -> str:
+    command = f"python -m attnviz.analyze --set {shlex.quote(set_name)}"
+    if weights_dir is not None:
+        command += f" --weights-dir {shlex.quote(str(weights_dir))}"
+    return command
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = AnalysisConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m attnviz.analyze",
+        description="Measure localisation and faithfulness per model and CAM method, and the attention read-out, "
+        "on attnviz's scenes; writes analysis.json, analysis.md and PNG plots.",
+    )
+    parser.add_argument("--set", dest="set_name", help="model set (default: the manifest's default, builtin)")
+    parser.add_argument("--weights-dir", type=Path, help="folder holding manifest.json (default: weights/)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <weights dir>/<set>/analysis)")
+    parser.add_argument("--models", nargs="+", choices=VARIANTS, help="models to analyse (default: all of the set)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a handful of scenes, 4 steps, no Score-CAM: seconds, to try the pipeline (explicit options still win)",
+    )
+    sizes = parser.add_argument_group("sample sizes (scenes 0..n-1 of each split)")
+    for name, text in (
+        ("val", "val scenes that choose the IoU threshold"),
+        ("test", "test scenes"),
+        ("unseen", "unseen-glyph scenes"),
+        ("pairs", "two-object scenes (two CAMs each)"),
+        ("faithfulness", "first test scenes that also get deletion / insertion and ROAD"),
+        ("scorecam", "first test scenes that also get Score-CAM (slow: 2048 passes per model)"),
+    ):
+        sizes.add_argument(f"--{name}", type=int, help=f"{text} (default {getattr(defaults, name)})")
+    how = parser.add_argument_group("methods and parameters")
+    how.add_argument("--methods", nargs="+", help=f"CAM methods at layer4 (default: {' '.join(DEFAULT_METHODS)})")
+    how.add_argument("--layers", nargs="+", help="layers for Grad-CAM (default: layer1 layer2 layer3 layer4)")
+    how.add_argument("--steps", type=int, help=f"deletion / insertion steps (default {defaults.steps})")
+    how.add_argument(
+        "--blur-sigma", type=float, help=f"sigma of the blurred baseline in px at 224 (default {defaults.blur_sigma:g})"
+    )
+    how.add_argument("--road-percentiles", nargs="+", type=int, help="ROAD removal percentiles (default 20 40 60 80)")
+    how.add_argument("--tolerance", type=float, help="pointing game tolerance in px (default 15)")
+    how.add_argument("--threshold", type=float, help="mask IoU threshold (default: chosen on the val scenes)")
+    how.add_argument("--resamples", type=int, help=f"bootstrap resamples (default {defaults.resamples})")
+    how.add_argument("--confidence", type=float, help="confidence level (default 0.95)")
+    how.add_argument("--seed", type=int, help="seed of the bootstrap, tie-breaks and ROAD noise (default 0)")
+    run = parser.add_argument_group("running")
+    run.add_argument("--batch-size", type=int, help=f"images per forward pass (default {defaults.batch_size})")
+    run.add_argument("--scorecam-batch", type=int, help=f"Score-CAM batch (default {defaults.scorecam_batch})")
+    run.add_argument("--workers", type=int, help="processes for ROAD's imputation, 0 inline (default 2)")
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's own, which honours OMP_NUM_THREADS)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite analysis.md and the plots from the analysis.json in the output folder",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
+    values = dict(QUICK) if args.quick else {}
+    for name in (
+        "val",
+        "test",
+        "unseen",
+        "pairs",
+        "faithfulness",
+        "scorecam",
+        "steps",
+        "blur_sigma",
+        "tolerance",
+        "threshold",
+        "resamples",
+        "confidence",
+        "seed",
+        "batch_size",
+        "scorecam_batch",
+        "workers",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    for name in ("methods", "layers", "road_percentiles"):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = tuple(value)
+    if args.models:
+        values["variants"] = tuple(args.models)
+    return AnalysisConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    command = "python -m attnviz.analyze" + (f" {shlex.join(argv)}" if argv else "")
+    try:
+        config = config_from_args(args)
+        config.validate()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.report_only:
+            out = args.out or analysis_dir(args.weights_dir, args.set_name)
+            written = write_report(read_result(out), out)
+            print(f"rewrote {len(written)} files in {out}")
+            return 0
+        info = Manifest(args.weights_dir).get(args.set_name)  # checked before any weights are loaded
+        variants = check_set(info.name, info.classes, info.models, config.variants)
+        model_set = load_model_set(info.name, args.weights_dir, variants=variants)
+        out = args.out or analysis_dir(args.weights_dir, model_set.name)
+        result = run_analysis(model_set, config, progress=not args.quiet, command=command)
+        written = write_report(result, out)
+    except AttnvizError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files to {out} in {result['timing']['total_s'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

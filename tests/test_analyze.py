@@ -1,0 +1,352 @@
+"""The analysis end to end on tiny random sets trained on nothing: the CLI, its files, and the app's Analysis tab."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from conftest import make_model_set
+from PIL import Image
+
+from attnviz import analyze
+from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab
+from attnviz.attention import attention_modules
+from attnviz.errors import AttnvizError
+from attnviz.models import TARGET_LAYERS
+from attnviz.scenes import CLASSES
+from attnviz.weights import load_model_set
+
+LAYER4_METHODS = list(analyze.DEFAULT_METHODS)
+
+
+@pytest.fixture(scope="module")
+def scenes_weights_dir(tmp_path_factory) -> Path:
+    """Three random ResNet50s that know the scene classes, at 64 px."""
+    return make_model_set(tmp_path_factory.mktemp("scene-weights"), "scenes", classes=CLASSES, crop=64)
+
+
+@pytest.fixture(scope="module")
+def quick_run(scenes_weights_dir):
+    """``python -m attnviz.analyze --quick`` once on the tiny set; the tests read what it wrote."""
+    code = analyze.main(["--set", "scenes", "--weights-dir", str(scenes_weights_dir), "--quick", "--quiet"])
+    out = scenes_weights_dir / "scenes" / "analysis"
+    return code, out, json.loads((out / analyze.JSON_NAME).read_text())
+
+
+def intervals(node):
+    """Every {mean, low, high} in a result."""
+    if isinstance(node, dict):
+        if {"mean", "low", "high"} <= set(node):
+            yield node
+        else:
+            for value in node.values():
+                yield from intervals(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from intervals(value)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@pytest.mark.slow
+def test_quick_run_writes_json_markdown_and_every_plot(quick_run):
+    code, out, result = quick_run
+    assert code == 0
+    files = {p.name for p in out.iterdir()}
+    assert {analyze.JSON_NAME, analyze.MARKDOWN_NAME, *analyze.PNG_FILES.values()} <= files
+    assert sorted(result["plots"]) == sorted(analyze.PNG_FILES.values())
+    assert sum(p.stat().st_size for p in out.iterdir()) < 2 * 2**20
+
+
+@pytest.mark.slow
+def test_quick_run_records_how_it_was_made(quick_run):
+    _, _, result = quick_run
+    assert result["command"].startswith("python -m attnviz.analyze --set scenes")
+    assert result["samples"] | {"val": 6, "test": 6, "unseen": 3, "pairs": 3, "faithfulness": 2} == result["samples"]
+    assert result["variants"] == ["resnet50", "se", "cbam"]
+    assert result["threshold"]["value"] in result["threshold"]["grid"]
+    assert result["timing"]["total_s"] > 0 and "test" in result["timing"]["phases_s"]
+    assert result["versions"]["torch"] == torch.__version__
+    assert result["machine"]["cores"] >= 1
+
+
+@pytest.mark.slow
+def test_quick_run_measures_every_method_at_layer4_and_gradcam_at_every_layer(quick_run):
+    _, _, result = quick_run
+    expected = {f"{m}@layer4" for m in LAYER4_METHODS} | {f"gradcam@{layer}" for layer in TARGET_LAYERS}
+    for split in ("test", "unseen"):
+        for metric in analyze.LOCALISATION:
+            assert set(result["localisation"][split][metric]) == expected
+    assert result["localisation"]["test"]["pointing"]["gradcam@layer4"]["n"] == 6
+    assert result["pairs"]["energy_other"]["gradcam@layer4"]["n"] == 3  # scenes, not CAMs
+    for metric in analyze.FAITHFULNESS:
+        assert set(result["faithfulness"][metric]) == {f"{m}@layer4" for m in LAYER4_METHODS}
+        assert result["faithfulness"][metric]["gradcam@layer4"]["n"] == 2
+    curve = result["faithfulness"]["curves"]["gradcam@layer4"]["cbam"]["deletion"]
+    assert len(curve) == analyze.QUICK["steps"] + 1
+
+
+@pytest.mark.slow
+def test_quick_run_values_are_in_range_with_intervals_around_their_means(quick_run):
+    _, _, result = quick_run
+    for iv in intervals(result):
+        if iv["mean"] is not None:
+            assert iv["low"] - 1e-9 <= iv["mean"] <= iv["high"] + 1e-9
+    for metric in ("pointing", "energy", "iou"):
+        for group in result["localisation"]["test"][metric].values():
+            for iv in group["models"].values():
+                assert 0 <= iv["low"] <= iv["high"] <= 1
+    differences = result["localisation"]["test"]["energy"]["gradcam@layer4"]["differences"]
+    assert set(differences) == {"se-resnet50", "cbam-resnet50", "cbam-se"}
+
+
+@pytest.mark.slow
+def test_quick_run_reads_out_se_and_cbam_attention(quick_run):
+    _, _, result = quick_run
+    assert set(result["excitation"]) == {"se", "cbam"}
+    se = result["excitation"]["se"]
+    assert len(se["blocks"]) == 16 and se["channels"][0] == 256 and se["channels"][-1] == 2048
+    assert list(se["profiles"]) == ["layer1.2", "layer2.3", "layer3.5", "layer4.0", "layer4.1", "layer4.2"]
+    assert all(0 <= v <= 1 for v in se["class_specificity"])
+    spatial = result["spatial"]
+    assert len(spatial["blocks"]) == 16
+    for energy, chance in zip(spatial["energy"], spatial["chance"], strict=True):
+        assert 0 <= energy["mean"] <= 1 and 0 < chance["mean"] < 1
+
+
+@pytest.mark.slow
+def test_markdown_report_states_command_sample_and_tables(quick_run):
+    _, out, result = quick_run
+    text = (out / analyze.MARKDOWN_NAME).read_text()
+    assert result["command"] in text
+    assert "6 test" in text and "Summary: test scenes, Grad-CAM at layer4" in text
+    assert "| Grad-CAM (layer1) |" in text and "CBAM − SE" in text
+    assert "## Excitation" in text and "## CBAM's spatial attention" in text
+
+
+@pytest.mark.slow
+def test_plots_are_modest_pngs(quick_run):
+    _, out, _ = quick_run
+    for name in analyze.PNG_FILES.values():
+        with Image.open(out / name) as image:
+            assert image.format == "PNG"
+            assert 600 <= image.width <= 1400 and 300 <= image.height <= 700
+        assert (out / name).stat().st_size < 200_000
+
+
+@pytest.mark.slow
+def test_report_only_rewrites_the_same_markdown_from_the_json(quick_run):
+    _, out, _ = quick_run
+    before = (out / analyze.MARKDOWN_NAME).read_text()
+    (out / analyze.MARKDOWN_NAME).unlink()
+    (out / analyze.PNG_FILES["spatial"]).unlink()
+    assert analyze.main(["--report-only", "--out", str(out)]) == 0
+    assert (out / analyze.MARKDOWN_NAME).read_text() == before
+    assert (out / analyze.PNG_FILES["spatial"]).is_file()
+
+
+def test_refuses_a_set_that_does_not_know_the_scene_classes(tiny_weights_dir, capsys):
+    assert analyze.main(["--set", "tiny", "--weights-dir", str(tiny_weights_dir), "--quick"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: model set 'tiny' has other classes") and "\n" not in error
+
+
+def test_refuses_a_model_the_set_lacks(tmp_path, capsys):
+    weights = make_model_set(tmp_path, "plain", classes=CLASSES, crop=32, variants=("resnet50",))
+    assert analyze.main(["--set", "plain", "--weights-dir", str(weights), "--models", "cbam"]) == 2
+    assert "has no model 'cbam'; it has resnet50" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"faithfulness": 10, "test": 5}, "at most --test"),
+        ({"methods": ("scorecam",)}, "own --scorecam"),
+        ({"val": 0}, "--threshold"),
+        ({"steps": 1}, "--steps"),
+        ({"layers": ("layer5",)}, "unknown layer"),
+    ],
+)
+def test_config_refuses_settings_it_cannot_run(options, message):
+    with pytest.raises(AttnvizError, match=message):
+        analyze.AnalysisConfig(**options).validate()
+
+
+def test_quick_sizes_give_way_to_explicit_options():
+    args = analyze._parser().parse_args(["--quick", "--test", "9", "--methods", "gradcam", "eigencam"])
+    config = analyze.config_from_args(args)
+    assert (config.test, config.val, config.steps, config.workers) == (9, analyze.QUICK["val"], 4, 0)
+    assert config.methods == ("gradcam", "eigencam")
+
+
+def test_scene_items_put_masks_on_the_pixels_the_model_sees():
+    from attnviz.weights import Preprocessing
+
+    (single,) = analyze.scene_items("test", 3, CLASSES, Preprocessing(resize=64, crop=64))
+    assert single.tensor.shape == (3, 64, 64) and single.own.shape == (64, 64)
+    assert CLASSES[single.target] == CLASSES[3 % len(CLASSES)]
+    assert single.other is None and single.own.any()
+    first, second = analyze.scene_items("pairs", 0, CLASSES, Preprocessing(resize=64, crop=64))
+    assert first.target != second.target
+    assert np.array_equal(first.own, second.other) and np.array_equal(first.other, second.own)
+    assert first.own_distance[first.own].max() == 0
+
+
+def test_run_leaves_no_hook_no_record_and_no_gradient_behind(scenes_weights_dir):
+    model_set = load_model_set("scenes", scenes_weights_dir, variants=["cbam"])
+    model = model_set.models["cbam"]
+    config = analyze.AnalysisConfig(
+        val=0,
+        threshold=0.5,
+        test=1,
+        unseen=0,
+        pairs=1,
+        faithfulness=1,
+        scorecam=0,
+        methods=("gradcam",),
+        layers=("layer3", "layer4"),
+        steps=2,
+        road_percentiles=(50,),
+        resamples=20,
+        workers=0,
+    )
+    result = analyze.run_analysis(model_set, config, progress=False)
+    assert result["faithfulness"]["deletion"]["gradcam@layer4"]["n"] == 1
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+    assert all(module.last_channel_weights is None for _, module in attention_modules(model))
+    assert not any(p.requires_grad or p.grad is not None for p in model.parameters())
+    assert not model.training
+
+
+@pytest.fixture(scope="module")
+def scorecam_run(tmp_path_factory):
+    """Score-CAM and ROAD in a worker process, on one model at 32 px (layer4 is then one cell)."""
+    weights = make_model_set(
+        tmp_path_factory.mktemp("one-model"), "one", classes=CLASSES, crop=32, variants=("resnet50",)
+    )
+    out = weights / "report"
+    code = analyze.main(
+        [
+            "--set",
+            "one",
+            "--weights-dir",
+            str(weights),
+            "--out",
+            str(out),
+            "--quiet",
+            "--val",
+            "2",
+            "--test",
+            "1",
+            "--unseen",
+            "0",
+            "--pairs",
+            "0",
+            "--faithfulness",
+            "1",
+            "--scorecam",
+            "1",
+            "--methods",
+            "gradcam",
+            "--layers",
+            "layer4",
+            "--steps",
+            "2",
+            "--road-percentiles",
+            "50",
+            "--resamples",
+            "20",
+            "--workers",
+            "1",
+        ]
+    )
+    return code, json.loads((out / analyze.JSON_NAME).read_text())
+
+
+@pytest.mark.slow
+def test_scorecam_runs_on_its_subset_beside_gradcam(scorecam_run):
+    code, result = scorecam_run
+    assert code == 0
+    assert set(result["scorecam"]["pointing"]) == {"scorecam@layer4", "gradcam@layer4"}
+    assert result["scorecam"]["energy"]["scorecam@layer4"]["n"] == 1
+
+
+@pytest.mark.slow
+def test_road_runs_in_worker_processes(scorecam_run):
+    _, result = scorecam_run
+    assert result["config"]["workers"] == 1
+    assert result["faithfulness"]["road_combined"]["gradcam@layer4"]["models"]["resnet50"]["mean"] is not None
+
+
+# --------------------------------------------------------------------------- the Analysis tab
+
+
+@pytest.mark.slow
+def test_analysis_tab_shows_summary_plots_tables_and_command(quick_run, scenes_weights_dir):
+    with gr.Blocks() as demo:
+        with gr.Tab("Analysis"):
+            shown = build_analysis_tab(scenes_weights_dir, "scenes")
+    assert set(shown["plots"]) == set(analyze.PNG_FILES)
+    assert "pointing game" in shown["summary"].value
+    assert "python -m attnviz.analyze --set scenes" in shown["command"].value
+    assert "## Two-object scenes" in shown["tables"].value
+    props = {c["id"]: c["props"] for c in demo.get_config_file()["components"]}  # the page can be served
+    assert props[shown["plots"]["spatial"]._id]["value"]["path"].endswith(".png")
+
+
+def test_analysis_tab_says_how_to_make_a_missing_analysis(tmp_path):
+    with gr.Blocks():
+        with gr.Tab("Analysis"):
+            shown = build_analysis_tab(tmp_path, "fresh")
+    line = shown["status"].value
+    assert "No analysis" in line and f"python -m attnviz.analyze --set fresh --weights-dir {tmp_path}" in line
+    assert "\n" not in line.strip() and not shown["plots"]
+
+
+def test_analysis_tab_names_no_weights_folder_for_the_default_one():
+    from attnviz.analysis_view import _command
+    from attnviz.weights import default_weights_dir
+
+    assert _command(default_weights_dir(), "builtin") == "python -m attnviz.analyze --set builtin"
+    assert _command(None, "builtin") == "python -m attnviz.analyze --set builtin"
+
+
+def test_analysis_tab_passes_its_texts_through_the_given_translation(tmp_path):
+    with gr.Blocks():
+        shown = build_analysis_tab(tmp_path, "fresh", translate=lambda key: f"<{key}>")
+    assert shown["status"].value.startswith("<analysis_missing>")
+
+
+def test_analysis_translations_cover_the_same_keys_in_every_language():
+    english = set(ANALYSIS_TRANSLATIONS["en"])
+    assert all(key.startswith("analysis_") for key in english)
+    assert set(ANALYSIS_TRANSLATIONS["zh-CN"]) == english
+    assert {f"analysis_{name}" for name in analyze.PNG_FILES} <= english
+
+
+def test_class_specificity_is_one_for_weights_set_by_the_class_and_zero_for_weights_it_does_not_explain():
+    stats = analyze.ExcitationStats(classes=2)
+    targets = np.array([0, 0, 1, 1])
+    stats.add(
+        {
+            "by_class": np.array([[0.2, 0.5], [0.2, 0.5], [0.8, 0.5], [0.8, 0.5]]),
+            "by_image": np.array([[0.2], [0.8], [0.2], [0.8]]),
+        },
+        targets,
+    )
+    summary = stats.summary(["a", "b"], profile_blocks=["by_class"])
+    assert summary["class_specificity"] == pytest.approx([1.0, 0.0])
+    assert summary["spread"] == pytest.approx([0.15, 0.0])  # std across classes 0.3 and 0, averaged
+    assert summary["mean"] == pytest.approx([0.5, 0.5])
+    assert summary["chance_specificity"] == pytest.approx(1 / 3)  # (classes - 1) / (images - 1)
+    assert summary["profiles"]["by_class"]["classes"]["b"] == pytest.approx([0.8, 0.5])
+
+
+def test_profile_blocks_are_the_se_papers_last_block_of_each_stage_and_all_of_the_last():
+    blocks = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer4.0", "layer4.1"]
+    assert analyze.profile_blocks(blocks) == ["layer1.1", "layer2.1", "layer3.0", "layer4.0", "layer4.1"]
