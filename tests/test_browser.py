@@ -116,3 +116,12 @@ def test_page_speaks_simplified_chinese_to_a_chinese_browser(browser, app_url):
     expect(page.locator("#explain-button")).to_have_text("解释")
     expect(page.get_by_text("本模型组的类别")).to_be_visible()
     page.context.close()
+
+
+def test_analysis_tab_says_how_to_make_a_missing_analysis(browser, app_url):
+    from playwright.sync_api import expect
+
+    page, _ = open_page(browser, app_url)
+    page.get_by_role("tab", name="Analysis").click()
+    expect(page.locator("#analysis-status")).to_contain_text("python -m attnviz.analyze")
+    page.context.close()
