@@ -9,7 +9,7 @@ from PIL import Image
 
 from attnviz.attention import attention_modules
 from attnviz.errors import AttnvizError
-from attnviz.explain import ExplainSettings, top_region_iou
+from attnviz.explain import ExplainSettings, top_region_iou, top_region_mask
 from attnviz.images import preprocess
 
 
@@ -129,6 +129,20 @@ def test_top_region_iou_is_one_for_equal_maps_and_zero_for_disjoint_ones():
     assert top_region_iou(ramp, -ramp) == 0.0
     shifted = np.roll(ramp, 10)  # top 20 rows-worth overlap by half
     assert 0 < top_region_iou(ramp, shifted) < 1
+
+
+@pytest.mark.parametrize("levels", [None, 2, 5, 50])  # None: no ties; few levels: many ties at the cut
+def test_top_region_mask_takes_the_pixels_a_stable_sort_puts_last(levels):
+    rng = np.random.default_rng(levels or 0)
+    for shape in [(7, 9), (56, 56), (224, 224)]:
+        values = rng.random(shape, np.float32)
+        if levels:
+            values = np.floor(values * levels) / levels
+        for fraction in (0.01, 0.2, 0.5):
+            k = max(1, round(fraction * values.size))
+            expected = np.zeros(values.size, bool)
+            expected[np.argsort(values, axis=None, kind="stable")[-k:]] = True
+            np.testing.assert_array_equal(top_region_mask(values, fraction), expected.reshape(shape))
 
 
 def test_bf16_gives_float32_results_close_to_fp32(tiny_explainer, scene_image):
