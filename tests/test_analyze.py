@@ -84,8 +84,9 @@ def test_quick_run_measures_every_method_at_layer4_and_gradcam_at_every_layer(qu
             assert set(result["localisation"][split][metric]) == expected
     assert result["localisation"]["test"]["pointing"]["gradcam@layer4"]["n"] == 6
     assert result["pairs"]["energy_other"]["gradcam@layer4"]["n"] == 3  # scenes, not CAMs
-    for metric in analyze.FAITHFULNESS:
-        assert set(result["faithfulness"][metric]) == {f"{m}@layer4" for m in LAYER4_METHODS}
+    for metric in analyze.FAITHFULNESS:  # deletion / insertion for every method, ROAD for Grad-CAM (the default)
+        methods = LAYER4_METHODS if metric in ("deletion", "insertion") else ("gradcam",)
+        assert set(result["faithfulness"][metric]) == {f"{m}@layer4" for m in methods}
         assert result["faithfulness"][metric]["gradcam@layer4"]["n"] == 2
     curve = result["faithfulness"]["curves"]["gradcam@layer4"]["cbam"]["deletion"]
     assert len(curve) == analyze.QUICK["steps"] + 1
@@ -170,6 +171,7 @@ def test_refuses_a_model_the_set_lacks(tmp_path, capsys):
         ({"val": 0}, "--threshold"),
         ({"steps": 1}, "--steps"),
         ({"layers": ("layer5",)}, "unknown layer"),
+        ({"methods": ("gradcam",), "road_methods": ("layercam",)}, "--road-methods must be among --methods"),
     ],
 )
 def test_config_refuses_settings_it_cannot_run(options, message):
@@ -350,3 +352,13 @@ def test_class_specificity_is_one_for_weights_set_by_the_class_and_zero_for_weig
 def test_profile_blocks_are_the_se_papers_last_block_of_each_stage_and_all_of_the_last():
     blocks = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer4.0", "layer4.1"]
     assert analyze.profile_blocks(blocks) == ["layer1.1", "layer2.1", "layer3.0", "layer4.0", "layer4.1"]
+
+
+def test_road_methods_follow_the_methods_asked_for():
+    parser = analyze._parser()
+    assert analyze.config_from_args(parser.parse_args([])).road_methods == ("gradcam",)
+    assert analyze.config_from_args(parser.parse_args(["--methods", "layercam", "eigencam"])).road_methods == (
+        "layercam",)
+    chosen = analyze.config_from_args(parser.parse_args(["--methods", "gradcam", "layercam", "--road-methods",
+                                                         "layercam"]))
+    assert chosen.road_methods == ("layercam",)
