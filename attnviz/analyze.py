@@ -47,7 +47,7 @@ from PIL import Image
 
 from attnviz.attention import attention_modules, clear_records
 from attnviz.errors import AttnvizError
-from attnviz.explain import CAM_METHODS, ModelExplainer, cam_class
+from attnviz.explain import CAM_METHODS, ModelExplainer, library_cam
 from attnviz.images import preprocess
 from attnviz.metrics import (
     POINTING_TOLERANCE,
@@ -278,24 +278,10 @@ class BatchPass:
 
 
 def _library_maps(model, config: CamConfig, x, activation, gradient, targets, scorecam_batch: int) -> np.ndarray:
-    """pytorch-grad-cam's own method class on activations (and gradients) captured elsewhere, as explain.py does."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    kind = CAM_METHODS[config.method].kind
-    cam = cam_class(config.method)(model, target_layers=[getattr(model, config.layer)])
-    try:
-        cam.activations_and_grads.release()
-        cam.activations_and_grads.activations = [activation.detach().float().cpu()]
-        cam.activations_and_grads.gradients = [gradient] if kind == "gradient" else []
-        cam.batch_size = scorecam_batch
-        with contextlib.redirect_stderr(io.StringIO()):  # Score-CAM's own progress bar, per image
-            per_layer = cam.compute_cam_per_layer(x, [ClassifierOutputTarget(t) for t in targets], False)
-        return np.asarray(cam.aggregate_multi_layers(per_layer), np.float32)
-    finally:
-        cam.activations_and_grads.release()
-        cam.activations_and_grads.activations = []
-        cam.activations_and_grads.gradients = []
-        cam.model = None
+    """explain.py's library_cam, quiet: Score-CAM draws a progress bar of its own for every image."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        return library_cam(model, config.method, config.layer, x, activation, gradient, targets,
+                           batch_size=scorecam_batch)
 
 
 def explain_batch(

@@ -378,6 +378,31 @@ class ModelExplainer:
             return cam(inputs, targets, aug_smooth=True, eigen_smooth=settings.eigen_smooth)[0]
 
 
+def library_cam(model: nn.Module, method: str, layer: str, x: torch.Tensor, activation: torch.Tensor,
+                gradient: torch.Tensor | None, targets: list[int], eigen_smooth: bool = False,
+                batch_size: int | None = None) -> np.ndarray:
+    """pytorch-grad-cam's own class for ``method`` at ``layer``, fed the activation (and gradient) of a pass made
+    elsewhere instead of running its own: (batch, H, W) float32 maps in [0, 1], one per image and its target.
+    The perturbation methods still run their own passes on ``x`` (in batches of ``batch_size``)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = cam_class(method)(model, target_layers=[getattr(model, layer)])
+    try:
+        cam.activations_and_grads.release()
+        cam.activations_and_grads.activations = [activation.detach().float().cpu()]
+        cam.activations_and_grads.gradients = (
+            [gradient.detach().float().cpu()] if CAM_METHODS[method].kind == "gradient" else [])
+        if batch_size is not None:
+            cam.batch_size = batch_size
+        per_layer = cam.compute_cam_per_layer(x, [ClassifierOutputTarget(t) for t in targets], eigen_smooth)
+        return np.asarray(cam.aggregate_multi_layers(per_layer), np.float32)
+    finally:
+        cam.activations_and_grads.release()
+        cam.activations_and_grads.activations = []
+        cam.activations_and_grads.gradients = []
+        cam.model = None
+
+
 @dataclass
 class GridResult:
     """One model's maps for several methods x layers x target classes, all from one forward pass."""
@@ -392,38 +417,23 @@ class GridResult:
 def _grid_explain(explainer: ModelExplainer, x: torch.Tensor, methods: list[str], layers: list[str],
                   targets: list[int], precision: str) -> GridResult:
     """The body of ``ModelExplainer.explain_grid``, under the model's lock."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     started = time.perf_counter()
     kinds = {CAM_METHODS[m].kind for m in methods}
     ordered = sorted(set(layers), key=TARGET_LAYERS.index)  # the earliest layer is the leaf backprop stops at
     logits, captured = explainer._forward(x, ordered, "gradient" in kinds, precision)
     attention = explainer._read_attention()
     probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
-    activations = {layer: captured[layer].detach().float().cpu() for layer in ordered}
     gradients: dict[tuple[str, int], torch.Tensor] = {}
     if "gradient" in kinds:
         for i, target in enumerate(targets):  # one backward per class, each only as deep as the earliest layer
             grads = torch.autograd.grad(logits[0, target], [captured[layer] for layer in ordered],
                                         retain_graph=i < len(targets) - 1)
-            gradients.update({(layer, target): g.detach().float().cpu() for layer, g in zip(ordered, grads,
-                                                                                            strict=True)})
-    maps = {}
-    for method in methods:
-        for layer in layers:
-            cam = cam_class(method)(explainer.model, target_layers=[explainer._layer(layer)])
-            try:
-                cam.activations_and_grads.release()
-                for target in targets:
-                    cam.activations_and_grads.activations = [activations[layer]]
-                    cam.activations_and_grads.gradients = (
-                        [gradients[(layer, target)]] if CAM_METHODS[method].kind == "gradient" else [])
-                    per_layer = cam.compute_cam_per_layer(x, [ClassifierOutputTarget(target)], False)
-                    maps[(method, layer, target)] = np.asarray(cam.aggregate_multi_layers(per_layer)[0], np.float32)
-            finally:
-                cam.activations_and_grads.activations = []
-                cam.activations_and_grads.gradients = []
-                cam.model = None
+            gradients.update({(layer, target): g for layer, g in zip(ordered, grads, strict=True)})
+    maps = {
+        (method, layer, target): library_cam(explainer.model, method, layer, x, captured[layer],
+                                             gradients.get((layer, target)), [target])[0]
+        for method in methods for layer in layers for target in targets
+    }
     return GridResult(explainer.variant, probabilities, maps, attention, time.perf_counter() - started)
 
 
