@@ -99,12 +99,24 @@ def build_analysis_tab(
     weights_dir: Path | str | None = None,
     set_name: str | None = None,
     translate: Callable[[str], Any] | None = None,
+    keyed: bool = False,
 ) -> dict[str, Any]:
     """Create the tab's components inside an open ``gr.Tab`` (or any Blocks context); returns them by name.
 
     ``translate`` gives a component's text for a key of ``ANALYSIS_TRANSLATIONS`` (the app's ``ui.tr`` once
-    they are merged into its translations); by default the English text.
+    they are merged into its translations); by default the English text. ``keyed`` gives every component a key
+    of this set's own, for ``gr.render``: drawn again for another set, no component of the old one is reused
+    (gradio would otherwise keep an old component's elem_id on a new one).
     """
+    count = 0
+
+    def make(component: type, *args, **kwargs):
+        nonlocal count
+        count += 1
+        if keyed:
+            kwargs["key"] = f"analysis-{set_name}-{count}"
+        return component(*args, **kwargs)
+
     tr = translate or _english
     set_name = set_name or Manifest(Path(weights_dir) if weights_dir else None).default_set
     folder = analysis_dir(weights_dir, set_name)
@@ -113,21 +125,26 @@ def build_analysis_tab(
     try:
         result = read_result(folder) if (folder / JSON_NAME).is_file() else None
     except AttnvizError:
-        components["status"] = gr.Markdown(f"{tr('analysis_unreadable')} `{command}`", elem_id="analysis-status")
+        make(gr.Markdown, tr("analysis_title"))
+        components["status"] = make(gr.Markdown, f"{tr('analysis_unreadable')} `{command}`", elem_id="analysis-status")
         return components
     if result is None:
-        components["status"] = gr.Markdown(f"{tr('analysis_missing')} `{command}`", elem_id="analysis-status")
+        make(gr.Markdown, tr("analysis_title"))
+        components["status"] = make(gr.Markdown, f"{tr('analysis_missing')} `{command}`", elem_id="analysis-status")
         return components
 
-    gr.Markdown(tr("analysis_title"))
-    gr.Markdown(tr("analysis_intro"))
-    components["status"] = gr.Markdown(_sample_line(result), elem_id="analysis-status")
+    # The same first two components in every case (title, status): gradio's frontend keeps the elem_id of the
+    # component drawn before at the same place when gr.render draws the tab again for another set.
+    make(gr.Markdown, tr("analysis_title"))
+    components["status"] = make(gr.Markdown, _sample_line(result), elem_id="analysis-status")
+    make(gr.Markdown, tr("analysis_intro"))
     summary = render_summary(result)
     if summary:
-        gr.Markdown(tr("analysis_summary"))
-        components["summary"] = gr.Markdown(summary, elem_id="analysis-summary")
-    gr.Markdown(tr("analysis_command"))
-    components["command"] = gr.Code(
+        make(gr.Markdown, tr("analysis_summary"))
+        components["summary"] = make(gr.Markdown, summary, elem_id="analysis-summary")
+    make(gr.Markdown, tr("analysis_command"))
+    components["command"] = make(
+        gr.Code,
         result.get("command") or command,
         language="shell",
         interactive=False,
@@ -136,15 +153,16 @@ def build_analysis_tab(
     )
     names = [name for name, file in PNG_FILES.items() if file in result.get("plots", []) and (folder / file).is_file()]
     if names:
-        gr.Markdown(tr("analysis_plots"))
+        make(gr.Markdown, tr("analysis_plots"))
     for start in range(0, len(names), 2):
-        with gr.Row(equal_height=False):
+        with make(gr.Row, equal_height=False):
             for name in names[start : start + 2]:
-                with gr.Column():
-                    gr.Markdown(tr(f"analysis_{name}"), elem_classes=["attnviz-caption"])
+                with make(gr.Column):
+                    make(gr.Markdown, tr(f"analysis_{name}"), elem_classes=["attnviz-caption"])
                     with Image.open(folder / PNG_FILES[name]) as image:
                         picture = image.convert("RGB")
-                    components["plots"][name] = gr.Image(
+                    components["plots"][name] = make(
+                        gr.Image,
                         picture,
                         format="png",
                         show_label=False,
@@ -155,8 +173,8 @@ def build_analysis_tab(
                     )
     markdown = folder / MARKDOWN_NAME
     if markdown.is_file():
-        with gr.Accordion(tr("analysis_tables"), open=False):
-            components["tables"] = gr.Markdown(markdown.read_text(encoding="utf-8"), elem_id="analysis-tables")
+        with make(gr.Accordion, tr("analysis_tables"), open=False):
+            components["tables"] = make(gr.Markdown, markdown.read_text(encoding="utf-8"), elem_id="analysis-tables")
     return components
 
 

@@ -566,7 +566,10 @@ class AttnvizApp:
                 with gr.Tab(tr("tab_explain"), id="explain", elem_id="tab-explain"):
                     self._build_explain_tab(classes, variants, examples)
                 with gr.Tab(tr("analysis_tab"), id="analysis", elem_id="tab-analysis"):
-                    c["analysis"] = build_analysis_tab(self.weights_dir, self.default_set, translate=tr)
+                    # Drawn again for the set chosen on the first tab, from its files as they are then.
+                    @gr.render(inputs=c["model_set"])
+                    def analysis_of(set_name: str) -> None:
+                        build_analysis_tab(self.weights_dir, set_name or self.default_set, translate=tr, keyed=True)
             gr.Markdown(tr("footer"), elem_classes=["attnviz-credit"])
 
             # The API endpoint: the same inputs (so the same defaults), compact JSON-friendly outputs.

@@ -125,3 +125,33 @@ def test_analysis_tab_says_how_to_make_a_missing_analysis(browser, app_url):
     page.get_by_role("tab", name="Analysis").click()
     expect(page.locator("#analysis-status")).to_contain_text("python -m attnviz.analyze")
     page.context.close()
+
+
+@pytest.fixture(scope="module")
+def two_set_url(tmp_path_factory) -> Iterator[str]:
+    """An app with two sets: "tiny" (the default, no analysis) and "scenes" with a quick analysis written."""
+    from conftest import make_model_set
+
+    from attnviz import analyze
+    from attnviz.scenes import CLASSES
+
+    weights = make_model_set(tmp_path_factory.mktemp("two-sets"), "tiny")
+    make_model_set(weights, "scenes", classes=CLASSES, crop=32, variants=("resnet50", "se"), make_default=False)
+    assert analyze.main(["--set", "scenes", "--weights-dir", str(weights), "--quick", "--quiet"]) == 0
+    with running_app(weights) as url:
+        yield url
+
+
+def test_analysis_tab_follows_the_chosen_model_set(browser, two_set_url):
+    from playwright.sync_api import expect
+
+    page, _ = open_page(browser, two_set_url)
+    page.get_by_role("tab", name="Analysis").click()
+    expect(page.locator("#analysis-status")).to_contain_text("No analysis for this model set yet")
+    page.get_by_role("tab", name="Explain an image").click()
+    page.get_by_label("Model set").click()
+    page.get_by_role("option", name="scenes").click()
+    page.get_by_role("tab", name="Analysis").click()
+    expect(page.locator("#analysis-summary")).to_contain_text("pointing game")
+    expect(page.locator("#analysis-status")).to_contain_text("scenes: 6 test")
+    page.context.close()
