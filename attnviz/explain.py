@@ -301,8 +301,6 @@ class ModelExplainer:
                 clear_records(self.model)
 
     def _explain_locked(self, x, settings, method, progress, deadline, started) -> ModelResult:
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
         needs_grad = method.kind == "gradient" and not settings.aug_smooth
         logits, captured = self._forward(x, [settings.layer], needs_grad, settings.precision)
         attention = self._read_attention()
@@ -312,40 +310,19 @@ class ModelExplainer:
         top = [Prediction(int(i), self.classes[i], float(probabilities[i])) for i in shown]
         target_index = int(order[0]) if settings.target is None else settings.target
         target = Prediction(target_index, self.classes[target_index], float(probabilities[target_index]))
-        targets = [ClassifierOutputTarget(target_index)]
-
-        layer = self._layer(settings.layer)
-        cam = cam_class(settings.method)(self.model, target_layers=[layer])
-        try:
-            if settings.aug_smooth:
-                heatmap = self._library_path(cam, x, targets, settings, method)
-            else:
-                activation = captured[settings.layer]
-                gradients = []
-                if method.kind == "gradient":
-                    score = targets[0](logits)[0]
-                    (grad,) = torch.autograd.grad(score, activation)
-                    gradients = [grad.detach().float().cpu()]
-                cam.activations_and_grads.release()
-                cam.activations_and_grads.activations = [activation.detach().float().cpu()]
-                cam.activations_and_grads.gradients = gradients
-                if method.kind == "perturbation":
-                    cam.batch_size = settings.score_cam_batch
-                    cam.model = _DeadlineModel(
-                        self.model,
-                        activation.shape[1],
-                        settings.score_cam_batch,
-                        progress,
-                        deadline,
-                        VARIANT_TITLES[self.variant],
-                    )
-                per_layer = cam.compute_cam_per_layer(x, targets, settings.eigen_smooth)
-                heatmap = cam.aggregate_multi_layers(per_layer)[0]
-        finally:
-            cam.activations_and_grads.release()
-            cam.activations_and_grads.activations = []
-            cam.activations_and_grads.gradients = []
-            cam.model = None
+        if settings.aug_smooth:
+            heatmap = self._library_path(x, target_index, settings, method)
+        else:
+            activation = captured[settings.layer]
+            gradient = None
+            if method.kind == "gradient":
+                (gradient,) = torch.autograd.grad(logits[0, target_index], activation)
+            passes = None
+            if method.kind == "perturbation":
+                passes = _DeadlineModel(self.model, activation.shape[1], settings.score_cam_batch, progress,
+                                        deadline, VARIANT_TITLES[self.variant])
+            heatmap = library_cam(self.model, settings.method, settings.layer, x, activation, gradient,
+                                  [target_index], settings.eigen_smooth, settings.score_cam_batch, passes)[0]
         return ModelResult(
             variant=self.variant,
             probabilities=probabilities,
@@ -371,19 +348,27 @@ class ModelExplainer:
             finally:
                 clear_records(self.model)
 
-    def _library_path(self, cam, x, targets, settings, method) -> np.ndarray:
+    def _library_path(self, x, target_index, settings, method) -> np.ndarray:
         """pytorch-grad-cam's own call, for test-time augmentation smoothing (several passes)."""
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
         inputs = x.clone().requires_grad_(method.kind == "gradient")  # gradients flow without weight gradients
-        with torch.enable_grad():
-            return cam(inputs, targets, aug_smooth=True, eigen_smooth=settings.eigen_smooth)[0]
+        cam = cam_class(settings.method)(self.model, target_layers=[self._layer(settings.layer)])
+        try:
+            with torch.enable_grad():
+                return cam(inputs, [ClassifierOutputTarget(target_index)], aug_smooth=True,
+                           eigen_smooth=settings.eigen_smooth)[0]
+        finally:
+            cam.activations_and_grads.release()  # its hooks come off the model
 
 
 def library_cam(model: nn.Module, method: str, layer: str, x: torch.Tensor, activation: torch.Tensor,
                 gradient: torch.Tensor | None, targets: list[int], eigen_smooth: bool = False,
-                batch_size: int | None = None) -> np.ndarray:
+                batch_size: int | None = None, passes: nn.Module | None = None) -> np.ndarray:
     """pytorch-grad-cam's own class for ``method`` at ``layer``, fed the activation (and gradient) of a pass made
     elsewhere instead of running its own: (batch, H, W) float32 maps in [0, 1], one per image and its target.
-    The perturbation methods still run their own passes on ``x`` (in batches of ``batch_size``)."""
+    The perturbation methods still run their own passes on ``x`` (in batches of ``batch_size``), through
+    ``passes`` when given (e.g. a model that reports progress and keeps a deadline)."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cam = cam_class(method)(model, target_layers=[getattr(model, layer)])
@@ -394,6 +379,8 @@ def library_cam(model: nn.Module, method: str, layer: str, x: torch.Tensor, acti
             [gradient.detach().float().cpu()] if CAM_METHODS[method].kind == "gradient" else [])
         if batch_size is not None:
             cam.batch_size = batch_size
+        if passes is not None:
+            cam.model = passes
         per_layer = cam.compute_cam_per_layer(x, [ClassifierOutputTarget(t) for t in targets], eigen_smooth)
         return np.asarray(cam.aggregate_multi_layers(per_layer), np.float32)
     finally:
@@ -448,6 +435,16 @@ class Explainer:
     def classes(self) -> list[str]:
         return self.model_set.classes
 
+    def _chosen(self, variants) -> list[str]:
+        """The variants asked for (all of the set's when none), refused in one line when the set lacks one."""
+        chosen = list(variants) if variants else list(self.explainers)
+        unknown = [v for v in chosen if v not in self.explainers]
+        if unknown:
+            raise AttnvizError(
+                f"model set {self.model_set.name!r} has no model {unknown[0]!r}; it has {', '.join(self.explainers)}"
+            )
+        return chosen
+
     def explain(
         self,
         image: ImageSource,
@@ -458,12 +455,7 @@ class Explainer:
         """Explain ``image`` with the chosen models; ``overrides`` set fields of ``ExplainSettings``."""
         settings = replace(settings or ExplainSettings(), **overrides)
         settings.validate(self.classes)
-        variants = list(settings.variants) if settings.variants else list(self.explainers)
-        unknown = [v for v in variants if v not in self.explainers]
-        if unknown:
-            raise AttnvizError(
-                f"model set {self.model_set.name!r} has no model {unknown[0]!r}; it has {', '.join(self.explainers)}"
-            )
+        variants = self._chosen(settings.variants)
         prepared = preprocess(load_image(image), self.model_set.preprocessing)
         deadline = None if settings.time_limit is None else time.perf_counter() + settings.time_limit
         result = Explanation(view=prepared.view, classes=self.classes, set_name=self.model_set.name, settings=settings)
@@ -477,7 +469,6 @@ class Explainer:
             for b in names[i + 1 :]:
                 result.agreement[f"{a}|{b}"] = masks_iou(regions[a], regions[b])
         return result
-
 
     def explain_grid(self, image: ImageSource, methods: list[str] | None = None, layers: list[str] | None = None,
                      targets: list[int | str] | None = None, variants: list[str] | None = None,
@@ -499,12 +490,7 @@ class Explainer:
         for method in methods:
             for layer in layers:
                 ExplainSettings(method=method, layer=layer, precision=precision).validate(self.classes)
-        chosen = list(variants or self.explainers)
-        unknown = [v for v in chosen if v not in self.explainers]
-        if unknown:
-            raise AttnvizError(
-                f"model set {self.model_set.name!r} has no model {unknown[0]!r}; it has {', '.join(self.explainers)}"
-            )
+        chosen = self._chosen(variants)
         prepared = preprocess(load_image(image), self.model_set.preprocessing)
         results = {v: self.explainers[v].explain_grid(prepared.tensor, methods, layers, indices, precision)
                    for v in chosen}

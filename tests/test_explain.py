@@ -190,3 +190,17 @@ def test_grid_refuses_score_cam_and_unknown_classes(tiny_explainer, scene_image)
         tiny_explainer.explain_grid(scene_image, methods=["scorecam"], variants=["resnet50"])
     with pytest.raises(AttnvizError, match="'unicorn' is not a class of this set"):
         tiny_explainer.explain_grid(scene_image, targets=["unicorn"], variants=["resnet50"])
+
+
+@pytest.mark.slow
+def test_aug_smooth_is_pytorch_grad_cams_own_call_and_leaves_no_hooks(tiny_explainer, scene_image):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    result = tiny_explainer.explain(scene_image, variants=("se",), aug_smooth=True, target=2)
+    model = tiny_explainer.explainers["se"].model
+    x = preprocess(Image.fromarray(scene_image), tiny_explainer.model_set.preprocessing).tensor
+    with GradCAM(model, target_layers=[model.layer4]) as cam:
+        expected = cam(x.clone().requires_grad_(True), [ClassifierOutputTarget(2)], aug_smooth=True)[0]
+    np.testing.assert_allclose(result.results["se"].heatmap, expected, atol=1e-5)
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
