@@ -16,7 +16,6 @@ natively (AVX512-BF16 or AMX); the JSON records whether this one does.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from bench_explain import (  # noqa: E402
     ratio,
     round_robin,
     summarise,
+    write_results,
 )
 
 from attnviz.models import TARGET_LAYERS  # noqa: E402
@@ -124,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                   "gets float32 activations and gradients"],
         "models": per_model,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, out)
     return 0
 
 

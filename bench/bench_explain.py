@@ -217,6 +217,14 @@ def retained_grad_mb(models: list[torch.nn.Module]) -> float:
     return round(total / 2**20, 1)
 
 
+def write_results(path: str | Path, out: dict) -> None:
+    """A benchmark's results as indented JSON (folders made as needed), and where they went."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 # --------------------------------------------------------------------------- the app's handler
 
 
@@ -647,9 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"peak RSS {memory['peak_rss_mb']} MB; default pytorch-grad-cam left "
           f"{memory['pgc_default_retained_param_grads_mb']} MB of parameter gradients allocated")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, out)
     return 0
 
 

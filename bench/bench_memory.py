@@ -42,6 +42,7 @@ from bench_explain import (  # noqa: E402
     prepare_weights,
     retained_grad_mb,
     rss_mb,
+    write_results,
 )
 
 MODES = ("handler", "attnviz", "pgc_default", "forward")
@@ -201,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "modes": results,
         "targets": targets,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, out)
     return 0 if all("error" not in r for r in results.values()) else 1
 
 
