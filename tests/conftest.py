@@ -53,7 +53,9 @@ def make_model_set(
     if make_default:
         manifest.data["default_set"] = set_name
     for i, variant in enumerate(variants):
-        model = randomise(build_resnet50(variant, num_classes=len(classes)), seed=i).eval()
+        with torch.random.fork_rng():  # the same models whatever ran before: no draw from the global RNG state
+            torch.manual_seed(i)
+            model = randomise(build_resnet50(variant, num_classes=len(classes)), seed=i).eval()
         file = f"{set_name}/{variant}.safetensors"
         sha = write_safetensors(model.state_dict(), weights_dir / file, dtype=torch.float16)
         entry = ModelEntry(
