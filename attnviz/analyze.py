@@ -946,6 +946,48 @@ def summary_rows(result: dict) -> dict[str, tuple[dict, bool]]:
     return rows
 
 
+def coinciding_methods(result: dict) -> list[list[str]]:
+    """Groups of layer4 CAM methods that scored the same on every metric, split and model of the result.
+
+    On a ResNet the gradient of a class logit at layer4's output is the same at every position (global
+    average pooling, then one linear layer), so Grad-CAM, XGrad-CAM and HiResCAM weight the channels alike
+    there; a reader should know that three rows are one map, and the data, not an assumption, says so.
+    """
+    signatures: dict[str, list] = defaultdict(list)
+    sections = [group for split in result["localisation"].values() for group in split.values()]
+    sections += [result.get("pairs", {}).get(m, {}) for m in ("pointing", "pointing_other", "energy", "energy_other")]
+    sections += [group for m, group in result.get("faithfulness", {}).items() if m in ("deletion", "insertion")]
+    keys = [k for k in sections[0] if k.endswith("@layer4")] if sections else []
+    for group in sections:
+        for key in keys:
+            cell = group.get(key)
+            models = cell["models"] if cell else {}
+            signatures[key].append(
+                tuple(
+                    None if models.get(v, {}).get("mean") is None else round(models[v]["mean"], 4)
+                    for v in result["variants"]
+                )
+            )
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for key in keys:
+        groups[tuple(signatures[key])].append(key)
+    return [[_label(k) for k in members] for members in groups.values() if len(members) > 1]
+
+
+def _coinciding_note(result: dict) -> list[str]:
+    groups = coinciding_methods(result)
+    if not groups:
+        return []
+    named = "; ".join(", ".join(g[:-1]) + " and " + g[-1] for g in groups)
+    note = f"- **Same maps**: {named} scored the same on every metric here"
+    if any("Grad-CAM" in g and "HiResCAM" in g for g in groups):
+        note += (
+            ": at layer4 the gradient of a class logit is the same at every position (global average pooling "
+            "and one linear layer follow), so these methods weight the channels alike. Their rows repeat one map"
+        )
+    return [note + "."]
+
+
 def render_summary(result: dict) -> str:
     """The headline table as markdown (empty when nothing was measured): what the app's Analysis tab shows first."""
     rows = summary_rows(result)
@@ -979,8 +1021,8 @@ def render_markdown(result: dict) -> str:
         f"- **Intervals**: {conf} % paired percentile bootstrap over the same scenes ({config['resamples']} "
         f"resamples, seed {config['seed']}); a difference such as CBAM − SE is taken scene by scene and is **bold** "
         f"when its interval excludes 0. A two-object scene counts once (its two CAMs averaged).",
-        "",
     ]
+    lines += _coinciding_note(result) + [""]
     summary = render_summary(result)
     if summary:
         lines += ["## Summary: test scenes, Grad-CAM at layer4", "", summary, ""]

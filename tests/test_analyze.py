@@ -131,6 +131,23 @@ def test_markdown_report_states_command_sample_and_tables(quick_run):
 
 
 @pytest.mark.slow
+def test_report_says_which_methods_gave_the_same_maps(quick_run):
+    """At layer4 of a ResNet the logit's gradient is uniform over positions: Grad-CAM, XGrad-CAM and HiResCAM
+    coincide; the report finds that in the numbers, and a single differing number splits the group."""
+    import copy
+
+    _, out, result = quick_run
+    groups = analyze.coinciding_methods(result)
+    assert ["Grad-CAM", "XGrad-CAM", "HiResCAM"] in groups
+    assert all("LayerCAM" not in g and "EigenCAM" not in g for g in groups)
+    assert "**Same maps**: Grad-CAM, XGrad-CAM and HiResCAM" in (out / analyze.MARKDOWN_NAME).read_text()
+    changed = copy.deepcopy(result)
+    changed["localisation"]["unseen"]["iou"]["hirescam@layer4"]["models"]["se"]["mean"] += 0.01
+    assert ["Grad-CAM", "XGrad-CAM"] in analyze.coinciding_methods(changed)
+    assert not any("HiResCAM" in g for g in analyze.coinciding_methods(changed))
+
+
+@pytest.mark.slow
 def test_plots_are_modest_pngs(quick_run):
     _, out, _ = quick_run
     for name in analyze.PNG_FILES.values():
