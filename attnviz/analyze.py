@@ -116,12 +116,12 @@ class AnalysisConfig:
     """What to measure on how many scenes; the defaults make the full run about an hour on 2 CPU cores."""
 
     val: int = 120  # val scenes that choose the IoU threshold
-    test: int = 480
+    test: int = 400
     unseen: int = 120
     pairs: int = 60  # two-object scenes; each gives two CAMs, one per class
     # Measured on 2 idle cores (ResNet50 and SE): about 0.4 s per scene and model for every CAM and its
     # localisation, 13 s per scene and model for the faithfulness passes, 200 s for Score-CAM.
-    faithfulness: int = 30  # the first test scenes also get deletion / insertion and ROAD
+    faithfulness: int = 24  # the first test scenes also get deletion / insertion and ROAD
     scorecam: int = 0  # the first test scenes also get Score-CAM at layer4 (2048 forward passes per model)
     methods: tuple[str, ...] = DEFAULT_METHODS  # at layer4
     layers: tuple[str, ...] = TARGET_LAYERS  # Grad-CAM at each
