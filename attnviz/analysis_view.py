@@ -39,8 +39,8 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
             "does in every block (the SE paper's excitation analysis). Every number comes with a 95 % paired "
             "bootstrap interval over the same scenes; a difference in **bold** is one the sample can tell from noise."
         ),
-        "analysis_command": "Regenerate these results (about an hour on 2 CPU cores):",
-        "analysis_missing": "No analysis for this model set yet. Make it with this command (about an hour on 2 CPU "
+        "analysis_command": "Regenerate these results (about half an hour on 2 CPU cores):",
+        "analysis_missing": "No analysis for this model set yet. Make it with this command (about half an hour on 2 CPU "
         "cores), then restart the app:",
         "analysis_unreadable": "The analysis files of this model set cannot be read. Make them again with:",
         "analysis_summary": "### Summary: test scenes, Grad-CAM at layer4",
@@ -65,8 +65,8 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
             "CBAM 的注意力在每个模块中的作用（SE 论文的激励分析）。每个数值都附有在同一批场景上的 95 % 配对自助法"
             "置信区间；**粗体**的差异表示样本足以将其与噪声区分开。"
         ),
-        "analysis_command": "重新生成这些结果（在 2 个 CPU 核上约一小时）：",
-        "analysis_missing": "此模型集还没有分析结果。用下面的命令生成（在 2 个 CPU 核上约一小时），然后重启应用：",
+        "analysis_command": "重新生成这些结果（在 2 个 CPU 核上约半小时）：",
+        "analysis_missing": "此模型集还没有分析结果。用下面的命令生成（在 2 个 CPU 核上约半小时），然后重启应用：",
         "analysis_unreadable": "无法读取此模型集的分析文件。用下面的命令重新生成：",
         "analysis_summary": "### 摘要：测试场景，layer4 的 Grad-CAM",
         "analysis_plots": "### 图表",
