@@ -40,8 +40,8 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
             "bootstrap interval over the same scenes; a difference in **bold** is one the sample can tell from noise."
         ),
         "analysis_command": "Regenerate these results (about half an hour on 2 CPU cores):",
-        "analysis_missing": "No analysis for this model set yet. Make it with this command (about half an hour on 2 CPU "
-        "cores), then restart the app:",
+        "analysis_missing": "No analysis for this model set yet. Make it with this command (about half an hour on "
+        "2 CPU cores), then restart the app:",
         "analysis_unreadable": "The analysis files of this model set cannot be read. Make them again with:",
         "analysis_summary": "### Summary: test scenes, Grad-CAM at layer4",
         "analysis_plots": "### Plots",
