@@ -19,8 +19,8 @@ from PIL import Image
 from attnviz.analyze import (
     JSON_NAME,
     MARKDOWN_NAME,
-    PNG_FILES,
     analysis_dir,
+    plot_files,
     read_result,
     regenerate_command,
     render_summary,
@@ -51,10 +51,9 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
         "analysis_pairs": "Two-object scenes: each class's CAM on its own object and on the other",
         "analysis_faithfulness": "Faithfulness: deletion, insertion and ROAD",
         "analysis_curves": "Mean deletion and insertion curves",
-        "analysis_excitation_se": "SE: mean excitation per class, after the SE paper's figure",
-        "analysis_excitation_cbam": "CBAM's channel gate: mean excitation per class",
+        "analysis_excitation": "mean excitation per class, after the SE paper's figure",
         "analysis_specificity": "How class-specific each block's channel attention is",
-        "analysis_spatial": "CBAM's spatial attention on the object, per block",
+        "analysis_spatial": "Spatial attention on the object, per block",
     },
     "zh-CN": {
         "analysis_tab": "分析",
@@ -76,10 +75,9 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
         "analysis_pairs": "双物体场景：每个类别的 CAM 落在自己的物体上还是另一个物体上",
         "analysis_faithfulness": "忠实度：删除、插入和 ROAD",
         "analysis_curves": "删除和插入的平均曲线",
-        "analysis_excitation_se": "SE：每个类别的平均激励（仿照 SE 论文的图）",
-        "analysis_excitation_cbam": "CBAM 通道门：每个类别的平均激励",
+        "analysis_excitation": "每个类别的平均激励（仿照 SE 论文的图）",
         "analysis_specificity": "每个模块的通道注意力有多大的类别特异性",
-        "analysis_spatial": "CBAM 的空间注意力落在物体上的比例（逐模块）",
+        "analysis_spatial": "空间注意力落在物体上的比例（逐模块）",
     },
 }
 ANALYSIS_TRANSLATIONS["zh"] = ANALYSIS_TRANSLATIONS["zh-CN"]
@@ -151,15 +149,16 @@ def build_analysis_tab(
         show_label=False,
         elem_id="analysis-command",
     )
-    names = [name for name, file in PNG_FILES.items() if file in result.get("plots", []) and (folder / file).is_file()]
+    files = plot_files(result)
+    names = [name for name, file in files.items() if file in result.get("plots", []) and (folder / file).is_file()]
     if names:
         make(gr.Markdown, tr("analysis_plots"))
     for start in range(0, len(names), 2):
         with make(gr.Row, equal_height=False):
             for name in names[start : start + 2]:
                 with make(gr.Column):
-                    make(gr.Markdown, tr(f"analysis_{name}"), elem_classes=["attnviz-caption"])
-                    with Image.open(folder / PNG_FILES[name]) as image:
+                    make(gr.Markdown, _caption(name, result, tr), elem_classes=["attnviz-caption"])
+                    with Image.open(folder / files[name]) as image:
                         picture = image.convert("RGB")
                     components["plots"][name] = make(
                         gr.Image,
@@ -176,6 +175,14 @@ def build_analysis_tab(
         with make(gr.Accordion, tr("analysis_tables"), open=False):
             components["tables"] = make(gr.Markdown, markdown.read_text(encoding="utf-8"), elem_id="analysis-tables")
     return components
+
+
+def _caption(name: str, result: dict, tr: Callable):
+    """A plot's caption; an excitation plot's names its model: "ResNet50 + SE: mean excitation per class"."""
+    variant = name.removeprefix("excitation_")
+    if variant != name:
+        return f"{result['titles'].get(variant, variant)}: {tr('analysis_excitation')}"
+    return tr(f"analysis_{name}")
 
 
 def _sample_line(result: dict) -> str:

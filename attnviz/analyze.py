@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -45,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from attnviz.attention import attention_modules, clear_records
+from attnviz.attention import family
 from attnviz.errors import AttnvizError
-from attnviz.explain import CAM_METHODS, ModelExplainer, library_cam
+from attnviz.explainer import CAM_METHODS, ModelExplainer
 from attnviz.images import preprocess
 from attnviz.metrics import (
     POINTING_TOLERANCE,
@@ -69,11 +70,11 @@ from attnviz.metrics import (
     road_worker_start,
     target_probability,
 )
-from attnviz.models import TARGET_LAYERS, VARIANT_TITLES, VARIANTS
+from attnviz.models import TARGET_LAYERS, VARIANTS
 from attnviz.scenes import CLASSES, make_scene
 from attnviz.weights import LoadedSet, Manifest, Preprocessing, load_model_set
 
-FORMAT = 1
+FORMAT = 2  # 2: "spatial" per model (format 1 had one, CBAM's); read_result upgrades format 1
 ANALYSIS_DIR = "analysis"
 JSON_NAME = "analysis.json"
 MARKDOWN_NAME = "analysis.md"
@@ -98,17 +99,16 @@ METRICS = {
 }
 LOCALISATION = ("pointing", "energy", "iou")
 FAITHFULNESS = ("deletion", "insertion", "road_morf", "road_lerf", "road_combined")
-PNG_FILES = {
-    "localisation": "localisation.png",
-    "layers": "layers.png",
-    "pairs": "pairs.png",
-    "faithfulness": "faithfulness.png",
-    "curves": "curves.png",
-    "excitation_se": "excitation_se.png",
-    "excitation_cbam": "excitation_cbam.png",
-    "specificity": "specificity.png",
-    "spatial": "spatial.png",
-}
+PLOTS_BEFORE_EXCITATION = ("localisation", "layers", "pairs", "faithfulness", "curves")
+PLOTS_AFTER_EXCITATION = ("specificity", "spatial")
+
+
+def plot_files(result: dict) -> dict[str, str]:
+    """Plot name -> file name, in the order the report shows them: one excitation plot per model that has
+    channel attention (``excitation_<variant>``), the others once."""
+    names = [*PLOTS_BEFORE_EXCITATION, *(f"excitation_{v}" for v in result.get("excitation", {})),
+             *PLOTS_AFTER_EXCITATION]
+    return {name: f"{name}.png" for name in names}
 
 
 @dataclass
@@ -276,47 +276,17 @@ class BatchPass:
 
     logits: torch.Tensor  # (B, classes)
     maps: dict[str, np.ndarray]  # config key -> (B, S, S) in [0, 1]
-    channel: dict[str, np.ndarray]  # block -> (B, C)
-    spatial: dict[str, np.ndarray]  # block -> (B, h, w), CBAM only
-
-
-def _library_maps(model, config: CamConfig, x, activation, gradient, targets, scorecam_batch: int) -> np.ndarray:
-    """explain.py's library_cam, quiet: Score-CAM draws a progress bar of its own for every image."""
-    with contextlib.redirect_stderr(io.StringIO()):
-        return library_cam(model, config.method, config.layer, x, activation, gradient, targets,
-                           batch_size=scorecam_batch)
+    channel: dict[str, np.ndarray]  # block -> (B, C): the records of kind "channel"
+    spatial: dict[str, np.ndarray]  # block -> (B, h, w): the records of kind "spatial"
 
 
 def explain_batch(
     explainer: ModelExplainer, x: torch.Tensor, targets: list[int], configs: list[CamConfig], scorecam_batch: int = 64
 ) -> BatchPass:
-    """One forward pass capturing every layer the configs need, one backward from the targets' logits to the
-    earliest of them, then every map from those activations and gradients; the attention records are read
-    and cleared."""
-    layers = sorted({c.layer for c in configs}, key=TARGET_LAYERS.index)
-    needs_grad = any(CAM_METHODS[c.method].kind == "gradient" for c in configs)
-    model = explainer.model
-    with explainer.lock:
-        try:
-            logits, captured = explainer._forward(x, layers, needs_grad)
-            channel, spatial = {}, {}
-            for block, module in attention_modules(model):
-                channel[block] = module.last_channel_weights.float().cpu().numpy().copy()
-                if module.last_spatial_map is not None:
-                    spatial[block] = module.last_spatial_map.float().cpu().numpy().copy()
-            gradients = {}
-            if needs_grad:
-                index = torch.tensor(targets).view(-1, 1)
-                score = logits.gather(1, index).sum()  # each image's logit depends on its own activations only
-                grads = torch.autograd.grad(score, [captured[layer] for layer in layers])
-                gradients = {layer: g.detach().float().cpu() for layer, g in zip(layers, grads, strict=True)}
-            maps = {
-                c.key: _library_maps(model, c, x, captured[c.layer], gradients.get(c.layer), targets, scorecam_batch)
-                for c in configs
-            }
-        finally:
-            clear_records(model)
-    return BatchPass(logits=logits.detach().float(), maps=maps, channel=channel, spatial=spatial)
+    """One pass of the batch through the capture core (``ModelExplainer.explain_batch``), keyed by config."""
+    out = explainer.explain_batch(x, list(targets), [(c.method, c.layer) for c in configs], scorecam_batch)
+    return BatchPass(logits=out.logits, maps={c.key: out.maps[c.method, c.layer] for c in configs},
+                     channel=out.of_kind("channel"), spatial=out.of_kind("spatial"))
 
 
 # --------------------------------------------------------------------------- accumulators
@@ -419,7 +389,9 @@ class _Context:
     faith_items: list[Item] = field(default_factory=list)
     faith_probability: dict[tuple[int, str], float] = field(default_factory=dict)
     excitation: dict[str, ExcitationStats] = field(default_factory=dict)
-    spatial: dict[str, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    # variant -> block -> statistic -> values, for every model with spatial attention
+    spatial: dict[str, dict[str, dict[str, list[float]]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     area: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     curves: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
     timing: dict[str, float] = field(default_factory=dict)
@@ -539,13 +511,13 @@ def _read_attention(ctx: _Context, variant: str, out: BatchPass, targets: np.nda
     if not out.channel:
         return
     ctx.excitation.setdefault(variant, ExcitationStats(len(ctx.model_set.classes))).add(out.channel, targets)
-    if variant != "cbam":
+    if not out.spatial:
         return
     masks = torch.from_numpy(own.astype(np.float32))[:, None]
     for block, spatial in out.spatial.items():
         share = F.adaptive_avg_pool2d(masks, spatial.shape[-2:])[:, 0].numpy().astype(np.float64)  # area per cell
         weights = spatial.astype(np.float64)
-        stats = ctx.spatial[block]
+        stats = ctx.spatial[variant][block]
         stats["energy"].extend(energy_in_mask(weights, share).tolist())
         stats["chance"].extend(area_share(share).tolist())
         inside = (weights * share).sum(axis=(1, 2)) / np.maximum(share.sum(axis=(1, 2)), 1e-9)
@@ -663,8 +635,6 @@ def _faithfulness(ctx: _Context) -> None:
                         records.add("road_morf", variant, key, scores.most_relevant_first[k])
                         records.add("road_lerf", variant, key, scores.least_relevant_first[k])
                         records.add("road_combined", variant, key, scores.combined[k])
-                for explainer in ctx.explainers.values():  # the passes above recorded attention too
-                    clear_records(explainer.model)
                 bar.update(1)
     finally:
         imputer.close()
@@ -771,6 +741,26 @@ def _versions() -> dict:
     return out
 
 
+def _spatial_summary(blocks: dict[str, dict[str, list[float]]], config: AnalysisConfig) -> dict:
+    """One model's spatial attention against the true masks, block by block, with paired intervals."""
+    spatial: dict = {"blocks": list(blocks), "energy": [], "chance": [], "energy_minus_chance": [],
+                     "inside_outside_ratio": []}
+    for stats in blocks.values():
+        boot = paired_bootstrap(
+            {"chance": np.array(stats["chance"]), "energy": np.array(stats["energy"])},
+            config.resamples,
+            config.confidence,
+            config.seed,
+        )
+        spatial["energy"].append(boot.means["energy"].to_dict())
+        spatial["chance"].append(boot.means["chance"].to_dict())
+        iv = boot.differences["chance", "energy"]
+        spatial["energy_minus_chance"].append({**iv.to_dict(), "excludes_zero": iv.excludes_zero})
+        ratio = np.mean(stats["inside"]) / max(np.mean(stats["outside"]), 1e-9)
+        spatial["inside_outside_ratio"].append(round(float(ratio), 4))
+    return spatial
+
+
 def _summarise(ctx: _Context, threshold: dict, command: str) -> dict:
     config = ctx.config
     variants = list(ctx.explainers)
@@ -779,7 +769,7 @@ def _summarise(ctx: _Context, threshold: dict, command: str) -> dict:
         "format": FORMAT,
         "set": ctx.model_set.name,
         "variants": variants,
-        "titles": {v: VARIANT_TITLES[v] for v in variants},
+        "titles": {v: family(v).title for v in variants},
         "classes": ctx.model_set.classes,
         "command": command,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
@@ -844,28 +834,8 @@ def _summarise(ctx: _Context, threshold: dict, command: str) -> dict:
         result["faithfulness"]["curves"] = dict(mean_curves)
     for variant, stats in ctx.excitation.items():
         result["excitation"][variant] = stats.summary(ctx.model_set.classes, profile_blocks(list(stats.sums)))
-    if ctx.spatial:
-        spatial: dict = {
-            "blocks": list(ctx.spatial),
-            "energy": [],
-            "chance": [],
-            "energy_minus_chance": [],
-            "inside_outside_ratio": [],
-        }
-        for stats in ctx.spatial.values():
-            boot = paired_bootstrap(
-                {"chance": np.array(stats["chance"]), "energy": np.array(stats["energy"])},
-                config.resamples,
-                config.confidence,
-                config.seed,
-            )
-            spatial["energy"].append(boot.means["energy"].to_dict())
-            spatial["chance"].append(boot.means["chance"].to_dict())
-            iv = boot.differences["chance", "energy"]
-            spatial["energy_minus_chance"].append({**iv.to_dict(), "excludes_zero": iv.excludes_zero})
-            ratio = np.mean(stats["inside"]) / max(np.mean(stats["outside"]), 1e-9)
-            spatial["inside_outside_ratio"].append(round(float(ratio), 4))
-        result["spatial"] = spatial
+    for variant, blocks in ctx.spatial.items():
+        result["spatial"][variant] = _spatial_summary(blocks, config)
     return result
 
 
@@ -1158,10 +1128,9 @@ def render_markdown(result: dict) -> str:
                 ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    if result["spatial"]:
-        sp = result["spatial"]
+    for variant, sp in result["spatial"].items():
         lines += [
-            "## CBAM's spatial attention and the object",
+            f"## {titles[variant]}: spatial attention and the object",
             "",
             "Per block, the share of the spatial map's mass on the object (the mask averaged over each cell "
             "of the map) against the chance level, the mask's area share; the ratio is the mean attention on "
@@ -1397,7 +1366,7 @@ def _plot_curves(result: dict, path: Path) -> bool:
     return True
 
 
-def _plot_excitation(result: dict, variant: str, path: Path) -> bool:
+def _plot_excitation(result: dict, path: Path, variant: str) -> bool:
     ex = result["excitation"].get(variant)
     if not ex or not ex["profiles"]:
         return False
@@ -1428,10 +1397,9 @@ def _plot_excitation(result: dict, variant: str, path: Path) -> bool:
     for n in range(len(blocks), nrows * ncols):
         axes[n // ncols][n % ncols].set_visible(False)
     _legend_below(fig, axes[0][0])
-    title = "SE" if variant == "se" else "CBAM's channel gate"
     fig.suptitle(
-        f"{title}: mean excitation per class, first {PROFILE_CHANNELS} channels, {result['samples']['test']} "
-        f"test scenes (after the SE paper's figure)"
+        f"{result['titles'][variant]}: mean excitation per class, first {PROFILE_CHANNELS} channels, "
+        f"{result['samples']['test']} test scenes (after the SE paper's figure)"
     )
     _save(fig, path)
     return True
@@ -1466,25 +1434,28 @@ def _plot_specificity(result: dict, path: Path) -> bool:
 
 
 def _plot_spatial(result: dict, path: Path) -> bool:
-    sp = result["spatial"]
-    if not sp:
+    """Every spatially gated model's energy on the object per block, against chance (the object's area share)."""
+    if not result["spatial"]:
         return False
     fig, axes = _figure(12, 3.8, 1)
     ax = axes[0][0]
-    xs = np.arange(len(sp["blocks"]))
-    energy = np.array([iv["mean"] for iv in sp["energy"]], float)
-    low = np.array([iv["low"] for iv in sp["energy"]], float)
-    high = np.array([iv["high"] for iv in sp["energy"]], float)
-    chance = np.array([iv["mean"] for iv in sp["chance"]], float)
-    ax.plot(xs, energy, "o-", color=_colour("cbam"), label="spatial attention's energy on the object")
-    ax.fill_between(xs, low, high, color=_colour("cbam"), alpha=0.2)
+    blocks = next(iter(result["spatial"].values()))["blocks"]
+    xs = np.arange(len(blocks))
+    for variant, sp in result["spatial"].items():
+        energy = np.array([iv["mean"] for iv in sp["energy"]], float)
+        low = np.array([iv["low"] for iv in sp["energy"]], float)
+        high = np.array([iv["high"] for iv in sp["energy"]], float)
+        ax.plot(xs, energy, "o-", color=_colour(variant),
+                label=f"{result['titles'][variant]}: spatial attention's energy on the object")
+        ax.fill_between(xs, low, high, color=_colour(variant), alpha=0.2)
+    chance = np.array([iv["mean"] for iv in next(iter(result["spatial"].values()))["chance"]], float)
     ax.plot(xs, chance, "k--", lw=1, label="chance: the object's area share")
-    ax.set_xticks(xs, sp["blocks"], rotation=60, ha="right", fontsize=8)
+    ax.set_xticks(xs, blocks, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("share of the map's mass")
     ax.set_ylim(0, None)
     ax.grid(alpha=0.3)
     _legend_below(fig, ax)
-    fig.suptitle(f"CBAM's spatial attention at each block vs the true mask, {result['samples']['test']} test scenes")
+    fig.suptitle(f"Spatial attention at each block vs the true mask, {result['samples']['test']} test scenes")
     _save(fig, path)
     return True
 
@@ -1499,17 +1470,18 @@ def write_report(result: dict, out: Path) -> list[Path]:
         "pairs": _plot_pairs,
         "faithfulness": _plot_faithfulness,
         "curves": _plot_curves,
-        "excitation_se": lambda r, p: _plot_excitation(r, "se", p),
-        "excitation_cbam": lambda r, p: _plot_excitation(r, "cbam", p),
+        **{f"excitation_{v}": functools.partial(_plot_excitation, variant=v) for v in result["excitation"]},
         "specificity": _plot_specificity,
         "spatial": _plot_spatial,
     }
+    for stale in out.glob("excitation_*.png"):  # a model analysed in an earlier run may be gone
+        stale.unlink()
     result["plots"] = []
-    for name, draw in plots.items():
-        path = out / PNG_FILES[name]
+    for name, file in plot_files(result).items():
+        path = out / file
         path.unlink(missing_ok=True)  # a plot this run cannot draw must not stay from an earlier run
-        if draw(result, path):
-            result["plots"].append(PNG_FILES[name])
+        if plots[name](result, path=path):
+            result["plots"].append(file)
             written.append(path)
     (out / MARKDOWN_NAME).write_text(render_markdown(result), encoding="utf-8")
     text = json.dumps(_finite(result), indent=1, ensure_ascii=False, allow_nan=False)
@@ -1537,8 +1509,18 @@ def read_result(folder: Path) -> dict:
         result = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise AttnvizError(f"{path}: not valid JSON ({exc.msg}); run python -m attnviz.analyze again") from None
+    if result.get("format") == 1:
+        result = _upgrade_format_1(result)
     if result.get("format") != FORMAT:
         raise AttnvizError(f"{path}: written by another version of attnviz; run python -m attnviz.analyze again")
+    return result
+
+
+def _upgrade_format_1(result: dict) -> dict:
+    """Format 1 had one "spatial" section, CBAM's (the only spatially gated model then); format 2 has one per
+    model. Everything else is the same."""
+    spatial = result.get("spatial") or {}
+    result = {**result, "format": 2, "spatial": {"cbam": spatial} if spatial else {}}
     return result
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from attnviz.errors import AttnvizError
 
 if TYPE_CHECKING:  # the command starts without importing torch; the explain command loads it when it runs
-    from attnviz.explain import Explainer, ExplainSettings
+    from attnviz.explainer import Explainer, ExplainSettings
     from attnviz.weights import ModelSet
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -136,7 +136,7 @@ class Run:
         if self._explainer is None:
             import numpy as np
 
-            from attnviz.explain import ExplainSettings, get_explainer
+            from attnviz.explainer import ExplainSettings, get_explainer
 
             explainer = get_explainer(self.info.name, self.weights_dir)
             side = self.info.preprocessing.crop
@@ -164,7 +164,7 @@ def _resolve_target(target: str | None, classes: list[str]) -> int | None:
 
 def prepare_run(args: argparse.Namespace) -> Run:
     """Check the model set and every setting once, before any image; the weights load only when needed."""
-    from attnviz.explain import ExplainSettings
+    from attnviz.explainer import ExplainSettings
     from attnviz.models import VARIANTS
     from attnviz.weights import Manifest
 
@@ -340,19 +340,23 @@ def _model_column(folder: Path, variant: str, model: dict) -> str:
         f'<div class="caption">Top-{len(model["top"])} (red: the class the heatmap explains)</div>',
         _top_table(model),
     ]
-    if variant == "resnet50":
-        parts.append('<p class="note">ResNet50 has <b>no attention modules</b>: no channel or spatial attention to '
-                     'show. It is the baseline the other two are compared with.</p>')
-    channel = _img(folder, f"{variant}_channel_weights.png", f"{model['title']}: channel attention")
-    if channel:
-        parts += ['<div class="caption">Channel attention: one row per block, one column per channel</div>', channel]
-    if variant == "se":
-        parts.append('<p class="note">SE re-weights channels only; it has no spatial attention map.</p>')
-    spatial = _img(folder, f"{variant}_spatial_maps.png", f"{model['title']}: spatial attention")
-    if spatial:
-        parts += ['<div class="caption">Spatial attention of every block (CBAM)</div>', spatial]
+    from attnviz.attention import RECORD_KINDS
+    from attnviz.texts import text
+
+    for kind in RECORD_KINDS.values():  # the figures each record kind gave, as the app shows them
+        figure = _img(folder, f"{variant}_{kind.figure}.png", f"{model['title']}: {kind.key} attention")
+        if figure:
+            parts += [f'<div class="caption">{_e(text(f"kind_{kind.key}"))}</div>', figure]
+    note = text(f"family_{variant}_note", default="")
+    if note:
+        parts.append(f'<p class="note">{_markdown_bold(note)}</p>')
     parts.append("</div>")
     return "\n".join(p for p in parts if p)
+
+
+def _markdown_bold(markdown: str) -> str:
+    """A one-line Markdown text with **bold** as HTML, everything else escaped."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", _e(markdown))
 
 
 def _image_section(index: int, job: ImageJob, out_dir: Path) -> str:
@@ -391,7 +395,7 @@ def _image_section(index: int, job: ImageJob, out_dir: Path) -> str:
 
 
 def _settings_table(run: Run) -> str:
-    from attnviz.explain import CAM_METHODS
+    from attnviz.explainer import CAM_METHODS
     from attnviz.models import VARIANT_TITLES
 
     s = run.settings
@@ -477,7 +481,7 @@ CBAM's spatial attention is its weight (0 to 1) for each position.</p>
 
 
 def _explain_parser() -> argparse.ArgumentParser:
-    from attnviz.explain import CAM_METHODS, PRECISIONS
+    from attnviz.explainer import CAM_METHODS, PRECISIONS
     from attnviz.models import TARGET_LAYERS, VARIANTS
     from attnviz.render import COLORMAPS
 

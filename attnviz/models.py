@@ -1,9 +1,11 @@
-"""One builder for ResNet50 with no attention, SE or CBAM.
+"""One builder: ResNet50 with any registered attention family (or none).
 
-The networks are torchvision's ResNet and Bottleneck; the attention module sits
-on the residual branch after bn3 and before the addition, as in both papers.
-Module names stay torchvision's (conv1, layer1..layer4, fc), so a target layer
-names the same place in every variant.
+The networks are torchvision's ResNet and Bottleneck; the attention module sits on the residual branch after
+bn3 and before the addition, as in the SE, CBAM and ECA papers. Module names stay torchvision's (conv1,
+layer1..layer4, fc), so a target layer names the same place in every variant, and the attention module of a
+block is ``layerI.J.attention``.
+
+    model = build_resnet50("eca", num_classes=12)
 """
 
 from __future__ import annotations
@@ -14,49 +16,41 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from attnviz.attention import CBAM, CBAMOptions, SqueezeExcitation
+from attnviz.attention import families, family, family_keys
 
-VARIANTS = ("resnet50", "se", "cbam")
-VARIANT_TITLES = {"resnet50": "ResNet50", "se": "ResNet50 + SE", "cbam": "ResNet50 + CBAM"}
+VARIANTS = family_keys()  # ("resnet50", "se", "cbam", "eca"): every registered family, in display order
+VARIANT_TITLES = {f.key: f.title for f in families()}
 RESNET50_LAYERS = (3, 4, 6, 3)
 TARGET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What defines an architecture: the variant, its attention options and the head size."""
+    """What defines an architecture: the variant (an attention family), its options and the head size.
+
+    ``options`` are the family's attention options as checked by the family (defaults filled in).
+    """
 
     variant: str
     num_classes: int
-    reduction: int = 16
-    cbam: CBAMOptions = field(default_factory=CBAMOptions)
+    options: dict = field(default_factory=dict, compare=True, hash=False)
     layers: tuple[int, int, int, int] = RESNET50_LAYERS
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        entry = family(self.variant)  # ValueError naming the registered families
+        object.__setattr__(self, "options", entry.check_options(dict(self.options)))
 
     @property
     def title(self) -> str:
-        return VARIANT_TITLES[self.variant]
+        return family(self.variant).title
 
     def attention_options(self) -> dict:
         """The attention options as stored in a manifest entry."""
-        if self.variant == "resnet50":
-            return {}
-        options: dict = {"reduction": self.reduction}
-        if self.variant == "cbam":
-            options.update(self.cbam.to_dict())
-        return options
+        return dict(self.options)
 
     @classmethod
     def from_options(cls, variant: str, num_classes: int, options: dict | None = None) -> ModelSpec:
-        options = dict(options or {})
-        reduction = int(options.pop("reduction", 16))
-        cbam = CBAMOptions(**options) if variant == "cbam" else CBAMOptions()
-        if variant != "cbam" and options:
-            raise ValueError(f"unknown attention options for {variant}: {sorted(options)}")
-        return cls(variant=variant, num_classes=num_classes, reduction=reduction, cbam=cbam)
+        return cls(variant=variant, num_classes=num_classes, options=dict(options or {}))
 
 
 class AttentionBottleneck(Bottleneck):
@@ -81,19 +75,16 @@ class AttentionBottleneck(Bottleneck):
 def build_model(spec: ModelSpec) -> ResNet:
     """Build the network described by ``spec`` with freshly initialised weights."""
     model = ResNet(AttentionBottleneck, list(spec.layers), num_classes=spec.num_classes)
-    if spec.variant != "resnet50":
+    entry = family(spec.variant)
+    if entry.build is not None:
         for stage in TARGET_LAYERS:
             for block in getattr(model, stage):
-                channels = block.conv3.out_channels
-                if spec.variant == "se":
-                    block.attention = SqueezeExcitation(channels, spec.reduction)
-                else:
-                    block.attention = CBAM(channels, spec.reduction, spec.cbam)
+                block.attention = entry.build(block.conv3.out_channels, spec.options)
     return model
 
 
 def build_resnet50(variant: str = "resnet50", num_classes: int = 1000, **options) -> ResNet:
-    """ResNet50, ResNet50+SE or ResNet50+CBAM (``variant`` in ``VARIANTS``)."""
+    """ResNet50 with the attention family ``variant`` (one of ``VARIANTS``); ``options`` are the family's."""
     return build_model(ModelSpec.from_options(variant, num_classes, options))
 
 

@@ -35,15 +35,15 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from attnviz.attention import RECORD_KINDS, families, family
 from attnviz.errors import AttnvizError
-from attnviz.explain import BlockAttention, Explanation, ModelResult, top_region_mask
-from attnviz.models import VARIANT_TITLES
+from attnviz.results import BlockAttention, Explanation, ModelResult, top_region_mask
 
 COLORMAPS = ("jet", "turbo", "inferno", "magma", "viridis", "plasma", "hot", "gray")
 DIFFERENCE_COLORMAP = "RdBu_r"
 ATTENTION_COLORMAP = "viridis"
 TOP_FRACTION = 0.2  # the agreement figure compares each map's top 20 % of pixels
-VARIANT_COLOURS = {"resnet50": "#1f77b4", "se": "#ff7f0e", "cbam": "#2ca02c"}
+VARIANT_COLOURS = {f.key: f.colour for f in families()}
 DPI = 100
 
 _DRAW_LOCK = threading.Lock()  # Agg text rendering shares font objects; drawing is quick next to the models
@@ -252,13 +252,14 @@ def _stages(attention: list[BlockAttention]) -> list[tuple[str, list[BlockAttent
 
 
 def channel_weights_figure(attention: list[BlockAttention], title: str, sort: bool = True) -> np.ndarray | None:
-    """Blocks x channels heat-strip of the channel attention weights, one panel per stage, colorbar 0..1.
+    """Blocks x channels heat-strip of the channel records (kind "channel"), one panel per stage, colorbar 0..1.
 
     Stages have different channel counts (256/512/1024/2048), so each stage gets its own panel; within a
     stage, a column is one channel of the residual stream in every block. With ``sort`` the columns are
     ordered by the channel's mean weight over the stage's blocks, the same order in every row.
-    Returns None when the model has no attention modules.
+    Returns None when no block has a channel record.
     """
+    attention = [record for record in attention if record.channel_weights is not None]
     if not attention:
         return None
     stages = _stages(attention)
@@ -294,8 +295,8 @@ def channel_weights_figure(attention: list[BlockAttention], title: str, sort: bo
 
 
 def spatial_maps_figure(view: np.ndarray, attention: list[BlockAttention], colormap: str = "jet",
-                        opacity: float = 0.6, columns: int = 4) -> np.ndarray | None:
-    """Every block's CBAM spatial map, upsampled and laid over the view, on one fixed 0..1 scale.
+                        opacity: float = 0.6, columns: int = 4, title: str = "spatial attention") -> np.ndarray | None:
+    """Every block's spatial record (kind "spatial"), upsampled and laid over the view, on one fixed 0..1 scale.
 
     Each panel is titled with its block and the map's own range. Returns None when no block has a spatial map.
     """
@@ -316,7 +317,7 @@ def spatial_maps_figure(view: np.ndarray, attention: list[BlockAttention], color
             titles.append(ax.set_title(f"{block}\n0.00–0.00", fontsize=8.5, pad=3))
         mappable = ScalarMappable(Normalize(0.0, 1.0), cmap=colormap)
         fig.colorbar(mappable, ax=axes.ravel().tolist(), label="spatial weight (0 to 1)", shrink=0.8)
-        fig.suptitle("CBAM spatial attention per block (titles: block, the map's min–max)", fontsize=9.5)
+        fig.suptitle(f"{title} per block (titles: block, the map's min–max)", fontsize=9.5)
         return {"images": images, "titles": titles}
 
     def update(parts: dict) -> tuple[list[Artist], list[Artist]]:
@@ -329,7 +330,7 @@ def spatial_maps_figure(view: np.ndarray, attention: list[BlockAttention], color
         return draw, []
 
     size = (1.2 * columns + 0.9, 1.45 * rows + 0.5)
-    return _draw(("spatial", view.shape, blocks, colormap, columns), size, build, update)
+    return _draw(("spatial", view.shape, blocks, colormap, columns, title), size, build, update)
 
 
 def _pairs(explanation: Explanation) -> list[tuple[str, str]]:
@@ -355,7 +356,7 @@ def difference_figure(explanation: Explanation, opacity: float = 0.7) -> np.ndar
             backgrounds.append(ax.imshow(np.zeros(view.shape, np.uint8)))
             differences.append(ax.imshow(np.zeros(size, np.float32), cmap=DIFFERENCE_COLORMAP, vmin=-1.0,
                                          vmax=1.0))
-            ax.set_title(f"{VARIANT_TITLES[a]}\nminus {VARIANT_TITLES[b]}", fontsize=9)
+            ax.set_title(f"{family(a).title}\nminus {family(b).title}", fontsize=9)
             ax.set_axis_off()
         mappable = ScalarMappable(Normalize(-1.0, 1.0), cmap=DIFFERENCE_COLORMAP)
         bar = fig.colorbar(mappable, ax=list(axes), shrink=0.85, ticks=[-1, 0, 1])
@@ -383,7 +384,7 @@ def agreement_figure(explanation: Explanation) -> np.ndarray:
     names = list(explanation.results)
     view = explanation.view
     panels = 3 if len(names) > 1 else 2
-    labels = [VARIANT_TITLES[n].replace("ResNet50 + ", "+") for n in names]
+    labels = [family(n).short for n in names]
 
     def build(fig: Figure) -> dict:
         axes = fig.subplots(1, panels, gridspec_kw={"width_ratios": [1.0] * panels})
@@ -394,7 +395,7 @@ def agreement_figure(explanation: Explanation) -> np.ndarray:
         regions.set_ylim(view.shape[0] - 0.5, -0.5)
         regions.set_autoscale_on(False)  # the outlines drawn later must not move the limits
         for name in names:
-            regions.plot([], [], color=VARIANT_COLOURS[name], linewidth=2, label=VARIANT_TITLES[name])
+            regions.plot([], [], color=VARIANT_COLOURS[name], linewidth=2, label=family(name).title)
         regions.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=8, ncol=1, frameon=False)
         regions.set_title(f"top {TOP_FRACTION:.0%} of each heatmap", fontsize=9)
         regions.set_axis_off()
@@ -411,7 +412,7 @@ def agreement_figure(explanation: Explanation) -> np.ndarray:
         parts["bars"] = list(timing.barh(range(len(names)), [1.0] * len(names),
                                          color=[VARIANT_COLOURS[n] for n in names]))
         parts["times"] = [timing.text(1.0, i, " 0.00 s", va="center", fontsize=8) for i in range(len(names))]
-        timing.set_yticks(range(len(names)), [VARIANT_TITLES[n] for n in names], fontsize=8)
+        timing.set_yticks(range(len(names)), [family(n).title for n in names], fontsize=8)
         timing.invert_yaxis()
         timing.set_xlim(0, 1.35)
         timing.set_xticks([])
@@ -461,12 +462,48 @@ def agreement_figure(explanation: Explanation) -> np.ndarray:
 # --------------------------------------------------------------------------- everything for one request
 
 
+def _channel_figure(view: np.ndarray, result: ModelResult, colormap: str) -> np.ndarray | None:
+    return channel_weights_figure(result.attention, f"{result.title}: channel attention weights per block")
+
+
+def _spatial_figure(view: np.ndarray, result: ModelResult, colormap: str) -> np.ndarray | None:
+    return spatial_maps_figure(view, result.attention, colormap, title=f"{result.title}: spatial attention")
+
+
+# How each record kind is drawn: (view, one model's result, colormap) -> picture, or None when nothing to draw.
+KIND_FIGURES: dict[str, Callable[[np.ndarray, ModelResult, str], np.ndarray | None]] = {
+    "channel": _channel_figure,
+    "spatial": _spatial_figure,
+}
+assert set(KIND_FIGURES) == set(RECORD_KINDS), "every record kind needs a figure"
+
+
+def attention_figures(view: np.ndarray, result: ModelResult, colormap: str = "jet") -> dict[str, np.ndarray]:
+    """One figure per record kind the model's blocks produced, keyed by the kind's figure name
+    (e.g. "channel_weights", "spatial_maps"), in the order the kinds are declared."""
+    present = {kind for record in result.attention for kind in record.kinds.values()}
+    out = {}
+    for kind in RECORD_KINDS.values():
+        if kind.key in present:
+            image = KIND_FIGURES[kind.key](view, result, colormap)
+            if image is not None:
+                out[kind.figure] = image
+    return out
+
+
 @dataclass
 class RenderedModel:
     result: ModelResult
     overlay: np.ndarray
-    channel_weights: np.ndarray | None  # None for the plain ResNet50
-    spatial_maps: np.ndarray | None  # CBAM only
+    figures: dict[str, np.ndarray]  # figure name ("channel_weights", "spatial_maps") -> picture; none without gates
+
+    @property
+    def channel_weights(self) -> np.ndarray | None:
+        return self.figures.get(RECORD_KINDS["channel"].figure)
+
+    @property
+    def spatial_maps(self) -> np.ndarray | None:
+        return self.figures.get(RECORD_KINDS["spatial"].figure)
 
     @cached_property
     def topk(self) -> np.ndarray:
@@ -491,10 +528,8 @@ class Rendered:
         for variant, model in self.models.items():
             out[f"{variant}_overlay.png"] = model.overlay
             out[f"{variant}_top_k.png"] = model.topk
-            if model.channel_weights is not None:
-                out[f"{variant}_channel_weights.png"] = model.channel_weights
-            if model.spatial_maps is not None:
-                out[f"{variant}_spatial_maps.png"] = model.spatial_maps
+            for name, image in model.figures.items():
+                out[f"{variant}_{name}.png"] = image
         if self.difference is not None:
             out["difference_maps.png"] = self.difference
         out["agreement.png"] = self.agreement
@@ -505,15 +540,11 @@ def render_explanation(explanation: Explanation, colormap: str = "jet", opacity:
     """All the pictures the app shows for one explanation (the top-k charts are drawn when first used)."""
     _check_style(colormap, opacity)
     view = explanation.view
-    models = {}
-    for variant, result in explanation.results.items():
-        models[variant] = RenderedModel(
-            result=result,
-            overlay=overlay(view, result.heatmap, colormap, opacity),
-            channel_weights=channel_weights_figure(
-                result.attention, f"{result.title}: channel attention weights per block"),
-            spatial_maps=spatial_maps_figure(view, result.attention, colormap),
-        )
+    models = {
+        variant: RenderedModel(result=result, overlay=overlay(view, result.heatmap, colormap, opacity),
+                               figures=attention_figures(view, result, colormap))
+        for variant, result in explanation.results.items()
+    }
     return Rendered(view=view, models=models, difference=difference_figure(explanation),
                     agreement=agreement_figure(explanation), colormap=colormap, opacity=opacity)
 
@@ -534,7 +565,8 @@ def export_zip(explanation: Explanation, rendered: Rendered, path: str | Path) -
     """Write one .zip: every picture as PNG, heatmaps.npz, attention.npz and summary.json; returns its path.
 
     heatmaps.npz holds ``view`` and, per model, ``<variant>`` (the CAM) and ``<variant>_probabilities``;
-    attention.npz holds ``<variant>/<block>/channel_weights`` and, for CBAM, ``<variant>/<block>/spatial_map``.
+    attention.npz holds ``<variant>/<block>/<record>`` for every record of every block, e.g.
+    ``cbam/layer3.2/channel_weights`` and ``cbam/layer3.2/spatial_map``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -544,9 +576,8 @@ def export_zip(explanation: Explanation, rendered: Rendered, path: str | Path) -
         heatmaps[variant] = result.heatmap
         heatmaps[f"{variant}_probabilities"] = result.probabilities
         for record in result.attention:
-            attention[f"{variant}/{record.block}/channel_weights"] = record.channel_weights
-            if record.spatial_map is not None:
-                attention[f"{variant}/{record.block}/spatial_map"] = record.spatial_map
+            for name, values in record.records.items():
+                attention[f"{variant}/{record.block}/{name}"] = values
     images = rendered.images()
     summary = explanation.summary()
     summary["classes"] = list(explanation.classes)

@@ -34,12 +34,14 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab  # noqa: E402
+from attnviz.attention import RECORD_KINDS, family  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
-from attnviz.explain import CAM_METHODS, PRECISIONS, ExplainSettings, Explanation, get_explainer  # noqa: E402
+from attnviz.explainer import CAM_METHODS, PRECISIONS, ExplainSettings, Explanation, get_explainer  # noqa: E402
 from attnviz.images import MAX_FILE_BYTES  # noqa: E402
-from attnviz.models import TARGET_LAYERS, VARIANT_TITLES, VARIANTS  # noqa: E402
+from attnviz.models import TARGET_LAYERS, VARIANTS  # noqa: E402
 from attnviz.render import COLORMAPS, Rendered, export_zip, render_explanation  # noqa: E402
 from attnviz.scenes import attribution  # noqa: E402
+from attnviz.texts import locale  # noqa: E402
 from attnviz.weights import BUILTIN_SET, Manifest, default_weights_dir  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -113,11 +115,6 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
                         f"{IMPORT_COMMANDS}\n```",
         "overlay": "CAM heatmap on the view the model saw",
         "top5": "Top-5",
-        "channel": "Channel attention: one row per block, one column per channel",
-        "spatial": "Spatial attention of every block (CBAM)",
-        "no_attention": "ResNet50 has **no attention modules**: there is no channel or spatial attention to show. "
-                        "It is the baseline the other two are compared with.",
-        "se_no_spatial": "SE re-weights channels only; it has no spatial attention map.",
         "explains": "The heatmap explains",
         "comparison": "## Comparison",
         "difference": "Difference maps",
@@ -203,10 +200,6 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
                         f"```\n{IMPORT_COMMANDS}\n```",
         "overlay": "模型所见图像上的 CAM 热力图",
         "top5": "前 5 类",
-        "channel": "通道注意力：每行一个模块，每列一个通道",
-        "spatial": "每个模块的空间注意力（CBAM）",
-        "no_attention": "ResNet50 **没有注意力模块**：没有通道或空间注意力可展示。它是另外两个模型的对照基线。",
-        "se_no_spatial": "SE 只对通道重新加权，没有空间注意力图。",
         "explains": "热力图解释的类别：",
         "comparison": "## 对比",
         "difference": "差异图",
@@ -250,8 +243,9 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "err_choice": "某项设置无效。",
     },
 }
-for _lang in ("en", "zh-CN"):  # the Analysis tab's texts live with it
+for _lang in ("en", "zh-CN"):  # the Analysis tab's texts live with it; the shared ones in the locale files
     TRANSLATIONS[_lang].update(ANALYSIS_TRANSLATIONS[_lang])
+    TRANSLATIONS[_lang].update(locale(_lang))
 TRANSLATIONS["zh"] = TRANSLATIONS["zh-CN"]  # browsers that send plain "zh"
 # Keys are prefixed in the page: gradio's own translations have nested groups ("image", "file", ...) and a key
 # equal to one of their names would show as "[object Object]".
@@ -373,6 +367,16 @@ def installed_sets(weights_dir: str | Path | None = None) -> tuple[Manifest, lis
     return manifest, names
 
 
+def family_kinds(variant: str) -> list:
+    """The record kinds a family's gates produce, in the order the kinds are declared: one figure each."""
+    present = family(variant).kinds()
+    return [kind for kind in RECORD_KINDS.values() if kind.key in present]
+
+
+def model_choices(variants: list[str]) -> list[tuple[str, str]]:
+    return [(family(v).title, v) for v in variants]
+
+
 def figure(elem_id: str) -> gr.Image:
     """An output for a figure; its caption goes above as Markdown (a floating label would cover its title)."""
     return gr.Image(show_label=False, format="png", interactive=False, elem_id=elem_id,
@@ -488,7 +492,7 @@ class AttnvizApp:
         summary["classes"] = list(analysis.explanation.classes)
         summary["render"] = {"colormap": colormap, "opacity": float(opacity)}
         images = [(analysis.image_file("view", analysis.rendered.view), "view")]
-        images += [(analysis.image_file(f"{variant}_overlay", m.overlay), f"{variant}: {VARIANT_TITLES[variant]}")
+        images += [(analysis.image_file(f"{variant}_overlay", m.overlay), f"{variant}: {family(variant).title}")
                    for variant, m in analysis.rendered.models.items()]
         return summary, images, str(analysis.archive) if analysis.archive else None
 
@@ -499,7 +503,7 @@ class AttnvizApp:
         c = self.components
         return {
             c["target"]: gr.Dropdown(choices=self._target_choices(info.classes), value=OWN_TOP1),
-            c["models"]: gr.CheckboxGroup(choices=[(VARIANT_TITLES[v], v) for v in variants], value=variants),
+            c["models"]: gr.CheckboxGroup(choices=model_choices(variants), value=variants),
             c["classes"]: self._classes_text(info.classes),
             c["builtin_note"]: gr.Markdown(visible=set_name == BUILTIN_SET),
             **{c[f"{v}_column"]: gr.Column(visible=v in variants) for v in VARIANTS},
@@ -531,12 +535,10 @@ class AttnvizApp:
             values[c[f"{variant}_overlay"]] = (
                 analysis.image_file(f"{variant}_overlay", drawn.overlay) if drawn else None)
             values[c[f"{variant}_top"]] = {p.name: p.probability for p in result.top} if result else None
-            if f"{variant}_channel" in c:
-                values[c[f"{variant}_channel"]] = (
-                    analysis.image_file(f"{variant}_channel_weights", drawn.channel_weights) if drawn else None)
-            if f"{variant}_spatial" in c:
-                values[c[f"{variant}_spatial"]] = (
-                    analysis.image_file(f"{variant}_spatial_maps", drawn.spatial_maps) if drawn else None)
+            for kind in family_kinds(variant):
+                image = drawn.figures.get(kind.figure) if drawn else None
+                values[c[f"{variant}_{kind.key}"]] = (
+                    analysis.image_file(f"{variant}_{kind.figure}", image) if image is not None else None)
         difference = analysis.rendered.difference if analysis else None
         values[c["difference_column"]] = gr.Column(visible=difference is not None) if analysis else gr.skip()
         values[c["difference"]] = analysis.image_file("difference_maps", difference) if analysis else None
@@ -546,7 +548,7 @@ class AttnvizApp:
         if analysis and not status:
             settings = analysis.explanation.settings
             total = sum(r.seconds for r in results.values())
-            titles = ", ".join(VARIANT_TITLES[v] for v in results)
+            titles = ", ".join(family(v).title for v in results)
             status = f"{t('done')} {CAM_METHODS[settings.method].label} · {settings.layer} · {titles} · {total:.1f} s"
         values[c["status"]] = status
         return values
@@ -617,7 +619,7 @@ class AttnvizApp:
                     gr.Markdown(tr("no_examples"))
             with gr.Column(scale=4):
                 c["model_set"] = gr.Dropdown(self.set_names, value=self.default_set, label=tr("model_set"))
-                c["models"] = gr.CheckboxGroup([(VARIANT_TITLES[v], v) for v in variants], value=variants,
+                c["models"] = gr.CheckboxGroup(model_choices(variants), value=variants,
                                                label=tr("models"))
                 c["method"] = gr.Dropdown(
                     [(m.label + (" (slow)" if m.kind == "perturbation" else ""), m.key)
@@ -643,7 +645,7 @@ class AttnvizApp:
             for variant in VARIANTS:
                 with gr.Column(min_width=300, elem_id=f"column-{variant}", visible=variant in variants) as column:
                     c[f"{variant}_column"] = column
-                    gr.Markdown(f"### {VARIANT_TITLES[variant]}", elem_classes=["attnviz-model-title"])
+                    gr.Markdown(f"### {t('family_' + variant)}", elem_classes=["attnviz-model-title"])
                     c[f"{variant}_info"] = gr.Markdown("", elem_id=f"info-{variant}")
                     c[f"{variant}_overlay"] = gr.Image(label=tr("overlay"), show_label=False, format="png",
                                                        interactive=False, height=280,
@@ -652,17 +654,12 @@ class AttnvizApp:
                                                        elem_classes=["attnviz-overlay"])
                     c[f"{variant}_top"] = gr.Label(num_top_classes=TOP_K, label=tr("top5"), show_heading=False,
                                                    elem_id=f"top-{variant}")
-                    if variant == "resnet50":
-                        gr.Markdown(tr("no_attention"), elem_classes=["attnviz-note"],
-                                    elem_id="no-attention-resnet50")
-                    else:
-                        gr.Markdown(tr("channel"), elem_classes=["attnviz-caption"])
-                        c[f"{variant}_channel"] = figure(f"channel-{variant}")
-                    if variant == "se":
-                        gr.Markdown(tr("se_no_spatial"), elem_classes=["attnviz-note"])
-                    if variant == "cbam":
-                        gr.Markdown(tr("spatial"), elem_classes=["attnviz-caption"])
-                        c[f"{variant}_spatial"] = figure(f"spatial-{variant}")
+                    for kind in family_kinds(variant):
+                        gr.Markdown(tr(f"kind_{kind.key}"), elem_classes=["attnviz-caption"])
+                        c[f"{variant}_{kind.key}"] = figure(f"{kind.key}-{variant}")
+                    if f"family_{variant}_note" in TRANSLATIONS["en"]:
+                        gr.Markdown(tr(f"family_{variant}_note"), elem_classes=["attnviz-note"],
+                                    elem_id=f"note-{variant}")
         gr.Markdown(tr("comparison"))
         with gr.Column(elem_id="difference-column") as difference_column:
             c["difference_column"] = difference_column
@@ -681,7 +678,7 @@ class AttnvizApp:
         names = []
         for variant in VARIANTS:
             names += [f"{variant}_column", f"{variant}_info", f"{variant}_overlay", f"{variant}_top"]
-            names += [n for n in (f"{variant}_channel", f"{variant}_spatial") if n in self.components]
+            names += [f"{variant}_{kind.key}" for kind in family_kinds(variant)]
         return names + ["difference_column", "difference", "agreement", "download", "last", "status"]
 
 

@@ -40,7 +40,7 @@ from attnviz.models import TARGET_LAYERS  # noqa: E402
 
 def compare(explainer, variant: str, x, layer: str) -> dict:
     """One model, one image: the float32 map against the bf16 map for the same class."""
-    from attnviz.explain import ExplainSettings, top_region_iou
+    from attnviz.explainer import ExplainSettings, top_region_iou
 
     model = explainer.explainers[variant]
     fp32 = model.explain(x, ExplainSettings(layer=layer))
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
-    from attnviz.explain import ExplainSettings, get_explainer
+    from attnviz.explainer import ExplainSettings, get_explainer
     from attnviz.images import load_image, preprocess
 
     exit_on_sigterm()

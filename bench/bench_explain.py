@@ -308,7 +308,7 @@ def _handler_from_render(set_name: str | None, weights_dir: str | Path | None) -
         import attnviz.render as render
     except ImportError:
         return None
-    from attnviz.explain import ExplainSettings, get_explainer
+    from attnviz.explainer import ExplainSettings, get_explainer
 
     functions = []
     for name, fn in vars(render).items():
@@ -466,7 +466,7 @@ def run_torchcam(model: torch.nn.Module, x: torch.Tensor, layer: str) -> list[to
 
 def measure_layer(layer: str, explainer, baselines: dict, x: torch.Tensor, image: Path, handler: AppHandler | None,
                   runs: int, warmup: int) -> dict:
-    from attnviz.explain import ExplainSettings
+    from attnviz.explainer import ExplainSettings
 
     settings = ExplainSettings(layer=layer, top_k=min(5, len(explainer.classes)))
     variants = list(explainer.explainers)
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     exit_on_sigterm()
 
-    from attnviz.explain import get_explainer
+    from attnviz.explainer import get_explainer
     from attnviz.images import load_image, preprocess
 
     machine = machine_info()

@@ -57,7 +57,7 @@ def _serve(mode: str, set_name: str, weights_dir: str, images: list[Path]):
     """Set up one mode; returns (a function serving one request for an image path, what it serves, its models)."""
     import torch
 
-    from attnviz.explain import ExplainSettings, get_explainer
+    from attnviz.explainer import ExplainSettings, get_explainer
     from attnviz.images import load_image, preprocess
     from attnviz.weights import load_model_set
 

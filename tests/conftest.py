@@ -78,7 +78,7 @@ def tiny_weights_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_explainer(tiny_weights_dir):
-    from attnviz.explain import Explainer
+    from attnviz.explainer import Explainer
     from attnviz.weights import load_model_set
 
     return Explainer(load_model_set("tiny", tiny_weights_dir))

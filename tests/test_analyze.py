@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_model_set
+from model_state import tensors_kept_on
 from PIL import Image
 
 from attnviz import analyze
 from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab
-from attnviz.attention import attention_modules
 from attnviz.errors import AttnvizError
-from attnviz.models import TARGET_LAYERS
+from attnviz.models import TARGET_LAYERS, VARIANTS
 from attnviz.scenes import CLASSES
 from attnviz.weights import load_model_set
 
@@ -68,7 +68,7 @@ def test_quick_run_records_how_it_was_made(quick_run):
     _, _, result = quick_run
     assert result["command"].startswith("python -m attnviz.analyze --set scenes")
     assert result["samples"] | {"val": 6, "test": 6, "unseen": 3, "pairs": 3, "faithfulness": 2} == result["samples"]
-    assert result["variants"] == ["resnet50", "se", "cbam"]
+    assert result["variants"] == list(VARIANTS)
     assert result["threshold"]["value"] in result["threshold"]["grid"]
     assert result["timing"]["total_s"] > 0 and "test" in result["timing"]["phases_s"]
     assert result["versions"]["torch"] == torch.__version__
@@ -237,7 +237,7 @@ def test_run_leaves_no_hook_no_record_and_no_gradient_behind(scenes_weights_dir)
     result = analyze.run_analysis(model_set, config, progress=False)
     assert result["faithfulness"]["deletion"]["gradcam@layer4"]["n"] == 1
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
-    assert all(module.last_channel_weights is None for _, module in attention_modules(model))
+    assert tensors_kept_on(model) == []
     assert not any(p.requires_grad or p.grad is not None for p in model.parameters())
     assert not model.training
 
@@ -345,7 +345,8 @@ def test_analysis_translations_cover_the_same_keys_in_every_language():
     english = set(ANALYSIS_TRANSLATIONS["en"])
     assert all(key.startswith("analysis_") for key in english)
     assert set(ANALYSIS_TRANSLATIONS["zh-CN"]) == english
-    assert {f"analysis_{name}" for name in analyze.PNG_FILES} <= english
+    fixed = (*analyze.PLOTS_BEFORE_EXCITATION, *analyze.PLOTS_AFTER_EXCITATION)
+    assert {f"analysis_{name}" for name in fixed} | {"analysis_excitation"} <= english
 
 
 def test_class_specificity_is_one_for_weights_set_by_the_class_and_zero_for_weights_it_does_not_explain():

@@ -19,6 +19,7 @@ from PIL import Image
 from servers import free_port, stop, wait_until_serving
 
 from attnviz.images import load_image, preprocess
+from attnviz.models import VARIANTS
 from attnviz.weights import Manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ def test_explain_endpoint_answers_with_only_the_image(client, tmp_path):
     summary, images, archive = client.predict(handle_file(str(solid_image(tmp_path / "a.png", (200, 30, 30)))),
                                               archive=True, api_name="/explain")
     assert summary["set"] == "tiny"
-    assert list(summary["models"]) == ["resnet50", "se", "cbam"]
+    assert list(summary["models"]) == list(VARIANTS)
     assert summary["settings"]["method"] == "gradcam" and summary["settings"]["layer"] == "layer4"
     assert [item["caption"] for item in images] == ["view", "resnet50: ResNet50", "se: ResNet50 + SE",
                                                     "cbam: ResNet50 + CBAM"]

@@ -1,9 +1,14 @@
-"""SE and CBAM compute what the papers define and record what they computed."""
+"""SE, CBAM and ECA compute what the papers define; the capture core reads what their gates computed."""
 
+import numpy as np
 import pytest
 import torch
+from model_state import tensors_kept_on
 
-from attnviz.attention import CBAM, CBAMOptions, ChannelGate, SpatialGate, SqueezeExcitation, clear_records
+from attnviz.attention.cbam import CBAM, CBAMOptions, ChannelGate, SpatialGate
+from attnviz.attention.eca import EfficientChannelAttention, eca_kernel_size
+from attnviz.attention.se import SqueezeExcitation
+from attnviz.capture import Capture
 
 
 @pytest.fixture
@@ -103,27 +108,69 @@ def test_cbam_rejects_unknown_options():
         CBAMOptions(arrangement="serial")
 
 
-@pytest.mark.parametrize("module", [SqueezeExcitation(32), CBAM(32)], ids=["se", "cbam"])
-def test_records_have_the_right_shapes_lie_in_0_1_and_hold_no_graph(module, features):
+def _seeded(factory, seed: int = 0) -> torch.nn.Module:
+    """A module built from its own seed, whatever earlier tests left in the global random state."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return factory().eval()
+
+
+@pytest.mark.parametrize("factory", [lambda: SqueezeExcitation(32), lambda: CBAM(32),
+                                     lambda: EfficientChannelAttention(32)], ids=["se", "cbam", "eca"])
+def test_records_have_the_right_shapes_lie_in_0_1_and_hold_no_graph(factory, features):
+    model = torch.nn.Sequential(_seeded(factory))
     x = features.clone().requires_grad_(True)
-    module(x)
-    channel = module.last_channel_weights
-    assert channel.shape == (2, 32) and channel.grad_fn is None and not channel.requires_grad
+    with Capture(model) as capture:
+        capture.run(x)
+        (record,) = capture.records(0)
+        batch = capture.block_records()["0"]
+    assert record.block == "0"
+    channel = record.channel_weights
+    assert channel.shape == (32,) and channel.dtype == np.float32 and batch["channel_weights"].shape == (2, 32)
     assert bool(((channel > 0) & (channel < 1)).all())
-    if isinstance(module, CBAM):
-        spatial = module.last_spatial_map
-        assert spatial.shape == (2, 6, 5) and spatial.grad_fn is None
+    if isinstance(model[0], CBAM):
+        spatial = record.spatial_map
+        assert spatial.shape == (6, 5) and batch["spatial_map"].shape == (2, 6, 5)
         assert bool(((spatial > 0) & (spatial < 1)).all())
     else:
-        assert module.last_spatial_map is None
+        assert record.spatial_map is None and set(record.records) == {"channel_weights"}
+    assert tensors_kept_on(model) == []
 
 
-def test_each_forward_replaces_the_previous_record_and_clear_drops_it(features):
-    module = torch.nn.Sequential(CBAM(32))
-    module(features)
-    first = module[0].last_channel_weights.clone()
-    module(features[:1] * 3)
-    assert module[0].last_channel_weights.shape == (1, 32)
-    assert not torch.equal(module[0].last_channel_weights, first[:1])
-    clear_records(module)
-    assert module[0].last_channel_weights is None and module[0].last_spatial_map is None
+def test_each_pass_replaces_the_previous_record_and_nothing_stays_on_the_module(features):
+    model = torch.nn.Sequential(_seeded(lambda: CBAM(32), seed=1))
+    with Capture(model) as capture:
+        capture.run(features)
+        first = capture.records(0)[0].channel_weights
+        capture.run(features[1:] * 3)
+        second = capture.block_records()["0"]["channel_weights"]
+    assert second.shape == (1, 32) and not np.allclose(second[0], first)
+    assert tensors_kept_on(model) == []
+    assert not model[0].channel_gate._forward_hooks and not model[0].spatial_gate._forward_hooks
+
+
+def test_only_the_images_own_pass_is_recorded(features):
+    model = torch.nn.Sequential(_seeded(lambda: SqueezeExcitation(32), seed=2))
+    with Capture(model) as capture:
+        capture.run(features[:1])
+        own = capture.records(0)[0].channel_weights
+        model(features[1:] * 5)  # a later pass in the same request (e.g. Score-CAM's masked copies)
+        assert np.array_equal(capture.records(0)[0].channel_weights, own)
+
+
+def test_eca_kernel_follows_the_authors_rule():
+    assert [eca_kernel_size(c) for c in (256, 512, 1024, 2048)] == [5, 5, 5, 7]
+    assert eca_kernel_size(64) == 3 and eca_kernel_size(32) == 3
+    module = EfficientChannelAttention(2048)
+    assert module.conv.kernel_size == (7,) and module.conv.padding == (3,) and module.conv.bias is None
+    assert module.conv.in_channels == 1 and module.conv.out_channels == 1
+
+
+def test_eca_weights_each_channel_by_a_1d_convolution_of_its_neighbours_averages(features):
+    module = EfficientChannelAttention(32).eval()  # kernel 3 at 32 channels
+    with torch.no_grad():
+        module.conv.weight.copy_(torch.tensor([[[0.5, -1.0, 2.0]]]))
+    pooled = features.mean(dim=(2, 3))
+    padded = torch.nn.functional.pad(pooled, (1, 1))
+    logits = 0.5 * padded[:, :-2] - 1.0 * padded[:, 1:-1] + 2.0 * padded[:, 2:]
+    torch.testing.assert_close(module(features), features * torch.sigmoid(logits)[:, :, None, None])

@@ -10,6 +10,8 @@ from urllib.parse import urlparse
 import pytest
 from test_app_http import running_app
 
+from attnviz.models import VARIANTS
+
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run"]
@@ -80,10 +82,11 @@ def test_uploaded_example_shows_three_overlays_and_top5(browser, app_url, exampl
 
     page, outside = open_page(browser, app_url)
     upload(page, example_image)
-    for variant in ("resnet50", "se", "cbam"):
+    for variant in VARIANTS:
         expect(page.locator(f"#overlay-{variant} img")).to_be_visible()
         expect(page.locator(f"#top-{variant}")).to_contain_text(TINY_CLASSES)
     expect(page.locator("#spatial-cbam img")).to_be_visible()
+    expect(page.locator("#channel-eca img")).to_be_visible()
     expect(page.locator("#agreement img")).to_be_visible()
     expect(page.locator("#status")).to_contain_text("Done")
     expect(page.locator("body")).not_to_contain_text("[object Object]")  # every translated label resolved

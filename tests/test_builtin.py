@@ -35,7 +35,7 @@ def test_shipped_files_match_the_manifest_sha256_and_the_architecture(builtin):
 
 @pytest.mark.slow
 def test_shipped_models_classify_the_single_object_examples_correctly(builtin):
-    from attnviz.explain import Explainer
+    from attnviz.explainer import Explainer
     from attnviz.weights import load_model_set
 
     explainer = Explainer(load_model_set("builtin"))

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from attnviz.cli import find_images, main
+from attnviz.models import VARIANTS
 
 ATTNVIZ = Path(sys.executable).parent / "attnviz"  # the console script that `pip install -e .` put beside python
 RUN_TIMEOUT_S = 1800  # a ceiling, not a wait: on a machine busy training, one run of three ResNet50s takes minutes
@@ -78,7 +79,7 @@ def test_each_valid_image_gets_its_pictures_and_summary(first_run):
     assert folders == ["photos__a.png", "photos__sub__b.jpg"]
     for folder in folders:
         summary = json.loads((out / folder / "summary.json").read_text(encoding="utf-8"))
-        assert list(summary["models"]) == ["resnet50", "se", "cbam"]
+        assert list(summary["models"]) == list(VARIANTS)
         assert all(len(model["top"]) == 4 for model in summary["models"].values())  # the tiny set has 4 classes
         for name in ("view.png", "cbam_overlay.png", "se_channel_weights.png", "cbam_spatial_maps.png",
                      "agreement.png"):

@@ -5,17 +5,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_state import tensors_kept_on
 from PIL import Image
 
-from attnviz.attention import attention_modules
+from attnviz.capture import model_gates
 from attnviz.errors import AttnvizError
-from attnviz.explain import ExplainSettings, top_region_iou, top_region_mask
+from attnviz.explainer import ExplainSettings, top_region_iou, top_region_mask
 from attnviz.images import preprocess
+from attnviz.models import VARIANTS
 
 
 def test_explain_returns_top_k_heatmaps_and_attention_for_every_model(tiny_explainer, scene_image):
     result = tiny_explainer.explain(scene_image, top_k=3)
-    assert list(result.results) == ["resnet50", "se", "cbam"]
+    assert list(result.results) == list(VARIANTS)
     assert result.view.shape == (64, 64, 3)
     for model in result.results.values():
         probabilities = [p.probability for p in model.top]
@@ -31,9 +33,9 @@ def test_attention_has_one_record_per_block_with_the_stage_widths(tiny_explainer
     result = tiny_explainer.explain(scene_image)
     assert result.results["resnet50"].attention == []
     widths = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
-    for variant in ("se", "cbam"):
+    for variant in ("se", "cbam", "eca"):
         records = result.results[variant].attention
-        assert len(records) == 16
+        assert len(records) == 16 and {r.family for r in records} == {variant}
         for record in records:
             assert record.channel_weights.shape == (widths[record.stage],)
             assert ((record.channel_weights > 0) & (record.channel_weights < 1)).all()
@@ -69,14 +71,21 @@ def test_invalid_settings_are_one_clear_error(tiny_explainer, scene_image, overr
 
 
 def _direct_attention(explainer, image) -> dict:
-    """Channel weights of the CBAM model from a plain forward pass on the preprocessed image."""
+    """Channel weights of the CBAM model from a plain forward pass on the preprocessed image, read by hooks of
+    the test's own on the channel gates."""
     model = explainer.explainers["cbam"].model
     prepared = preprocess(Image.fromarray(image), explainer.model_set.preprocessing)
-    with torch.no_grad():
-        model(prepared.tensor)
-    records = {name: m.last_channel_weights[0].numpy().copy() for name, m in attention_modules(model)}
-    for _, m in attention_modules(model):
-        m.clear_records()
+    records, handles = {}, []
+    for gate in model_gates(model):
+        if gate.spec.name == "channel":
+            handles.append(gate.module.register_forward_hook(
+                lambda m, i, o, block=gate.block: records.__setitem__(block, o[0].numpy().copy())))
+    try:
+        with torch.no_grad():
+            model(prepared.tensor)
+    finally:
+        for handle in handles:
+            handle.remove()
     return records
 
 
@@ -95,11 +104,11 @@ def test_attention_shown_comes_from_the_pass_on_the_image_itself(tiny_explainer,
         np.testing.assert_allclose(record.channel_weights, expected[record.block], rtol=1e-5, atol=1e-6)
 
 
-def test_records_are_cleared_after_each_request(tiny_explainer, scene_image):
+def test_no_request_leaves_data_or_hooks_on_the_network(tiny_explainer, scene_image):
     tiny_explainer.explain(scene_image)
     for explainer in tiny_explainer.explainers.values():
-        for _, module in attention_modules(explainer.model):
-            assert module.last_channel_weights is None and module.last_spatial_map is None
+        assert tensors_kept_on(explainer.model) == []
+        assert all(not m._forward_hooks and not m._backward_hooks for m in explainer.model.modules())
 
 
 def test_a_second_image_gets_its_own_maps_not_the_first_ones(tiny_explainer, scene_image):
@@ -118,8 +127,8 @@ def test_a_second_image_gets_its_own_maps_not_the_first_ones(tiny_explainer, sce
 def test_summary_is_json_with_predictions_settings_and_agreement(tiny_explainer, scene_image):
     summary = tiny_explainer.explain(scene_image).summary()
     text = json.dumps(summary)
-    assert set(json.loads(text)["models"]) == {"resnet50", "se", "cbam"}
-    assert set(summary["agreement_top20_iou"]) == {"resnet50|se", "resnet50|cbam", "se|cbam"}
+    assert set(json.loads(text)["models"]) == set(VARIANTS)
+    assert set(summary["agreement_top20_iou"]) == {f"{a}|{b}" for i, a in enumerate(VARIANTS) for b in VARIANTS[i + 1:]}
     assert summary["settings"]["method"] == ExplainSettings().method
 
 
@@ -149,7 +158,7 @@ def test_bf16_gives_float32_results_close_to_fp32(tiny_explainer, scene_image):
     fp32 = tiny_explainer.explain(scene_image, top_k=4)
     bf16 = tiny_explainer.explain(scene_image, top_k=4, precision="bf16",
                                   target=fp32.results["se"].target.index)
-    for variant in ("resnet50", "se", "cbam"):
+    for variant in VARIANTS:
         a, b = fp32.results[variant], bf16.results[variant]
         assert b.heatmap.dtype == np.float32 and b.heatmap.shape == a.heatmap.shape
         assert np.abs(a.probabilities - b.probabilities).max() < 0.05
@@ -161,7 +170,7 @@ def test_bf16_gives_float32_results_close_to_fp32(tiny_explainer, scene_image):
     assert bf16.settings.precision == "bf16"
     # bf16 really ran: the probabilities are not bit for bit those of fp32
     assert any(not np.array_equal(fp32.results[v].probabilities, bf16.results[v].probabilities)
-               for v in ("resnet50", "se", "cbam"))
+               for v in VARIANTS)
 
 
 def test_grid_of_methods_layers_and_classes_equals_single_explanations_from_one_forward(tiny_explainer, scene_image):
@@ -182,7 +191,7 @@ def test_grid_of_methods_layers_and_classes_equals_single_explanations_from_one_
         np.testing.assert_allclose(heatmap, single.results["cbam"].heatmap, atol=1e-5)
         np.testing.assert_allclose(result.probabilities, single.results["cbam"].probabilities, atol=1e-6)
     assert not np.allclose(result.maps[("gradcam", "layer4", 1)], result.maps[("gradcam", "layer4", 3)])
-    assert all(m.last_channel_weights is None for _, m in attention_modules(model))  # records cleared
+    assert tensors_kept_on(model) == []  # the records stayed in the capture, not on the network
 
 
 def test_grid_refuses_score_cam_and_unknown_classes(tiny_explainer, scene_image):

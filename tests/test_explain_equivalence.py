@@ -7,13 +7,15 @@ import copy
 import numpy as np
 import pytest
 import torch
+from model_state import tensors_kept_on
 
 from attnviz.errors import AttnvizError
-from attnviz.explain import CAM_METHODS, ExplainSettings, cam_class
+from attnviz.explainer import CAM_METHODS, ExplainSettings
+from attnviz.models import VARIANTS
+from attnviz.pgc_adapter import cam_class
 
 GRADIENT_METHODS = [key for key, method in CAM_METHODS.items() if method.kind == "gradient"]
 COMPARED_METHODS = GRADIENT_METHODS + ["eigencam"]
-VARIANTS = ("resnet50", "se", "cbam")
 LAYERS = ("layer4", "layer2")
 TOLERANCE = 1e-4
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -100,9 +102,7 @@ def leftovers(model: torch.nn.Module, requires_grad_before: list[bool]) -> list[
                 problems.append(f"{name or 'model'}.{attribute} not empty")
         if module.training:
             problems.append(f"{name or 'model'} in training mode")
-        for record in ("last_channel_weights", "last_spatial_map"):
-            if getattr(module, record, None) is not None:
-                problems.append(f"{name}.{record} kept")
+    problems += [f"{kept} kept" for kept in tensors_kept_on(model)]
     problems += [f"global {attribute} not empty" for attribute in GLOBAL_HOOKS
                  if getattr(torch.nn.modules.module, attribute)]
     problems += [f"{name}.grad kept" for name, p in model.named_parameters() if p.grad is not None]

@@ -3,10 +3,17 @@
 import pytest
 import torch
 
-from attnviz.attention import CBAM, SqueezeExcitation, attention_modules
-from attnviz.models import ModelSpec, build_resnet50, parameter_count
+from attnviz.attention import attention_blocks
+from attnviz.attention.cbam import CBAM
+from attnviz.attention.eca import EfficientChannelAttention
+from attnviz.attention.se import SqueezeExcitation
+from attnviz.models import VARIANTS, ModelSpec, build_resnet50, parameter_count
 
-REFERENCE_COUNTS = {"resnet50": 25_557_032, "se": 28_088_024, "cbam": 28_089_624}
+REFERENCE_COUNTS = {"resnet50": 25_557_032, "se": 28_088_024, "cbam": 28_089_624, "eca": 25_557_118}
+
+
+def test_every_registered_family_has_a_reference_count():
+    assert set(VARIANTS) == set(REFERENCE_COUNTS)
 
 
 @pytest.mark.parametrize("variant", list(REFERENCE_COUNTS))
@@ -23,21 +30,22 @@ def test_plain_resnet50_has_torchvisions_exact_state_dict_keys():
     assert all(ours[k].shape == theirs[k].shape for k in ours)
 
 
-@pytest.mark.parametrize("variant, kind", [("se", SqueezeExcitation), ("cbam", CBAM)])
+@pytest.mark.parametrize("variant, kind", [("se", SqueezeExcitation), ("cbam", CBAM),
+                                           ("eca", EfficientChannelAttention)])
 def test_every_bottleneck_gets_one_attention_module_of_the_variant(variant, kind):
     model = build_resnet50(variant, num_classes=5)
-    blocks = list(attention_modules(model))
-    assert [name for name, _ in blocks][:4] == ["layer1.0", "layer1.1", "layer1.2", "layer2.0"]
-    assert len(blocks) == 16 and all(isinstance(m, kind) for _, m in blocks)
+    blocks = list(attention_blocks(model))
+    assert [name for name, _, _ in blocks][:4] == ["layer1.0", "layer1.1", "layer1.2", "layer2.0"]
+    assert len(blocks) == 16 and all(isinstance(m, kind) and f.key == variant for _, f, m in blocks)
     for name in ("conv1", "layer1", "layer2", "layer3", "layer4", "fc"):
         assert hasattr(model, name)
 
 
 def test_plain_variant_has_no_attention_modules():
-    assert list(attention_modules(build_resnet50("resnet50", num_classes=5))) == []
+    assert list(attention_blocks(build_resnet50("resnet50", num_classes=5))) == []
 
 
-@pytest.mark.parametrize("variant", ["se", "cbam"])
+@pytest.mark.parametrize("variant", ["se", "cbam", "eca"])
 def test_attention_acts_on_the_residual_branch_after_bn3_before_the_addition(variant):
     model = build_resnet50(variant, num_classes=5).eval()
     block = model.layer2[0]  # has a downsample shortcut
@@ -63,12 +71,12 @@ def test_spec_round_trips_through_manifest_options():
 
 def test_unknown_variant_or_option_is_refused():
     with pytest.raises(ValueError):
-        ModelSpec(variant="eca", num_classes=3)
+        ModelSpec(variant="bam", num_classes=3)
     with pytest.raises(ValueError):
         ModelSpec.from_options("se", 3, {"pooling": "max"})
 
 
-@pytest.mark.parametrize("variant", ["resnet50", "se", "cbam"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_gives_one_logit_per_class(variant):
     model = build_resnet50(variant, num_classes=4).eval()
     with torch.no_grad():

@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from attnviz import render
+from attnviz.attention import family
 from attnviz.errors import AttnvizError
-from attnviz.explain import BlockAttention, ExplainSettings, Explanation, ModelResult, Prediction, top_region_iou
+from attnviz.explainer import BlockAttention, ExplainSettings, Explanation, ModelResult, Prediction, top_region_iou
 
 CLASSES = ["circle", "square", "triangle", "star"]
 STAGES = {"layer1": (3, 256, 16), "layer2": (4, 512, 8), "layer3": (6, 1024, 4), "layer4": (3, 2048, 2)}
@@ -25,15 +26,23 @@ SIZE = 64
 
 
 def attention_records(variant: str, rng: np.random.Generator, value: float | None = None) -> list[BlockAttention]:
-    """ResNet50's 16 blocks: channel weights for SE and CBAM, spatial maps for CBAM only."""
-    if variant == "resnet50":
+    """ResNet50's 16 blocks: one record per gate the family declares (channel weights, spatial maps)."""
+    gates = family(variant).gates
+    if not gates:
         return []
     records = []
     for stage, (blocks, channels, side) in STAGES.items():
         for i in range(blocks):
-            weights = np.full(channels, value, np.float32) if value is not None else rng.random(channels, np.float32)
-            spatial = rng.random((side, side), np.float32) if variant == "cbam" else None
-            records.append(BlockAttention(f"{stage}.{i}", weights, spatial))
+            record = BlockAttention(f"{stage}.{i}", variant)
+            for gate in gates:
+                if gate.kind == "channel":
+                    values = np.full(channels, value, np.float32) if value is not None else rng.random(channels,
+                                                                                                      np.float32)
+                else:
+                    values = rng.random((side, side), np.float32)
+                record.records[gate.record] = values
+                record.kinds[gate.record] = gate.kind
+            records.append(record)
     return records
 
 
@@ -234,7 +243,7 @@ def test_top_k_charts_are_drawn_only_when_asked_for(explanation, monkeypatch):
     rendered = render.render_explanation(explanation)
     assert calls == []
     rendered.images()
-    assert calls == ["resnet50", "se", "cbam"]
+    assert calls == list(ramps())
 
 
 def read_zip(path) -> dict[str, bytes]:

@@ -16,6 +16,7 @@ from PIL import Image
 from attnviz import ui
 from attnviz.errors import AttnvizError
 from attnviz.images import load_image, preprocess
+from attnviz.models import VARIANTS
 from attnviz.render import overlay
 
 DONE = ui.t("done")
@@ -31,7 +32,7 @@ def app(tiny_weights_dir) -> ui.AttnvizApp:
 
 def page(app: ui.AttnvizApp, image, **options) -> dict:
     """Call the page's handler with the page's defaults; the outputs by component name."""
-    settings = {"model_set": "tiny", "models": ["resnet50", "se", "cbam"], "method": "gradcam",
+    settings = {"model_set": "tiny", "models": list(VARIANTS), "method": "gradcam",
                 "target": ui.OWN_TOP1, "layer": "layer4", "opacity": 0.5, "colormap": "jet", "aug_smooth": False,
                 "eigen_smooth": False, **options}
     out = app.explain_page(image, **settings)
@@ -82,7 +83,7 @@ def png_claiming_size(width: int, height: int) -> bytes:
 
 def assert_cleared_with_message(out: dict, words: str) -> None:
     assert out["status"].startswith("⚠️") and words in out["status"]
-    for variant in ("resnet50", "se", "cbam"):
+    for variant in VARIANTS:
         assert out[f"{variant}_overlay"] is None and out[f"{variant}_top"] is None
     assert out["agreement"] is None and out["download"] is None and out["last"] is None
 
@@ -94,10 +95,11 @@ def assert_cleared_with_message(out: dict, words: str) -> None:
 def test_page_shows_three_overlays_top_k_and_attention_figures(app, tmp_path):
     out = page(app, save(scene(), tmp_path / "scene.png"))
     assert out["status"].startswith(DONE)
-    for variant in ("resnet50", "se", "cbam"):
+    for variant in VARIANTS:
         assert pixels(out[f"{variant}_overlay"]).shape == (64, 64, 3)
         assert len(out[f"{variant}_top"]) == 4 and abs(sum(out[f"{variant}_top"].values()) - 1) < 1e-4
     assert out["se_channel"] is not None and out["cbam_channel"] is not None and out["cbam_spatial"] is not None
+    assert out["eca_channel"] is not None and "eca_spatial" not in out
     assert out["difference"] is not None and out["agreement"] is not None
     assert out["download"] is None and out["last"].archive is None  # the zip is written only when asked for
     assert zipfile.is_zipfile(download(app, out))
@@ -115,8 +117,8 @@ def test_the_zip_is_written_once_per_result_and_only_for_a_result(app, tmp_path)
 def test_resnet50_column_has_no_attention_figures_but_a_note(app):
     assert "resnet50_channel" not in app.components and "resnet50_spatial" not in app.components
     blocks = app.components["resnet50_column"].children
-    notes = [b for b in blocks if isinstance(b, gr.Markdown) and b.elem_id == "no-attention-resnet50"]
-    assert notes and "no_attention" in str(notes[0].value)
+    notes = [b for b in blocks if isinstance(b, gr.Markdown) and b.elem_id == "note-resnet50"]
+    assert notes and "family_resnet50_note" in str(notes[0].value)
 
 
 def test_unchosen_models_get_hidden_columns(app, tmp_path):
@@ -177,7 +179,7 @@ def test_set_change_lists_the_sets_classes(app):
     assert choices == [ui.OWN_TOP1, "circle", "square", "triangle", "star"]
     assert "circle, square, triangle, star" in out[app.components["classes"]]
     assert out[app.components["builtin_note"]].visible is False
-    assert all(out[app.components[f"{v}_column"]].visible for v in ("resnet50", "se", "cbam"))
+    assert all(out[app.components[f"{v}_column"]].visible for v in VARIANTS)
 
 
 def test_api_handler_returns_summary_view_overlays_and_zip(app, tmp_path):

@@ -1,58 +1,21 @@
-"""Squeeze-and-Excitation and CBAM attention modules, written from the papers.
+"""CBAM (Woo et al., ECCV 2018): a channel gate, then a spatial gate, with the paper's ablations as options.
 
-Every module keeps what it computed on its last forward pass (detached, so no
-autograd graph is held) for the app to show without a second pass:
-
-* ``last_channel_weights``: (batch, channels) in (0, 1) for SE and CBAM,
-* ``last_spatial_map``: (batch, height, width) in (0, 1) for CBAM.
-
-``clear_records`` drops them so nothing of one request reaches the next.
+Channel gate: global avg-pool and max-pool through one shared MLP (C -> C/16 -> C, biases), summed, sigmoid.
+Spatial gate: per position [max, mean] over channels, 7x7 conv (no bias), BatchNorm, sigmoid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from attnviz.attention.registry import AttentionFamily, GateSpec
+
 CBAM_POOLINGS = ("avg", "max", "avg+max")
 CBAM_ARRANGEMENTS = ("channel-spatial", "spatial-channel", "parallel")
 SPATIAL_KERNELS = (3, 7)
-
-
-class RecordingAttention(nn.Module):
-    """Base class: an attention module that remembers its last output weights."""
-
-    last_channel_weights: torch.Tensor | None
-    last_spatial_map: torch.Tensor | None
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last_channel_weights = None
-        self.last_spatial_map = None
-
-    def clear_records(self) -> None:
-        self.last_channel_weights = None
-        self.last_spatial_map = None
-
-
-class SqueezeExcitation(RecordingAttention):
-    """SE block (Hu et al.): avg-pool, FC C->C/r, ReLU, FC C/r->C, sigmoid, scale."""
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        hidden = channels // reduction
-        self.fc1 = nn.Linear(channels, hidden, bias=True)
-        self.fc2 = nn.Linear(hidden, channels, bias=True)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squeezed = x.mean(dim=(2, 3))
-        weights = torch.sigmoid(self.fc2(self.relu(self.fc1(squeezed))))
-        self.last_channel_weights = weights.detach()
-        return x * weights[:, :, None, None].to(x.dtype)
 
 
 class ChannelGate(nn.Module):
@@ -121,8 +84,8 @@ class CBAMOptions:
         return asdict(self)
 
 
-class CBAM(RecordingAttention):
-    """Convolutional Block Attention Module (Woo et al.): channel gate then spatial gate."""
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module: channel gate then spatial gate (or as the options arrange them)."""
 
     def __init__(self, channels: int, reduction: int = 16, options: CBAMOptions | None = None) -> None:
         super().__init__()
@@ -133,31 +96,47 @@ class CBAM(RecordingAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         arrangement = self.options.arrangement
         if arrangement == "channel-spatial":
-            channel = self.channel_gate(x)
-            x = x * channel[:, :, None, None].to(x.dtype)
-            spatial = self.spatial_gate(x)
-            out = x * spatial.to(x.dtype)
-        elif arrangement == "spatial-channel":
-            spatial = self.spatial_gate(x)
-            x = x * spatial.to(x.dtype)
-            channel = self.channel_gate(x)
-            out = x * channel[:, :, None, None].to(x.dtype)
-        else:  # parallel: both gates read the same input, both are applied to it
-            channel = self.channel_gate(x)
-            spatial = self.spatial_gate(x)
-            out = x * channel[:, :, None, None].to(x.dtype) * spatial.to(x.dtype)
-        self.last_channel_weights = channel.detach()
-        self.last_spatial_map = spatial.detach()[:, 0]
-        return out
+            x = x * self.channel_gate(x)[:, :, None, None].to(x.dtype)
+            return x * self.spatial_gate(x).to(x.dtype)
+        if arrangement == "spatial-channel":
+            x = x * self.spatial_gate(x).to(x.dtype)
+            return x * self.channel_gate(x)[:, :, None, None].to(x.dtype)
+        # parallel: both gates read the same input, both are applied to it
+        channel = self.channel_gate(x)
+        spatial = self.spatial_gate(x)
+        return x * channel[:, :, None, None].to(x.dtype) * spatial.to(x.dtype)
 
 
-def attention_modules(model: nn.Module) -> Iterator[tuple[str, RecordingAttention]]:
-    """Yield (block name, module) for every recording attention module, in forward order."""
-    for name, module in model.named_modules():
-        if isinstance(module, RecordingAttention):
-            yield name.removesuffix(".attention"), module
+def check_options(options: dict) -> dict:
+    """reduction plus the paper's ablations (pooling, spatial_kernel, arrangement)."""
+    options = dict(options)
+    reduction = int(options.pop("reduction", 16))
+    try:
+        ablations = CBAMOptions(**options)
+    except TypeError:
+        raise ValueError(f"unknown CBAM options {sorted(options)}; CBAM takes reduction, pooling, "
+                         f"spatial_kernel and arrangement") from None
+    if reduction < 1:
+        raise ValueError(f"reduction must be at least 1, got {reduction}")
+    return {"reduction": reduction, **ablations.to_dict()}
 
 
-def clear_records(model: nn.Module) -> None:
-    for _, module in attention_modules(model):
-        module.clear_records()
+def _build(channels: int, options: dict) -> CBAM:
+    ablations = {k: v for k, v in options.items() if k != "reduction"}
+    return CBAM(channels, options["reduction"], CBAMOptions(**ablations))
+
+
+FAMILY = AttentionFamily(
+    key="cbam",
+    title="ResNet50 + CBAM",
+    short="+CBAM",
+    colour="#2ca02c",
+    module=CBAM,
+    build=_build,
+    check_options=check_options,
+    gates=(
+        GateSpec("channel", "channel_gate", "channel_weights", "channel", "channel attention (CBAM)"),
+        GateSpec("spatial", "spatial_gate", "spatial_map", "spatial", "spatial attention (CBAM)"),
+    ),
+    reference="Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018",
+)

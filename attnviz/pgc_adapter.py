@@ -1,0 +1,67 @@
+"""The one place that uses pytorch-grad-cam's insides.
+
+attnviz computes the activations and gradients once per pass (``attnviz.capture``) and hands them to
+pytorch-grad-cam's own method classes, so every map is pytorch-grad-cam's maths on that pass: the same maps
+as its default call (guarded by tests/test_explain_equivalence.py), without its full backward pass and
+parameter gradients. Callers hold the model's capture (and so its lock) around every function here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnviz.methods import CAM_METHODS
+
+
+def cam_class(key: str) -> type:
+    """pytorch-grad-cam's class for a method key."""
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, CAM_METHODS[key].library_class)
+
+
+def _targets(classes: list[int]) -> list:
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    return [ClassifierOutputTarget(int(c)) for c in classes]
+
+
+def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Tensor, activation: torch.Tensor,
+                   gradient: torch.Tensor | None, targets: list[int], eigen_smooth: bool = False,
+                   batch_size: int | None = None, passes: nn.Module | None = None) -> np.ndarray:
+    """pytorch-grad-cam's class for ``method`` at ``layer``, fed the activation (and gradient) of a pass made
+    elsewhere instead of running its own: (batch, H, W) float32 maps in [0, 1], one per image and its target.
+
+    Perturbation methods still run their own passes on ``x`` (in batches of ``batch_size``), through
+    ``passes`` when given (e.g. a model that reports progress and keeps a deadline) instead of ``model``.
+    """
+    cam = cam_class(method)(passes if passes is not None else model, target_layers=[layer])
+    recorder = cam.activations_and_grads
+    try:
+        recorder.release()  # its hooks come off at once: the pass was made already
+        recorder.activations = [activation.detach().float().cpu()]
+        recorder.gradients = [gradient.detach().float().cpu()] if CAM_METHODS[method].kind == "gradient" else []
+        if batch_size is not None:
+            cam.batch_size = batch_size
+        per_layer = cam.compute_cam_per_layer(x, _targets(targets), eigen_smooth)
+        return np.asarray(cam.aggregate_multi_layers(per_layer), np.float32)
+    finally:
+        recorder.release()
+        recorder.activations = []
+        recorder.gradients = []
+        cam.model = None
+
+
+def library_call(model: nn.Module, method: str, layer: nn.Module, x: torch.Tensor, target: int,
+                 aug_smooth: bool = False, eigen_smooth: bool = False) -> np.ndarray:
+    """pytorch-grad-cam's own call (its own passes, e.g. test-time augmentation smoothing): one (H, W) map."""
+    inputs = x.clone().requires_grad_(CAM_METHODS[method].kind == "gradient")  # no weight gradients needed
+    cam = cam_class(method)(model, target_layers=[layer])
+    try:
+        with torch.enable_grad():
+            return np.asarray(cam(inputs, _targets([target]), aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)[0],
+                              np.float32)
+    finally:
+        cam.activations_and_grads.release()  # its hooks come off the model

@@ -1,0 +1,37 @@
+"""Texts a person reads, from the locale files in ``attnviz/locales`` (one JSON file per language).
+
+The app merges them into its translations; the HTML report of the batch CLI reads the English ones. The
+locale files hold the texts that more than one front end shows (each family's title and note, each record
+kind's caption); a new family adds its lines there.
+
+    text("family_eca")                  # "ResNet50 + ECA"
+    text("family_eca", "zh-CN")
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+LOCALES_DIR = Path(__file__).resolve().parent / "locales"
+LANGUAGES = ("en", "zh-CN")
+
+
+@cache
+def locale(language: str = "en") -> dict[str, str]:
+    """Every text of one language, by key."""
+    path = LOCALES_DIR / f"{language}.json"
+    if not path.is_file():
+        raise ValueError(f"no locale file for {language!r} in {LOCALES_DIR}; languages: {', '.join(LANGUAGES)}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def text(key: str, language: str = "en", default: str | None = None) -> str:
+    """One text; the English one when the language lacks it; ``default`` (or KeyError) when neither has it."""
+    found = locale(language).get(key, locale("en").get(key))
+    if found is None:
+        if default is None:
+            raise KeyError(key)
+        return default
+    return found
