@@ -1517,11 +1517,14 @@ def read_result(folder: Path) -> dict:
 
 
 def _upgrade_format_1(result: dict) -> dict:
-    """Format 1 had one "spatial" section, CBAM's (the only spatially gated model then); format 2 has one per
+    """Format 1 had one "spatial" section, that of the set's one spatially gated model; format 2 has one per
     model. Everything else is the same."""
     spatial = result.get("spatial") or {}
-    result = {**result, "format": 2, "spatial": {"cbam": spatial} if spatial else {}}
-    return result
+    gated = [v for v in result.get("variants", []) if "spatial" in family(v).kinds()]
+    if spatial and len(gated) != 1:
+        raise AttnvizError("an analysis.json of format 1 with spatial attention but not one spatially gated model; "
+                           "run python -m attnviz.analyze again")
+    return {**result, "format": 2, "spatial": {gated[0]: spatial} if spatial else {}}
 
 
 def analysis_dir(weights_dir: Path | str | None, set_name: str | None) -> Path:
