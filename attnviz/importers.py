@@ -13,11 +13,23 @@ safetensors with its preprocessing and the accuracy its publisher reports.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
+import importlib
+import importlib.util
+import io
+import logging
 import math
 import pickle
 import re
-from collections.abc import Callable, Iterable
+import ssl
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +55,15 @@ OFFICIAL_CBAM_REPO = "https://github.com/Jongchan/attention-module"
 TORCHVISION_WEIGHTS = ("V1", "V2")
 # torchvision's release files are named after the first 8 hex digits of their sha256.
 TORCHVISION_RELEASES = {"0676ba61": "V1", "11ad3fa6": "V2"}
+TORCHVISION_URL = "https://download.pytorch.org/models/resnet50-{}.pth"  # ResNet50_Weights.IMAGENET1K_V*.url
 TIMM_SE_TAG = "seresnet50.ra2_in1k"
 TIMM_SE_TOP1 = 80.26  # timm's results table for seresnet50.ra2_in1k at 224 px
+TIMM_SE_REPO = f"timm/{TIMM_SE_TAG}"  # its pretrained config's hf_hub_id
+TIMM_SE_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for in that repository, in this order
+PYTORCHCV_MODEL = "cbam_resnet50"
+# How long a source's host may take to answer before a download is called off as offline: the answer without
+# internet then comes within seconds, instead of after the libraries' retries.
+PROBE_TIMEOUT_S = 2.0
 OFFICIAL_CBAM_TOP1, OFFICIAL_CBAM_TOP5 = 77.62, 93.95  # the official repository's README
 # pytorchcv's file names carry the first 8 hex digits of their sha1: file, what it is, top-1, top-5 it reports.
 PYTORCHCV_RELEASES = {
@@ -305,43 +324,132 @@ def pytorchcv_release(path: Path | None, _: str | None = None) -> Release:
 
 def _network_errors() -> tuple[type[BaseException], ...]:
     # URLError, requests' and huggingface_hub's errors are OSErrors; torch.hub and pytorchcv raise
-    # RuntimeError / ValueError for a bad status or hash; httpx's errors are plain Exceptions.
+    # RuntimeError / ValueError for a bad status or hash; httpx's (and huggingface_hub's httpx2) are plain Exceptions.
     errors: list[type[BaseException]] = [OSError, RuntimeError, ValueError]
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
+    for module in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(module).HTTPError)
+        except (ImportError, AttributeError):
+            pass
     return tuple(errors)
 
 
-def _download_failed(source: str, exc: BaseException) -> AttnvizError:
-    return AttnvizError(f"cannot download {source} weights ({_first_line(exc, 80)}): no internet connection? "
-                        f"download the file on a machine with internet and pass --file PATH")
+def _unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the host of ``url`` gives no answer within ``timeout`` s, or None when it answers.
+
+    One HEAD request to the host's root through the proxies the environment names, as the download libraries use.
+    Any HTTP answer, even an error status or a certificate this Python refuses, counts as an answer: the library
+    then says what is wrong. The request runs in a thread so that a name lookup that hangs is bounded too.
+    """
+    parts = urllib.parse.urlsplit(url)
+    request = urllib.request.Request(f"{parts.scheme}://{parts.netloc}/", method="HEAD")
+    outcome: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(request, timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)
+        except urllib.error.URLError as exc:
+            outcome.append(None if isinstance(exc.reason, ssl.SSLError) else _first_line(exc.reason, 80))
+        except (OSError, http.client.HTTPException) as exc:
+            outcome.append(_first_line(exc, 80))
+
+    thread = threading.Thread(target=ask, name="attnviz-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+def _require_reachable(source: str, url: str, manual: str) -> None:
+    """Stop in one line, before the library starts its retries, when ``url``'s host cannot be reached."""
+    reason = _unreachable(url)
+    if reason is not None:
+        raise AttnvizError(f"{source} needs internet to download its weights, and {urllib.parse.urlsplit(url).netloc} "
+                           f"cannot be reached ({reason}); on a machine with internet download {manual}, "
+                           f"then pass the file with --file PATH")
+
+
+def _download_failed(source: str, exc: BaseException, manual: str) -> AttnvizError:
+    return AttnvizError(f"cannot download {source} weights ({_first_line(exc, 80)}); on a machine with internet "
+                        f"download {manual}, then pass the file with --file PATH")
+
+
+@contextlib.contextmanager
+def _library_notices_hidden() -> Iterator[None]:
+    """Hide the download libraries' retry notices and warnings: attnviz reports a failure once, in one line.
+
+    Progress bars (tqdm, on stderr) stay; pytorchcv's 'Downloading ... retrying' lines are prints, hence stdout.
+    """
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub_logger.setLevel(level)
+
+
+def torchvision_url(version: str) -> str:
+    """The URL of torchvision's ResNet50 release file ('V1' or 'V2'), without importing torchvision."""
+    prefix = {v: k for k, v in TORCHVISION_RELEASES.items()}[version]
+    return TORCHVISION_URL.format(prefix)
 
 
 def _download_torchvision(version: str | None) -> Path:
     """The release file in torch.hub's cache (where torchvision keeps it), downloaded and hash-checked if absent."""
-    weights = _torchvision_weights_enum(version or "V1")
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not cached.is_file():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        prefix = {v: k for k, v in TORCHVISION_RELEASES.items()}[version or "V1"]
-        try:
-            torch.hub.download_url_to_file(weights.url, str(cached), hash_prefix=prefix)
-        except _network_errors() as exc:
-            raise _download_failed("torchvision-resnet50", exc) from None
+    url = torchvision_url(version or "V1")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if cached.is_file():
+        return cached
+    _require_reachable("torchvision-resnet50", url, url)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _library_notices_hidden():
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=Path(url).stem.rsplit("-", 1)[1])
+    except _network_errors() as exc:
+        raise _download_failed("torchvision-resnet50", exc, url) from None
     return cached
 
 
-def _download_timm(_: str | None) -> dict[str, torch.Tensor]:
-    timm = _require("timm", "timm-seresnet50")
+def _download_timm(_: str | None) -> Path:
+    """timm's own file from the Hugging Face hub (safetensors first, as timm looks), or its cached copy."""
+    _require("timm", "timm-seresnet50")  # its pretrained config gives the preprocessing
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for name in TIMM_SE_FILES:
+        cached = try_to_load_from_cache(TIMM_SE_REPO, name)
+        if isinstance(cached, str):
+            return Path(cached)
+    url = f"{constants.ENDPOINT}/{TIMM_SE_REPO}/resolve/main/{TIMM_SE_FILES[0]}"
+    if constants.HF_HUB_OFFLINE:
+        raise AttnvizError(f"timm-seresnet50 needs to download its weights but HF_HUB_OFFLINE is set; unset it, or "
+                           f"on a machine with internet download {url}, then pass the file with --file PATH")
+    _require_reachable("timm-seresnet50", url, url)
     try:
-        model = timm.create_model(TIMM_SE_TAG, pretrained=True)  # timm reads it with weights_only=True
-    except _network_errors() as exc:
-        raise _download_failed("timm-seresnet50", exc) from None
-    return model.state_dict()
+        with _library_notices_hidden():
+            for name in TIMM_SE_FILES:
+                try:
+                    return Path(hf_hub_download(TIMM_SE_REPO, name, library_name="timm"))
+                except EntryNotFoundError:
+                    if name == TIMM_SE_FILES[-1]:
+                        raise
+    except (EntryNotFoundError, *_network_errors()) as exc:
+        raise _download_failed("timm-seresnet50", exc, url) from None
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def pytorchcv_url() -> tuple[str, str]:
+    """pytorchcv's cbam_resnet50 release: (the file name it caches, the URL of the zip it downloads it in)."""
+    from pytorchcv.models.common import model_store
+
+    error, sha1, tag = model_store.get_model_name_suffix_data(PYTORCHCV_MODEL)
+    name = f"{PYTORCHCV_MODEL}-{error}-{sha1[:8]}.pth"
+    return name, f"{model_store.imgclsmob_repo_url}/releases/download/{tag}/{name}.zip"
 
 
 def _download_pytorchcv(_: str | None) -> Path:
@@ -350,10 +458,14 @@ def _download_pytorchcv(_: str | None) -> Path:
 
     # Only the file: pytorchcv's own loader unpickles it in full, this module reads it weights-only.
     store = Path(torch.hub.get_dir()) / "pytorchcv"
+    name, url = pytorchcv_url()
+    if not (store / name).is_file():  # a cached file is hash-checked by get_model_file
+        _require_reachable("pytorchcv-cbam-resnet50", url, f"{url}, unzip it")
     try:
-        path = get_model_file("cbam_resnet50", local_model_store_dir_path=str(store))
+        with _library_notices_hidden():
+            path = get_model_file(PYTORCHCV_MODEL, local_model_store_dir_path=str(store))
     except _network_errors() as exc:
-        raise _download_failed("pytorchcv-cbam-resnet50", exc) from None
+        raise _download_failed("pytorchcv-cbam-resnet50", exc, f"{url}, unzip it") from None
     return Path(path)
 
 
@@ -362,14 +474,10 @@ def _no_download_official(_: str | None) -> dict[str, torch.Tensor]:
                        f"{OFFICIAL_CBAM_REPO} (linked in its README) and pass --file PATH")
 
 
-def _require(module: str, source: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
+def _require(module: str, source: str) -> None:
+    if importlib.util.find_spec(module) is None:
         raise AttnvizError(f"{source} needs the {module} package to download: pip install {module}, "
-                           f"or pass --file PATH") from None
+                           f"or pass --file PATH")
 
 
 SOURCES: dict[str, Source] = {
