@@ -6,7 +6,8 @@ lock and has forward hooks on
 * the target layers: their outputs on the image's own pass are kept as activations; the earliest becomes a
   leaf that needs a gradient, so backpropagation stops there (no deeper, no parameter gradients);
 * every attention gate the model's families declare: what each gate output on the image's own pass is kept as
-  that block's record (detached, float32).
+  that block's record (detached, float32); a gate named in ``replace`` outputs the given value instead, on
+  every pass (knock-out: the record then shows the value the network used).
 
 Only the image's own pass (``run``) is captured; later passes inside the same ``with`` block (Score-CAM's
 masked copies, pytorch-grad-cam's own call) go through unrecorded. Leaving the block removes every hook and
@@ -82,11 +83,28 @@ class Gate:
     spec: GateSpec
     module: nn.Module
 
+    @property
+    def key(self) -> str:
+        """The gate's name in knock-out specs, results and stored means: ``layer3.2:channel``."""
+        return f"{self.block}:{self.spec.name}"
+
 
 def model_gates(model: nn.Module) -> list[Gate]:
     """Every gate of every attention module of ``model``, in forward order."""
     return [Gate(block, entry, spec, module.get_submodule(spec.path))
             for block, entry, module in attention_blocks(model) for spec in entry.gates]
+
+
+def _replacement(value: torch.Tensor | float, output: torch.Tensor) -> torch.Tensor:
+    """What a knocked-out gate outputs instead of ``output``: a constant, or one image's values for every image
+    (a spatial map stored at another resolution is resized to the output's)."""
+    if not isinstance(value, torch.Tensor):
+        return torch.full_like(output, float(value))
+    value = value.to(device=output.device, dtype=output.dtype)
+    if value.dim() == 2 and tuple(value.shape) != tuple(output.shape[-2:]):
+        value = torch.nn.functional.interpolate(value[None, None], size=output.shape[-2:], mode="bilinear",
+                                                align_corners=False)[0, 0]
+    return value.reshape(output.shape[1:]).expand_as(output)
 
 
 def _as_record(kind: str, output: torch.Tensor) -> np.ndarray:
@@ -103,13 +121,17 @@ class Capture:
     """Hooks for one request on one model; see the module docstring."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str] = (), *, needs_grad: bool = False,
-                 records: bool = True) -> None:
+                 records: bool = True, replace: dict[str, torch.Tensor | float] | None = None) -> None:
+        """``replace``: gate key -> what the gate outputs instead, on every pass inside the capture (knock-out)."""
         self.model = model
         self.layers = list(dict.fromkeys(layers))
         self.needs_grad = needs_grad
-        self.want_records = records
+        self.replace = dict(replace or {})
         self.activations: dict[str, torch.Tensor] = {}
-        self.gates = model_gates(model) if records else []
+        self.gates = model_gates(model) if records or self.replace else []
+        unknown = set(self.replace) - {g.key for g in self.gates}
+        if unknown:
+            raise ValueError(f"no gate {sorted(unknown)[0]!r} in this model")
         self._records: list[np.ndarray | None] = [None] * len(self.gates)
         self._recording = False
         self._handles: list = []
@@ -123,7 +145,7 @@ class Capture:
             for name in self.layers:
                 self._handles.append(self.model.get_submodule(name).register_forward_hook(self._layer_hook(name)))
             for i, gate in enumerate(self.gates):
-                self._handles.append(gate.module.register_forward_hook(self._gate_hook(i, gate.spec.kind)))
+                self._handles.append(gate.module.register_forward_hook(self._gate_hook(i, gate)))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -147,11 +169,15 @@ class Capture:
 
         return hook
 
-    def _gate_hook(self, index: int, kind: str):
+    def _gate_hook(self, index: int, gate: Gate):
+        value = self.replace.get(gate.key)
+
         def hook(module, inputs, output):
+            if value is not None:
+                output = _replacement(value, output)
             if self._recording:
-                self._records[index] = _as_record(kind, output)
-            return None
+                self._records[index] = _as_record(gate.spec.kind, output)
+            return output if value is not None else None
 
         return hook
 
@@ -183,6 +209,10 @@ class Capture:
         grads = torch.autograd.grad(score, [self.activations[name] for name in self.layers],
                                     retain_graph=retain_graph)
         return dict(zip(self.layers, grads, strict=True))
+
+    def raw_records(self) -> list[np.ndarray | None]:
+        """Each gate's (batch, ...) record of the last pass, in the order of ``gates``."""
+        return list(self._records)
 
     def block_records(self) -> dict[str, dict[str, np.ndarray]]:
         """block -> record name -> (batch, ...) array, for every gate of the image's own pass."""

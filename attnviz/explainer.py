@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from attnviz.attention import family
-from attnviz.capture import Capture
+from attnviz.capture import Capture, model_gates
 from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, load_image, preprocess
+from attnviz.knockout import KNOCKOUT_VALUES, check_spec, parse_knockout, replacements
 from attnviz.methods import CAM_METHODS
 from attnviz.models import TARGET_LAYERS
 from attnviz.pgc_adapter import library_call, maps_from_pass
@@ -39,6 +40,7 @@ from attnviz.results import (
     BlockAttention,
     Explanation,
     GridResult,
+    KnockoutResult,
     ModelResult,
     Prediction,
     masks_iou,
@@ -69,6 +71,8 @@ class ExplainSettings:
     time_limit: float | None = 300.0  # seconds for the slow methods, per request
     score_cam_batch: int = 32
     precision: str = "fp32"  # "bf16": the image's own pass under bfloat16 autocast; maps and records stay float32
+    knockout: str | None = None  # gates to switch off, e.g. "layer4.*:spatial" (attnviz.knockout); None: none
+    knockout_value: str = "identity"  # what a switched-off gate outputs: "identity" (1) or "mean"
 
     def validate(self, classes: list[str]) -> None:
         if self.method not in CAM_METHODS:
@@ -81,6 +85,9 @@ class ExplainSettings:
             raise AttnvizError("top-k must be at least 1")
         if self.precision not in PRECISIONS:
             raise AttnvizError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.knockout_value not in KNOCKOUT_VALUES:
+            raise AttnvizError(f"unknown knock-out value {self.knockout_value!r}; choose one of "
+                               f"{', '.join(KNOCKOUT_VALUES)}")
 
 
 ProgressCallback = Callable[[float, str], None]
@@ -128,15 +135,22 @@ class _DeadlineModel(nn.Module):
 class ModelExplainer:
     """One model of a set, explained through the capture core (which owns its hooks and its lock)."""
 
-    def __init__(self, variant: str, model: nn.Module, classes: list[str]) -> None:
+    def __init__(self, variant: str, model: nn.Module, classes: list[str],
+                 gate_means: Callable[[], dict[str, torch.Tensor]] | None = None) -> None:
+        """``gate_means``: loads the stored mean output of every gate (for knock-out with value "mean")."""
         self.variant = variant
         self.model = model.eval()
         self.classes = classes
+        self.gates = model_gates(self.model)
+        self._gate_means = gate_means
         for p in self.model.parameters():  # inference only: no parameter ever needs a gradient
             p.requires_grad_(False)
 
     def layer(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
+
+    def gate_means(self) -> dict[str, torch.Tensor] | None:
+        return None if self._gate_means is None else self._gate_means()
 
     def explain(
         self,
@@ -144,18 +158,42 @@ class ModelExplainer:
         settings: ExplainSettings,
         progress: ProgressCallback | None = None,
         deadline: float | None = None,
+        knockout_gates: set[str] | None = None,
     ) -> ModelResult:
-        """One image (a batch of one): top-k, the heatmap of the target class and every block's attention."""
+        """One image (a batch of one): top-k, the heatmap of the target class and every block's attention; with
+        ``settings.knockout``, the same again with those gates switched off (``knockout_gates``: the gate names
+        the spec may use, default this model's)."""
         started = time.perf_counter()
+        probabilities, heatmap, attention = self._pass(x, settings, settings.target, progress, deadline)
+        order = np.argsort(-probabilities, kind="stable")
+        target_index = int(order[0]) if settings.target is None else settings.target
+        result = ModelResult(
+            variant=self.variant,
+            probabilities=probabilities,
+            top=self._top(probabilities, settings.top_k),
+            target=Prediction(target_index, self.classes[target_index], float(probabilities[target_index])),
+            heatmap=heatmap,
+            attention=attention,
+            seconds=0.0,
+        )
+        if settings.knockout:
+            result.knockout = self._knockout(x, settings, result, progress, deadline, knockout_gates)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _top(self, probabilities: np.ndarray, k: int) -> list[Prediction]:
+        order = np.argsort(-probabilities, kind="stable")
+        return [Prediction(int(i), self.classes[i], float(probabilities[i])) for i in order[: min(k, len(order))]]
+
+    def _pass(self, x: torch.Tensor, settings: ExplainSettings, target: int | None, progress, deadline,
+              replace: dict | None = None) -> tuple[np.ndarray, np.ndarray, list[BlockAttention]]:
+        """Probabilities, the heatmap of ``target`` (None: the top-1) and the records of one capture."""
         method = CAM_METHODS[settings.method]
         needs_grad = method.kind == "gradient" and not settings.aug_smooth
-        with Capture(self.model, [settings.layer], needs_grad=needs_grad) as capture:
+        with Capture(self.model, [settings.layer], needs_grad=needs_grad, replace=replace) as capture:
             logits = capture.run(x, settings.precision)
             probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
-            order = np.argsort(-probabilities, kind="stable")
-            top = [Prediction(int(i), self.classes[i], float(probabilities[i]))
-                   for i in order[: min(settings.top_k, len(order))]]
-            target_index = int(order[0]) if settings.target is None else settings.target
+            target_index = int(np.argmax(probabilities)) if target is None else target
             layer = self.layer(settings.layer)
             if settings.aug_smooth:  # several passes on altered copies: pytorch-grad-cam's own call
                 heatmap = library_call(self.model, settings.method, layer, x, target_index, aug_smooth=True,
@@ -170,14 +208,30 @@ class ModelExplainer:
                                          gradient, [target_index], settings.eigen_smooth, settings.score_cam_batch,
                                          passes)[0]
             attention = capture.records(0)
-        return ModelResult(
-            variant=self.variant,
+        return probabilities, np.asarray(heatmap, np.float32), attention
+
+    def _knockout(self, x, settings: ExplainSettings, trained: ModelResult, progress, deadline,
+                  knockout_gates: set[str] | None) -> KnockoutResult:
+        """The same image and target class with the spec's gates switched off; unaffected without such gates."""
+        chosen = parse_knockout(settings.knockout, self.gates, knockout_gates)
+        means = self.gate_means() if settings.knockout_value == "mean" and chosen else None
+        replace = replacements(chosen, settings.knockout_value, means)
+        target = trained.target.index
+        if chosen:
+            probabilities, heatmap, attention = self._pass(x, settings, target, progress, deadline, replace)
+        else:
+            probabilities, heatmap, attention = trained.probabilities, trained.heatmap, trained.attention
+        return KnockoutResult(
+            spec=settings.knockout,
+            value=settings.knockout_value,
+            gates=[g.key for g in chosen],
             probabilities=probabilities,
-            top=top,
-            target=Prediction(target_index, self.classes[target_index], float(probabilities[target_index])),
-            heatmap=np.asarray(heatmap, np.float32),
+            top=self._top(probabilities, settings.top_k),
+            target=Prediction(target, self.classes[target], float(probabilities[target])),
+            heatmap=heatmap,
             attention=attention,
-            seconds=time.perf_counter() - started,
+            target_change=float(probabilities[target] - trained.target.probability),
+            iou_top20=top_region_iou(trained.heatmap, heatmap),
         )
 
     def explain_grid(self, x: torch.Tensor, methods: list[str], layers: list[str], targets: list[int],
@@ -234,7 +288,8 @@ class Explainer:
 
     def __init__(self, model_set: LoadedSet) -> None:
         self.model_set = model_set
-        self.explainers = {v: ModelExplainer(v, m, model_set.classes) for v, m in model_set.models.items()}
+        self.explainers = {v: ModelExplainer(v, m, model_set.classes, model_set.gate_means_loader(v))
+                           for v, m in model_set.models.items()}
 
     @property
     def classes(self) -> list[str]:
@@ -261,13 +316,17 @@ class Explainer:
         settings = replace(settings or ExplainSettings(), **overrides)
         settings.validate(self.classes)
         variants = self._chosen(settings.variants)
+        gate_names = {g.spec.name for v in variants for g in self.explainers[v].gates}
+        if settings.knockout:
+            check_spec(settings.knockout, gate_names)  # one line for a bad spec, before any model runs
         prepared = preprocess(load_image(image), self.model_set.preprocessing)
         deadline = None if settings.time_limit is None else time.perf_counter() + settings.time_limit
         result = Explanation(view=prepared.view, classes=self.classes, set_name=self.model_set.name, settings=settings)
         for i, variant in enumerate(variants):
             if progress is not None:
                 progress(i / len(variants), f"{family(variant).title}: {CAM_METHODS[settings.method].label}")
-            result.results[variant] = self.explainers[variant].explain(prepared.tensor, settings, progress, deadline)
+            result.results[variant] = self.explainers[variant].explain(prepared.tensor, settings, progress, deadline,
+                                                                       gate_names)
         names = list(result.results)
         regions = {name: top_region_mask(result.results[name].heatmap) for name in names}
         for i, a in enumerate(names):

@@ -18,7 +18,7 @@ from attnviz.capture import BlockAttention
 if TYPE_CHECKING:
     from attnviz.explainer import ExplainSettings
 
-__all__ = ["BlockAttention", "Prediction", "ModelResult", "Explanation", "GridResult", "BatchResult",
+__all__ = ["BlockAttention", "Prediction", "KnockoutResult", "ModelResult", "Explanation", "GridResult", "BatchResult",
            "top_region_mask", "masks_iou", "top_region_iou"]
 
 
@@ -30,6 +30,39 @@ class Prediction:
 
 
 @dataclass
+class KnockoutResult:
+    """One model's answer with some attention gates switched off, next to its answer as trained."""
+
+    spec: str  # the knock-out spec asked for, e.g. "layer4.*:spatial"
+    value: str  # what the gates output instead: "identity" (1) or "mean" (their mean over validation scenes)
+    gates: list[str]  # the gates switched off in this model ("layer4.0:spatial", ...); empty: unaffected
+    probabilities: np.ndarray
+    top: list[Prediction]
+    target: Prediction  # the class the trained model's heatmap explains, with its probability now
+    heatmap: np.ndarray  # that class's heatmap with the gates off
+    attention: list[BlockAttention]  # the records as the network ran (a switched-off gate shows its value)
+    target_change: float  # the target's probability now minus as trained
+    iou_top20: float  # IoU of the top-20 % regions of the heatmaps as trained and with the gates off
+
+    @property
+    def affected(self) -> bool:
+        return bool(self.gates)
+
+    def summary(self) -> dict:
+        return {
+            "spec": self.spec,
+            "value": self.value,
+            "gates": self.gates,
+            "affected": self.affected,
+            "note": "" if self.affected else "this model has none of these gates: unaffected",
+            "top": [vars(p) for p in self.top],
+            "target": vars(self.target),
+            "target_probability_change": round(self.target_change, 6),
+            "iou_top20": round(self.iou_top20, 4),
+        }
+
+
+@dataclass
 class ModelResult:
     variant: str
     probabilities: np.ndarray  # (classes,) softmax of the image's own pass
@@ -38,6 +71,7 @@ class ModelResult:
     heatmap: np.ndarray  # (H, W) float32 in [0, 1], scaled to its own maximum
     attention: list[BlockAttention]  # one per attention block, in forward order; empty without attention
     seconds: float
+    knockout: KnockoutResult | None = None  # the same with gates switched off, when asked for
 
     @property
     def title(self) -> str:
@@ -67,6 +101,7 @@ class Explanation:
                     "top": [vars(p) for p in r.top],
                     "target": vars(r.target),
                     "seconds": round(r.seconds, 4),
+                    **({"knockout": r.knockout.summary()} if r.knockout is not None else {}),
                 }
                 for v, r in self.results.items()
             },

@@ -240,7 +240,11 @@ def _check_safetensors_header(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
-    if any(head.startswith(magic) for magic in PICKLE_MAGIC):
+        brace = fh.read(1)
+    # A safetensors header length can begin with a pickle's bytes (640 = b"\x80\x02..."): a file whose first
+    # 8 bytes give a length that fits and whose header then opens with "{" is safetensors, not a pickle.
+    fits = len(head) == 8 and struct.unpack("<Q", head)[0] <= size - 8 and brace == b"{"
+    if not fits and any(head.startswith(magic) for magic in PICKLE_MAGIC):
         raise AttnvizError(
             f"{path}: is a pickle (.pth) file, which is never loaded here; convert it with "
             f"python -m attnviz.weights import or add"
@@ -346,10 +350,27 @@ class LoadedSet:
 
     info: ModelSet
     models: dict[str, nn.Module]
+    weights_dir: Path | None = None
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    def gate_means_loader(self, variant: str):
+        """A function that reads (once, sha256 checked) the stored mean output of each of the model's gates,
+        ``"layer3.2:channel" -> tensor``; None when the manifest names no such file for the model."""
+        ref = self.info.models[variant].extra.get("gate_means")
+        if not ref or self.weights_dir is None:
+            return None
+        path, expected = self.weights_dir / ref["file"], ref["sha256"]
+        cache: dict[str, dict[str, torch.Tensor]] = {}
+
+        def load() -> dict[str, torch.Tensor]:
+            if "means" not in cache:
+                cache["means"] = {k: v.float() for k, v in read_safetensors(path, expected).items()}
+            return cache["means"]
+
+        return load
 
     @property
     def classes(self) -> list[str]:
@@ -371,7 +392,7 @@ def load_model_set(
     info = manifest.get(name)
     wanted = [v for v in info.models if variants is None or v in variants]
     models = {v: load_model(info.models[v], manifest.weights_dir, device) for v in wanted}
-    return LoadedSet(info=info, models=models)
+    return LoadedSet(info=info, models=models, weights_dir=manifest.weights_dir)
 
 
 def verify(manifest: Manifest, set_name: str | None = None) -> list[tuple[str, str, str]]:

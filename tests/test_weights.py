@@ -157,3 +157,16 @@ def test_cli_unknown_set_is_one_error_line_with_exit_2(pristine, capsys):
     assert main(["verify", "--set", "nope", "--weights-dir", str(pristine)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: model set 'nope'") and err.count("\n") == 1
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle_is_read(tmp_path):
+    """A header of 640 bytes is written b"\\x80\\x02\\0..." : the bytes of a pickle's protocol-2 opening."""
+    import struct
+
+    path = tmp_path / "means.safetensors"
+    for pad in range(600):
+        write_safetensors({"x": torch.ones(3)}, path, metadata={"pad": "p" * pad})
+        if struct.unpack("<Q", path.read_bytes()[:8])[0] == 640:
+            break
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert torch.equal(read_safetensors(path)["x"], torch.ones(3))
