@@ -372,6 +372,12 @@ def _require_reachable(source: str, url: str, manual: str) -> None:
 
 
 def _download_failed(source: str, exc: BaseException, manual: str) -> AttnvizError:
+    # The innermost cause says what happened (a 404, a refused connection); wrappers such as the hub's
+    # "cannot find the requested files in the local cache" only say that something did.
+    for _ in range(8):
+        if exc.__cause__ is None and exc.__context__ is None:
+            break
+        exc = exc.__cause__ or exc.__context__
     return AttnvizError(f"cannot download {source} weights ({_first_line(exc, 80)}); on a machine with internet "
                         f"download {manual}, then pass the file with --file PATH")
 
