@@ -203,7 +203,7 @@ mapfile -d '' health_cmd < <(as_array "$health_json")
 # --------------------------------------------------------------------------- 3. the app in the image
 free_port() { "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 write_probe='me=$(id -u); bad=0
-for d in /app /app/attnviz /app/weights /app/weights/builtin /opt/venv/bin; do
+for d in /app /app/attnviz /app/weights /app/weights/builtin /opt/venv/bin /opt/venv/lib/python3*/site-packages; do
   if (: >"$d/.attnviz-write-probe") 2>/dev/null; then echo "uid $me can write into $d"; rm -f "$d/.attnviz-write-probe"; bad=1; fi
 done
 for f in /app/app.py /app/attnviz/__init__.py /app/weights/manifest.json /app/weights/builtin/cbam.safetensors; do
