@@ -1,20 +1,33 @@
-"""The ``attnviz`` command: explain images in batch into a self-contained HTML report.
+"""The ``attnviz`` command: explain images in batch into a report that opens from disk.
 
-    attnviz explain PATH... --out DIR [--set NAME] [--models resnet50 se cbam] [--method gradcam] ...
+    attnviz explain PATH... --out DIR [--set NAME] [--models resnet50 se cbam] [--method gradcam] [--per-page 100]
     attnviz weights list|verify|import|add ...     (the same as python -m attnviz.weights)
     attnviz app [--port P] ...                      (the same as python app.py, from a source checkout)
 
 ``explain`` runs the app's path (``Explainer.explain`` then ``render_explanation``) on every image file
-given or found under a folder. Each image gets a folder in DIR with its pictures and ``summary.json``;
-``DIR/report.html`` shows them all side by side with no server and nothing fetched from outside. A
-re-run skips the images whose folder already holds the result for the same file content and settings.
+given or found under a folder. Each image gets a folder in DIR with its full-size PNGs, a WebP preview of
+each picture the report shows (at the widest size the report shows it) and ``summary.json``, written last.
+A re-run skips the images whose folder already holds the result for the same file content and settings.
+
+The report is static HTML with no server and nothing fetched from outside: ``DIR/report.html`` is the index
+(the settings, one row per image with each model's top-1 and a link to its page, the files that failed) and
+``DIR/report-1.html``, ``report-2.html``, ... hold ``--per-page`` images each, side by side as the app shows
+them, every preview linked to its full-size PNG.
+
+The previews are files referenced by relative links, not data URIs embedded in the pages. Relative links
+work from file://, and the pages link each image's full-size PNGs and summary.json in DIR anyway: the report
+is DIR, to be moved or zipped whole. With files, a page of a hundred images is under 1 MB of HTML that opens
+at once, and the browser reads only the previews scrolled to (``loading="lazy"``); embedded, the same page
+would be about 25 MB (base64 adds a third) that the browser must parse whole before it shows anything. A
+preview is also written once, with its image, instead of being read and encoded again each time a run
+rewrites the report.
+
 Exit status: 0 when every image was explained, 1 when any failed, 2 on a usage or model-set error.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import html
 import importlib.util
@@ -23,6 +36,7 @@ import re
 import shutil
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,10 +48,17 @@ if TYPE_CHECKING:  # the command starts without importing torch; the explain com
     from attnviz.weights import ModelSet
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-OUTPUT_FORMAT = 1  # part of every image's run key: raise it when the files written per image change
+OUTPUT_FORMAT = 2  # part of every image's run key: raise it when the files written per image change
 SUMMARY_NAME = "summary.json"
-REPORT_NAME = "report.html"
+REPORT_NAME = "report.html"  # the index; the pages of images are report-1.html, report-2.html, ...
+PAGE_NAME = "report-{number}.html"
+PAGE_PATTERN = re.compile(r"report-([0-9]+)\.html", re.IGNORECASE)
+PER_PAGE = 100  # images per page: a page of previews loads in a moment; thousands of images make tens of pages
 TOP_K = 5
+PREVIEW_SUFFIX = ".webp"
+PREVIEW_QUALITY = 80  # lossy WebP: about a sixth of the PNG's bytes, with the figures' text still sharp
+# The widest (CSS px) the report shows each picture at (REPORT_CSS): its preview is never wider.
+VIEW_WIDTH, COLUMN_WIDTH, COMPARISON_WIDTH = 220, 540, 1100
 
 
 class UsageError(Exception):
@@ -105,10 +126,14 @@ def _name_folders(jobs: list[ImageJob]) -> None:
         if len(name) > 100:
             name = f"{name[:90]}-{hashlib.sha1(job.label.encode()).hexdigest()[:8]}"
         candidate, n = name, 2
-        while candidate.lower() in used or candidate == REPORT_NAME:
+        while candidate.lower() in used or _is_report_file(candidate):
             candidate, n = f"{name}-{n}", n + 1
         used.add(candidate.lower())
         job.folder = candidate
+
+
+def _is_report_file(name: str) -> bool:
+    return name.lower() == REPORT_NAME or PAGE_PATTERN.fullmatch(name) is not None
 
 
 # --------------------------------------------------------------------------- one run's settings
@@ -220,18 +245,46 @@ def explain_one(job: ImageJob, run: Run, out_dir: Path, progress=None) -> None:
     staging = out_dir / f".incoming-{job.folder}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    previews = {}
     for name, pixels in images.items():
-        Image.fromarray(pixels).save(staging / name, format="PNG")
+        picture = Image.fromarray(pixels)
+        picture.save(staging / name, format="PNG")
+        width = preview_width(name)
+        if width:
+            previews[name] = _save_preview(picture, staging / Path(name).with_suffix(PREVIEW_SUFFIX), width)
     summary = explanation.summary()
     summary["classes"] = list(explanation.classes)
     summary["render"] = {"colormap": run.colormap, "opacity": run.opacity}
-    summary["files"] = list(images)
+    summary["files"] = list(images) + [preview["file"] for preview in previews.values()]
+    summary["previews"] = previews
     summary["run"] = {"key": run.key(job.sha256), "source": str(job.path), "source_sha256": job.sha256}
     (staging / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     final = out_dir / job.folder
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
+
+
+def preview_width(name: str) -> int | None:
+    """The widest the report shows the picture ``name`` at, or None for one it does not show."""
+    if name == "view.png":
+        return VIEW_WIDTH
+    if name.endswith("_top_k.png"):  # the report draws the top-k as a table
+        return None
+    if name in ("difference_maps.png", "agreement.png"):
+        return COMPARISON_WIDTH
+    return COLUMN_WIDTH  # a model's overlay and attention figures, in its column
+
+
+def _save_preview(picture, path: Path, width: int) -> dict:
+    """A lossy WebP of ``picture`` at most ``width`` pixels wide (never enlarged); its file name and size."""
+    from PIL import Image
+
+    if picture.width > width:
+        picture = picture.resize((width, max(1, round(picture.height * width / picture.width))),
+                                 Image.Resampling.LANCZOS)
+    picture.save(path, format="WEBP", quality=PREVIEW_QUALITY)  # method 6 saves 4 % for twice the time
+    return {"file": path.name, "width": picture.width, "height": picture.height}
 
 
 def _content_hash(path: Path) -> str:
@@ -271,13 +324,21 @@ def process(job: ImageJob, run: Run, out_dir: Path, force: bool, progress=None) 
 # --------------------------------------------------------------------------- the report
 
 REPORT_CSS = """
-:root { color-scheme: light; --line: #d0d7de; --muted: #57606a; --bar: #9aa5b1; --hit: #d62728; }
+:root { color-scheme: light; --line: #d0d7de; --muted: #57606a; --bar: #9aa5b1; --hit: #d62728; --mark: #fff1c2; }
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "PingFang SC", "Microsoft YaHei",
        sans-serif; margin: 1.5rem; color: #1f2328; line-height: 1.4; }
 h1 { margin-top: 0; } h2 { border-bottom: 1px solid var(--line); padding-bottom: .3rem; margin-top: 2.5rem; }
 table.meta { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .92em; }
 table.meta th, table.meta td { text-align: left; padding: .2rem .8rem .2rem 0; vertical-align: top; }
 .muted, .note { color: var(--muted); font-size: .9em; }
+nav.pages { margin: 1rem 0; font-size: .95em; } nav.pages a, nav.pages b { margin-right: .6rem; }
+table.images { border-collapse: collapse; font-size: .92em; }
+table.images th, table.images td { text-align: left; padding: .25rem .9rem .25rem 0; vertical-align: middle;
+                                   border-bottom: 1px solid var(--line); }
+table.images td.n { color: var(--muted); text-align: right; }
+table.images a.image { display: flex; align-items: center; gap: .6rem; overflow-wrap: anywhere; }
+table.images img.thumb { width: 56px; flex: 0 0 56px; }
+table.images td.differs { background: var(--mark); }
 .row { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
 .view { flex: 0 0 220px; } .view img { width: 220px; }
 .model { flex: 1 1 300px; min-width: 280px; max-width: 560px; border: 1px solid var(--line); border-radius: 6px;
@@ -295,8 +356,22 @@ tr.target .bar span { background: var(--hit); } tr.target td.name { font-weight:
 table.failed { border-collapse: collapse; } table.failed td { padding: .3rem .8rem .3rem 0; vertical-align: top; }
 table.failed td.path { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: nowrap; }
 footer { margin-top: 3rem; }
-@media print { .model { break-inside: avoid; } section.image { break-before: page; } }
+@media print { .model { break-inside: avoid; } section.image { break-before: page; } nav.pages { display: none; } }
 """
+
+
+@dataclass
+class Report:
+    """The files of one report: the index, its pages, and how many bytes they and the previews they show take."""
+
+    index: Path
+    pages: list[Path]
+    images: int
+    size: int
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.size / max(1, self.images)
 
 
 def _n_images(count: int) -> str:
@@ -307,16 +382,24 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def _href(*parts: str) -> str:
+    """A relative link to a file inside the output folder, from a page in it."""
+    return _e("/".join(urllib.parse.quote(part) for part in parts))
 
 
-def _img(folder: Path, name: str, alt: str, css: str = "") -> str:
-    path = folder / name
-    if not path.is_file():
+def _page_name(number: int) -> str:
+    return PAGE_NAME.format(number=number)
+
+
+def _figure(folder: str, summary: dict, name: str, alt: str, css: str = "") -> str:
+    """The preview of picture ``name``, linked to its full-size PNG; nothing when the image has no such picture."""
+    preview = summary.get("previews", {}).get(name)
+    if not preview:
         return ""
     cls = f' class="{css}"' if css else ""
-    return f'<img{cls} src="{_data_uri(path)}" alt="{_e(alt)}" loading="lazy">'
+    return (f'<a href="{_href(folder, name)}" title="full size"><img{cls} src="{_href(folder, preview["file"])}" '
+            f'width="{preview["width"]}" height="{preview["height"]}" alt="{_e(alt)}" loading="lazy" '
+            f'decoding="async"></a>')
 
 
 def _top_table(model: dict) -> str:
@@ -330,21 +413,22 @@ def _top_table(model: dict) -> str:
     return f'<table class="top">{"".join(rows)}</table>'
 
 
-def _model_column(folder: Path, variant: str, model: dict) -> str:
-    target = model["target"]
-    parts = [
-        f'<div class="model" id="{_e(folder.name)}-{variant}"><h3>{_e(model["title"])}</h3>',
-        f'<div class="muted">explains <b>{_e(target["name"])}</b> ({target["probability"]:.1%}) · '
-        f'{model["seconds"]:.2f} s</div>',
-        _img(folder, f"{variant}_overlay.png", f"{model['title']}: CAM heatmap", "overlay"),
-        f'<div class="caption">Top-{len(model["top"])} (red: the class the heatmap explains)</div>',
-        _top_table(model),
-    ]
+def _model_column(folder: str, summary: dict, variant: str) -> str:
     from attnviz.attention import RECORD_KINDS
     from attnviz.texts import text
 
+    model = summary["models"][variant]
+    target = model["target"]
+    parts = [
+        f'<div class="model" id="{_e(folder)}-{_e(variant)}"><h3>{_e(model["title"])}</h3>',
+        f'<div class="muted">explains <b>{_e(target["name"])}</b> ({target["probability"]:.1%}) · '
+        f'{model["seconds"]:.2f} s</div>',
+        _figure(folder, summary, f"{variant}_overlay.png", f"{model['title']}: CAM heatmap", "overlay"),
+        f'<div class="caption">Top-{len(model["top"])} (red: the class the heatmap explains)</div>',
+        _top_table(model),
+    ]
     for kind in RECORD_KINDS.values():  # the figures each record kind gave, as the app shows them
-        figure = _img(folder, f"{variant}_{kind.figure}.png", f"{model['title']}: {kind.key} attention")
+        figure = _figure(folder, summary, f"{variant}_{kind.figure}.png", f"{model['title']}: {kind.key} attention")
         if figure:
             parts += [f'<div class="caption">{_e(text(f"kind_{kind.key}"))}</div>', figure]
     note = text(f"family_{variant}_note", default="")
@@ -359,32 +443,31 @@ def _markdown_bold(markdown: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", _e(markdown))
 
 
-def _image_section(index: int, job: ImageJob, out_dir: Path) -> str:
+def _image_section(job: ImageJob, summary: dict) -> str:
     from attnviz.models import VARIANT_TITLES
 
-    folder = out_dir / job.folder
-    summary = _read_summary(folder) or {}
-    models = summary.get("models", {})
+    folder = job.folder
     agreement = ", ".join(
         f"{VARIANT_TITLES.get(a, a)} / {VARIANT_TITLES.get(b, b)} {iou:.2f}"
         for (a, b), iou in ((pair.split("|"), iou) for pair, iou in summary.get("agreement_top20_iou", {}).items()))
     status = "finished in an earlier run" if job.status == "skipped" else "explained in this run"
-    columns = "\n".join(_model_column(folder, variant, model) for variant, model in models.items())
+    columns = "\n".join(_model_column(folder, summary, variant) for variant in summary.get("models", {}))
     comparison = ""
-    difference = _img(folder, "difference_maps.png", "difference maps")
+    difference = _figure(folder, summary, "difference_maps.png", "difference maps")
     if difference:
         comparison += f'<div class="caption">Difference maps</div>{difference}'
     comparison += (f'<div class="caption">Agreement (IoU of the top-20 % regions) and time per model</div>'
-                   f'{_img(folder, "agreement.png", "agreement and time per model")}')
+                   f'{_figure(folder, summary, "agreement.png", "agreement and time per model")}')
     if agreement:
         comparison += f'<p class="muted">IoU of the top-20 % regions: {_e(agreement)}</p>'
     return f"""
-<section class="image" id="image-{index}">
+<section class="image" id="{_e(folder)}">
 <h2>{_e(job.label)}</h2>
 <p class="muted">{_e(status)} · sha256 {_e(job.sha256[:12])}… ·
- results in <a href="{_e(job.folder)}/{SUMMARY_NAME}">{_e(job.folder)}/</a></p>
+ full-size pictures and results in <a href="{_href(folder, SUMMARY_NAME)}">{_e(folder)}/</a></p>
 <div class="row">
-<div class="view"><div class="caption">The view every model saw</div>{_img(folder, "view.png", "model input")}</div>
+<div class="view"><div class="caption">The view every model saw</div>
+{_figure(folder, summary, "view.png", "model input")}</div>
 {columns}
 </div>
 <div class="comparison"><h3>Comparison</h3>
@@ -424,57 +507,149 @@ def _settings_table(run: Run) -> str:
     return f'<table class="meta">{body}</table>'
 
 
-def write_report(jobs: list[ImageJob], run: Run, out_dir: Path, interrupted: bool = False) -> Path:
-    """``report.html``: every finished image side by side, the settings, the set and the failed files."""
+def _html_page(run: Run, title: str, body: str) -> str:
+    """One page of the report: ``body`` with the style, the glossary and the credit every page carries."""
     from attnviz.weights import BUILTIN_SET
 
-    shown = [j for j in jobs if j.status in ("done", "skipped")]
-    failed = [j for j in jobs if j.status == "failed"]
-    counts = (f"{_n_images(len(jobs))}: {sum(j.status == 'done' for j in jobs)} explained in this run, "
-              f"{sum(j.status == 'skipped' for j in jobs)} finished earlier, {len(failed)} failed"
-              + (", the run was interrupted" if interrupted else ""))
-    contents = "".join(f'<li><a href="#image-{i}">{_e(j.label)}</a></li>' for i, j in enumerate(shown))
-    if failed:
-        contents += '<li><a href="#failed">Files that failed</a></li>'
-    sections = "".join(_image_section(i, j, out_dir) for i, j in enumerate(shown))
-    failed_rows = "".join(f'<tr><td class="path">{_e(j.label)}</td><td>{_e(j.reason)}</td></tr>' for j in failed)
-    failed_html = (f'<h2 id="failed">Files that failed ({len(failed)})</h2><table class="failed">{failed_rows}</table>'
-                   if failed else "")
     credit = ""
     if run.info.name == BUILTIN_SET:
         from attnviz.scenes import attribution
 
         credit = (f'<p class="muted">The built-in set was trained on generated scenes drawn with OpenMoji glyphs. '
                   f'{_e(attribution())}</p>')
-    page = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>attnviz report: {_e(run.info.name)}</title>
+<title>{_e(title)}</title>
 <style>{REPORT_CSS}</style>
 </head>
 <body>
-<h1>attnviz report</h1>
-<p>{_e(counts)}. Written {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>
-{_settings_table(run)}
-<ul>{contents}</ul>
-{sections}
-{failed_html}
+{body}
 <footer class="muted">
 <p>A CAM heatmap marks the parts of the image that most raised the score of the target class, seen from the
-target layer; channel attention is the weight (0 to 1) SE or CBAM gave each channel of each block on this image;
-CBAM's spatial attention is its weight (0 to 1) for each position.</p>
+target layer; channel attention is the weight (0 to 1) a model's attention modules gave each channel of each
+block on this image; spatial attention is their weight (0 to 1) for each position. Each picture is a preview:
+click it for the full-size PNG.</p>
 {credit}
 </footer>
 </body>
 </html>
 """
-    path = out_dir / REPORT_NAME
-    staging = out_dir / f".{REPORT_NAME}.incoming"
-    staging.write_text(page, encoding="utf-8")
+
+
+def _page_nav(number: int, count: int) -> str:
+    links = [f'<a href="{REPORT_NAME}">Index</a>']
+    if number > 1:
+        links.append(f'<a href="{_page_name(number - 1)}" rel="prev">‹ Page {number - 1}</a>')
+    links.append(f"<b>Page {number} of {count}</b>")
+    if number < count:
+        links.append(f'<a href="{_page_name(number + 1)}" rel="next">Page {number + 1} ›</a>')
+    return f'<nav class="pages">{"".join(links)}</nav>'
+
+
+def _image_page(run: Run, number: int, pages: list[list[ImageJob]], summaries: dict, total: int) -> str:
+    jobs = pages[number - 1]
+    first = sum(len(page) for page in pages[:number - 1]) + 1
+    contents = "".join(f'<li><a href="#{_e(j.folder)}">{_e(j.label)}</a></li>' for j in jobs)
+    nav = _page_nav(number, len(pages))
+    last = first + len(jobs) - 1
+    span = f"Image {first}" if last == first else f"Images {first}–{last}"
+    body = (f"<h1>attnviz report: page {number} of {len(pages)}</h1>\n"
+            f"<p>{span} of the {_n_images(total)} shown; the settings and every "
+            f'image are on the <a href="{REPORT_NAME}">index</a>.</p>\n{nav}\n<ul>{contents}</ul>\n'
+            + "".join(_image_section(j, summaries[j.folder]) for j in jobs) + f"\n{nav}")
+    return _html_page(run, f"attnviz report: {run.info.name}, page {number}", body)
+
+
+def _top1_cells(summary: dict, variants: tuple[str, ...]) -> str:
+    models = summary.get("models", {})
+    tops = [models[v]["top"][0] if v in models and models[v]["top"] else None for v in variants]
+    first = tops[0]["index"] if tops and tops[0] else None
+    cells = []
+    for top in tops:
+        if top is None:
+            cells.append('<td class="muted">–</td>')
+        else:
+            cls = ' class="differs"' if top["index"] != first else ""
+            cells.append(f'<td{cls}>{_e(top["name"])} {top["probability"]:.1%}</td>')
+    return "".join(cells)
+
+
+def _index_table(run: Run, pages: list[list[ImageJob]], summaries: dict) -> str:
+    from attnviz.models import VARIANT_TITLES
+
+    variants = run.settings.variants
+    heads = "".join(f"<th>{_e(VARIANT_TITLES[v])}</th>" for v in variants)
+    rows, n = [], 0
+    for number, jobs in enumerate(pages, 1):
+        for job in jobs:
+            n += 1
+            summary = summaries[job.folder]
+            thumb = summary.get("previews", {}).get("view.png")
+            img = (f'<img class="thumb" src="{_href(job.folder, thumb["file"])}" width="56" '
+                   f'height="{round(56 * thumb["height"] / thumb["width"])}" alt="" loading="lazy" '
+                   f'decoding="async">' if thumb else "")
+            link = f"{_page_name(number)}#{job.folder}"
+            rows.append(f'<tr><td class="n">{n}</td><td><a class="image" href="{_e(link)}">{img}'
+                        f'<span>{_e(job.label)}</span></a></td>{_top1_cells(summary, variants)}'
+                        f'<td><a href="{_page_name(number)}">{number}</a></td></tr>')
+    marked = (f"; marked: a top-1 that differs from {_e(VARIANT_TITLES[variants[0]])}'s" if len(variants) > 1
+              else "")
+    return (f'<p class="note">Each model\'s top-1 class and its probability{marked}. Click an image for its page.</p>'
+            f'<table class="images"><thead><tr><th>#</th><th>Image</th>{heads}<th>Page</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _index_page(run: Run, counts: str, pages: list[list[ImageJob]], summaries: dict, failed: list[ImageJob]) -> str:
+    page_links = "".join(f'<a href="{_page_name(n)}">{n}</a>' for n in range(1, len(pages) + 1))
+    nav = f'<nav class="pages">Pages ({len(pages)}): {page_links}</nav>' if pages else ""
+    failed_rows = "".join(f'<tr><td class="path">{_e(j.label)}</td><td>{_e(j.reason)}</td></tr>' for j in failed)
+    failed_html = (f'<h2 id="failed">Files that failed ({len(failed)})</h2><table class="failed">{failed_rows}</table>'
+                   if failed else "")
+    images = f"<h2>Images</h2>\n{nav}\n{_index_table(run, pages, summaries)}" if pages else ""
+    body = (f"<h1>attnviz report</h1>\n<p>{_e(counts)}. Written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>\n"
+            + (f'<p><a href="#failed">Files that failed ({len(failed)})</a></p>\n' if failed else "")
+            + f"{_settings_table(run)}\n{images}\n{failed_html}")
+    return _html_page(run, f"attnviz report: {run.info.name}", body)
+
+
+def _write_text(path: Path, text: str) -> int:
+    """Write through a staging file, so that a reader never sees half a page; the bytes written."""
+    staging = path.with_name(f".{path.name}.incoming")
+    data = text.encode("utf-8")
+    staging.write_bytes(data)
     staging.replace(path)
-    return path
+    return len(data)
+
+
+def write_report(jobs: list[ImageJob], run: Run, out_dir: Path, interrupted: bool = False,
+                 per_page: int = PER_PAGE) -> Report:
+    """The index ``report.html`` and ``per_page`` finished images per page; pages left by a longer run go."""
+    shown = [j for j in jobs if j.status in ("done", "skipped")]
+    failed = [j for j in jobs if j.status == "failed"]
+    counts = (f"{_n_images(len(jobs))}: {sum(j.status == 'done' for j in jobs)} explained in this run, "
+              f"{sum(j.status == 'skipped' for j in jobs)} finished earlier, {len(failed)} failed"
+              + (", the run was interrupted" if interrupted else ""))
+    summaries = {j.folder: _read_summary(out_dir / j.folder) or {} for j in shown}
+    pages = [shown[i:i + per_page] for i in range(0, len(shown), per_page)]
+    size, written = 0, []
+    for number in range(1, len(pages) + 1):
+        path = out_dir / _page_name(number)
+        size += _write_text(path, _image_page(run, number, pages, summaries, len(shown)))
+        written.append(path)
+    for stale in out_dir.iterdir():
+        match = PAGE_PATTERN.fullmatch(stale.name)
+        if match and stale.name == _page_name(int(match.group(1))) and int(match.group(1)) > len(pages):
+            stale.unlink()
+    index = out_dir / REPORT_NAME
+    size += _write_text(index, _index_page(run, counts, pages, summaries, failed))
+    for job in shown:
+        for preview in summaries[job.folder].get("previews", {}).values():
+            path = out_dir / job.folder / preview["file"]
+            size += path.stat().st_size if path.is_file() else 0
+    return Report(index, written, len(shown), size)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -487,7 +662,7 @@ def _explain_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="attnviz explain",
                      description="Explain images with every model of a set into one folder per image and a "
-                                 "self-contained report.html.")
+                                 "report (report.html, the index, and its pages) that opens from disk.")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help=f"image files, or folders searched recursively for {', '.join(IMAGE_EXTENSIONS)}")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the results and report")
@@ -507,6 +682,8 @@ def _explain_parser() -> argparse.ArgumentParser:
                         help="fp32, or bf16 autocast for the models' pass: faster on CPUs with native bf16 "
                              "(AVX512-BF16, AMX), slower elsewhere; maps change slightly (README)")
     parser.add_argument("--force", action="store_true", help="explain every image again, even if finished")
+    parser.add_argument("--per-page", type=int, default=PER_PAGE, metavar="N",
+                        help=f"images per page of the report; report.html is the index of the pages ({PER_PAGE})")
     return parser
 
 
@@ -514,6 +691,8 @@ def explain_command(argv: list[str]) -> int:
     args = _explain_parser().parse_args(argv)
     if not 0.0 <= args.opacity <= 1.0:
         raise UsageError(f"--opacity must be between 0 and 1, not {args.opacity}")
+    if args.per_page < 1:
+        raise UsageError(f"--per-page must be at least 1, not {args.per_page}")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; give a folder")
     jobs = find_images(args.paths, args.out)
@@ -521,33 +700,50 @@ def explain_command(argv: list[str]) -> int:
         raise UsageError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, args.paths))}")
     run = prepare_run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-
-    from tqdm import tqdm
-
-    interrupted = False
-    bar = tqdm(jobs, unit="image", desc="explaining", file=sys.stderr, dynamic_ncols=True)
-    try:
-        for job in bar:
-            bar.set_postfix_str(job.label[-40:])
-            process(job, run, args.out, args.force, lambda _fraction, message: bar.set_postfix_str(message))
-            if job.status == "failed":
-                tqdm.write(f"failed   {job.label}: {job.reason}", file=sys.stdout)
-            elif job.status == "skipped":
-                tqdm.write(f"skipped  {job.label} (finished earlier with these settings)", file=sys.stdout)
-            else:
-                tqdm.write(f"done     {job.label} -> {args.out / job.folder}", file=sys.stdout)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-    report = write_report(jobs, run, args.out, interrupted)
+    interrupted = explain_all(jobs, run, args.out, args.force)
+    report = write_report(jobs, run, args.out, interrupted, args.per_page)
     counts = {s: sum(j.status == s for j in jobs) for s in ("done", "skipped", "failed")}
+    pages = f"{len(report.pages)} page" + ("" if len(report.pages) == 1 else "s")
     print(f"{_n_images(len(jobs))}: {counts['done']} explained, {counts['skipped']} skipped, "
-          f"{counts['failed']} failed; report: {report}")
+          f"{counts['failed']} failed; report: {report.index} (index and {pages}, "
+          f"{report.bytes_per_image / 1000:.0f} KB per image with its previews)", flush=True)
     if interrupted:
         print("interrupted: run the same command again to go on", file=sys.stderr)
         return 130
     return 1 if counts["failed"] else 0
+
+
+def explain_all(jobs: list[ImageJob], run: Run, out_dir: Path, force: bool) -> bool:
+    """Process every job with one line per image on stdout; True when interrupted. A progress bar is drawn on
+    stderr only when stderr is a terminal: redirected to a file, a bar is hundreds of overdrawn lines."""
+    from tqdm import tqdm
+
+    isatty = getattr(sys.stderr, "isatty", None)
+    bar = tqdm(jobs, unit="image", desc="explaining", file=sys.stderr, dynamic_ncols=True,
+               disable=not (isatty and isatty()))
+
+    def say(line: str) -> None:
+        if bar.disable:
+            print(line, flush=True)
+        else:
+            tqdm.write(line, file=sys.stdout)  # clears the bar, writes the line, draws the bar again
+            sys.stdout.flush()
+
+    try:
+        for job in bar:
+            bar.set_postfix_str(job.label[-40:])
+            process(job, run, out_dir, force, lambda _fraction, message: bar.set_postfix_str(message))
+            if job.status == "failed":
+                say(f"failed   {job.label}: {job.reason}")
+            elif job.status == "skipped":
+                say(f"skipped  {job.label} (finished earlier with these settings)")
+            else:
+                say(f"done     {job.label} -> {out_dir / job.folder}")
+    except KeyboardInterrupt:
+        return True
+    finally:
+        bar.close()
+    return False
 
 
 def app_command(argv: list[str]) -> int:
@@ -562,7 +758,7 @@ def app_command(argv: list[str]) -> int:
 
 
 COMMANDS = {
-    "explain": "explain images into per-image folders and a self-contained report.html",
+    "explain": "explain images into per-image folders and a report.html that opens from disk",
     "weights": "list, verify, import and add model sets (python -m attnviz.weights)",
     "app": "start the web app (python app.py, from a source checkout)",
 }

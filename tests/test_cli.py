@@ -1,8 +1,7 @@
-"""The ``attnviz`` command: batch explain into one folder per image and a self-contained report.html."""
+"""The ``attnviz`` command: batch explain into one folder per image and a paged report that opens from disk."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -10,17 +9,19 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from attnviz.cli import find_images, main
+from attnviz.cli import COMPARISON_WIDTH, find_images, main
 from attnviz.models import VARIANTS
 
 ATTNVIZ = Path(sys.executable).parent / "attnviz"  # the console script that `pip install -e .` put beside python
 RUN_TIMEOUT_S = 1800  # a ceiling, not a wait: on a machine busy training, one run of three ResNet50s takes minutes
+REPORT_BYTES_PER_IMAGE = 300_000  # the report's pages and the previews they show, per image, on average
 
 
 def write_image(path: Path, size: tuple[int, int], seed: int) -> Path:
@@ -87,27 +88,55 @@ def test_each_valid_image_gets_its_pictures_and_summary(first_run):
             assert Image.open(out / folder / name).format == "PNG"
 
 
+def report_pages(out: Path) -> list[Path]:
+    """The index and every page of images, in page order."""
+    pages = sorted(out.glob("report-*.html"), key=lambda p: int(re.findall(r"[0-9]+", p.name)[0]))
+    return [out / "report.html", *pages]
+
+
+def image_sources(page: Path) -> list[str]:
+    return re.findall(r'<img[^>]* src="([^"]*)"', page.read_text(encoding="utf-8"))
+
+
 @pytest.mark.slow
 def test_report_loads_nothing_from_outside(first_run):
-    html = (first_run[1] / "report.html").read_text(encoding="utf-8")
-    references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html)
-    assert references
-    assert not [r for r in references if re.match(r"(?i)(https?:)?//", r)]
-    assert "http://" not in html and "https://" not in html
-    assert "<link" not in html and "<script" not in html and "@import" not in html and "url(" not in html
+    for page in report_pages(first_run[1]):
+        html = page.read_text(encoding="utf-8")
+        references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html)
+        assert references
+        assert not [r for r in references if re.match(r"(?i)(https?:|file:)?//", r) or r.startswith("/")]
+        assert "http://" not in html and "https://" not in html
+        assert "<link" not in html and "<script" not in html and "@import" not in html and "url(" not in html
 
 
 @pytest.mark.slow
-def test_report_embeds_every_picture_as_a_data_uri(first_run):
+def test_report_shows_webp_previews_linked_to_the_full_size_pngs(first_run):
     out = first_run[1]
-    html = (out / "report.html").read_text(encoding="utf-8")
-    sources = re.findall(r'<img[^>]* src="([^"]*)"', html)
-    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
-    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
+    html = (out / "report-1.html").read_text(encoding="utf-8")
+    linked = re.findall(r'<a href="([^"]+)"[^>]*><img[^>]* src="([^"]+)" width="([0-9]+)" height="([0-9]+)"', html)
+    assert len(linked) == len(image_sources(out / "report-1.html"))  # every picture on the page is linked
+    for full, preview, width, height in linked:
+        assert full.endswith(".png") and preview == full[:-len(".png")] + ".webp"
+        with Image.open(out / preview) as small, Image.open(out / full) as large:
+            assert small.format == "WEBP" and large.format == "PNG"
+            assert small.size == (int(width), int(height))
+            assert small.width <= min(large.width, COMPARISON_WIDTH)
+    shown = {preview for _, preview, _, _ in linked}
     for folder in ("photos__a.png", "photos__sub__b.jpg"):
-        for name in ("view.png", "resnet50_overlay.png", "se_overlay.png", "cbam_spatial_maps.png"):
-            assert (out / folder / name).read_bytes() in embedded
-    assert Image.open(io.BytesIO(next(iter(embedded)))).size[0] > 0
+        for name in ("view", "resnet50_overlay", "se_overlay", "se_channel_weights", "cbam_spatial_maps",
+                     "agreement"):
+            assert f"{folder}/{name}.webp" in shown
+
+
+@pytest.mark.slow
+def test_report_takes_at_most_300_kb_per_image(first_run):
+    out = first_run[1]
+    pages = report_pages(out)
+    previews = {source for page in pages for source in image_sources(page)}
+    assert previews and all(not source.startswith("data:") for source in previews)
+    size = sum(page.stat().st_size for page in pages) + sum((out / source).stat().st_size for source in previews)
+    images = len([p for p in out.iterdir() if p.is_dir()])
+    assert images == 2 and size / images <= REPORT_BYTES_PER_IMAGE
 
 
 @pytest.mark.slow
@@ -156,6 +185,63 @@ def test_target_class_by_name_is_the_class_every_map_explains(image_folder, tiny
     assert code == 0 and summary["models"]["resnet50"]["target"]["name"] == "star"
 
 
+@pytest.mark.slow
+def test_report_pages_hold_each_image_once_and_the_index_links_every_one(tiny_weights_dir, tmp_path, capsys):
+    for i in range(5):
+        write_image(tmp_path / "many" / f"img{i}.png", (48, 40), seed=10 + i)
+    out = tmp_path / "out"
+    common = ["explain", str(tmp_path / "many"), "--weights-dir", str(tiny_weights_dir), "--models", "resnet50",
+              "--out", str(out)]
+    code, stdout, _ = run_cli(capsys, *common, "--per-page", "2")
+    assert code == 0 and "index and 3 pages" in stdout
+    pages = [p.name for p in report_pages(out)[1:]]
+    assert pages == ["report-1.html", "report-2.html", "report-3.html"]
+    on_page = {page: re.findall(r'<section class="image" id="([^"]+)"', (out / page).read_text(encoding="utf-8"))
+               for page in pages}
+    assert [len(images) for images in on_page.values()] == [2, 2, 1]
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert sorted(sum(on_page.values(), [])) == folders  # every image on exactly one page
+    index = (out / "report.html").read_text(encoding="utf-8")
+    links = re.findall(r'href="(report-[0-9]+\.html)#([^"]+)"', index)
+    assert sorted(folder for _, folder in links) == folders
+    assert all(folder in on_page[page] for page, folder in links)
+    assert set(re.findall(r'href="(report-[0-9]+\.html)"', index)) == set(pages)
+
+    code, stdout, _ = run_cli(capsys, *common, "--per-page", "5")  # fewer pages: the ones left over go
+    assert code == 0 and "0 explained, 5 skipped" in stdout
+    assert [p.name for p in report_pages(out)[1:]] == ["report-1.html"]
+    assert len(re.findall(r'<section class="image"', (out / "report-1.html").read_text(encoding="utf-8"))) == 5
+
+
+@pytest.mark.slow
+def test_output_redirected_to_a_file_has_one_line_per_image_and_no_bar(image_folder, tiny_weights_dir, tmp_path):
+    log = tmp_path / "log.txt"
+    # as with: attnviz explain ... > log.txt 2>&1
+    with log.open("w", encoding="utf-8") as stream, redirect_stdout(stream), redirect_stderr(stream):
+        code = main(["explain", str(image_folder / "a.png"), str(tmp_path / "gone.png"), "--weights-dir",
+                     str(tiny_weights_dir), "--models", "resnet50", "--out", str(tmp_path / "out")])
+    lines = log.read_text(encoding="utf-8").split("\n")
+    assert code == 1 and "\r" not in log.read_text(encoding="utf-8")
+    assert lines[0].startswith("done     a.png -> ") and lines[1].startswith("failed   gone.png: ")
+    assert lines[2].startswith("2 images: 1 explained, 0 skipped, 1 failed; report: ") and lines[3:] == [""]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.slow
+def test_progress_bar_is_drawn_on_a_terminal_apart_from_the_lines(image_folder, tiny_weights_dir, tmp_path, capsys):
+    terminal = _Terminal()
+    with redirect_stderr(terminal):
+        code = main(["explain", str(image_folder / "a.png"), "--weights-dir", str(tiny_weights_dir), "--models",
+                     "resnet50", "--out", str(tmp_path)])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "explaining" in terminal.getvalue() and "1/1" in terminal.getvalue()
+    assert stdout.startswith("done     a.png -> ") and "explaining" not in stdout
+
+
 # --------------------------------------------------------------------------- errors and the other commands
 
 
@@ -176,6 +262,12 @@ def test_unknown_target_class_exits_2_with_one_line(image_folder, tiny_weights_d
 def test_bad_option_value_exits_2_with_one_line(image_folder, tmp_path, capsys):
     code, _, err = run_cli(capsys, "explain", str(image_folder), "--method", "nonsense", "--out", str(tmp_path))
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "--method" in err
+
+
+def test_per_page_below_1_exits_2_with_one_line(image_folder, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "explain", str(image_folder), "--per-page", "0", "--out", str(tmp_path / "out"))
+    assert code == 2 and err.startswith("error: --per-page") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_folder_without_images_exits_2(tmp_path, tiny_weights_dir, capsys):
@@ -206,6 +298,11 @@ def test_images_with_the_same_name_get_separate_folders(tmp_path):
         write_image(tmp_path / folder / "a.png", (40, 40), seed=5)
     jobs = find_images([tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"], tmp_path / "out")
     assert [job.folder for job in jobs] == ["a.png", "a.png-2"]
+
+
+def test_an_image_named_like_a_report_page_gets_another_folder(tmp_path):
+    jobs = find_images([tmp_path / "report-1.html", tmp_path / "REPORT.html"], tmp_path / "out")
+    assert [job.folder for job in jobs] == ["report-1.html-2", "REPORT.html-2"]
 
 
 def test_weights_subcommand_is_python_m_attnviz_weights(tiny_weights_dir, capsys):
