@@ -18,18 +18,18 @@ The scenes are regenerated from their seed (``make_scene(0, split, index)``, the
 built-in dataset's seed); nothing is read from data/.
 
     python -m attnviz.analyze                          # the default set; about half an hour on 2 CPU cores
-    python -m attnviz.analyze --set NAME --quick       # seconds: a handful of scenes, to try it out
+    python -m attnviz.analyze --set NAME --quick       # about a minute: a handful of scenes, to try it out
 
 Results go to ``<weights dir>/<set>/analysis/``: analysis.json, analysis.md and PNG plots,
-which the app's Analysis tab shows.
+which the app's Analysis tab shows. A quick run, or one that measures less than the default, goes to
+``analysis-quick/`` or ``analysis-partial/`` beside it unless ``--out`` names a folder: it never replaces
+the shipped results by accident.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import io
 import json
 import os
 import platform
@@ -76,13 +76,14 @@ from attnviz.weights import LoadedSet, Manifest, Preprocessing, load_model_set
 
 FORMAT = 2  # 2: "spatial" per model (format 1 had one, CBAM's); read_result upgrades format 1
 ANALYSIS_DIR = "analysis"
+QUICK_DIR = "analysis-quick"  # --quick writes here unless --out says otherwise: never over analysis/
+PARTIAL_DIR = "analysis-partial"  # likewise any run that measures less than the default
 JSON_NAME = "analysis.json"
 MARKDOWN_NAME = "analysis.md"
 SCENE_SEED = 0  # the built-in dataset's seed (python -m attnviz.scenes generate, attnviz.train)
 DEFAULT_METHODS = tuple(k for k, m in CAM_METHODS.items() if m.kind != "perturbation")
 PROFILE_CHANNELS = 64  # channels shown per block in the excitation figure
 PROFILE_CLASSES = ("dog", "fish", "aeroplane", "flower")  # four classes far apart, like the SE paper's figure
-DPI = 100
 
 # name -> (label, higher is better, shown in percent)
 METRICS = {
@@ -1162,325 +1163,22 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- plots
-
-
-def _figure(width: float, height: float, ncols: int, nrows: int = 1):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
-
-def _save(fig, path: Path) -> None:
-    """PNG with an adaptive 256-colour palette: the plots' flat colours survive it at a third of the size."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=DPI, format="png")
-    image = Image.open(buffer).convert("RGB")
-    image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
-
-
-def _legend_below(fig, ax) -> None:
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9, frameon=False)
-
-
-def _colour(variant: str) -> str:
-    from attnviz.render import VARIANT_COLOURS
-
-    return VARIANT_COLOURS[variant]
-
-
-def _bars(ax, groups: dict[str, dict], variants: list[str], titles: dict, scale: float = 1.0) -> None:
-    """Grouped bars: one group per config, one bar per model with its interval."""
-    keys = list(groups)
-    width = 0.8 / max(1, len(variants))
-    for j, v in enumerate(variants):
-        means, lows, highs = [], [], []
-        for key in keys:
-            iv = groups[key]["models"][v]
-            mean = np.nan if iv["mean"] is None else iv["mean"] * scale
-            means.append(mean)
-            lows.append(0 if iv["low"] is None else mean - iv["low"] * scale)
-            highs.append(0 if iv["high"] is None else iv["high"] * scale - mean)
-        xs = np.arange(len(keys)) + (j - (len(variants) - 1) / 2) * width
-        ax.bar(
-            xs,
-            means,
-            width,
-            yerr=[lows, highs],
-            capsize=2,
-            color=_colour(v),
-            label=titles[v],
-            error_kw={"elinewidth": 0.8},
-        )
-    ax.set_xticks(np.arange(len(keys)), [_label(k) for k in keys], rotation=30, ha="right", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-
-
-def _plot_localisation(result: dict, path: Path) -> bool:
-    test = result["localisation"].get("test")
-    if not test:
-        return False
-    variants, titles = result["variants"], result["titles"]
-    fig, axes = _figure(13, 4.2, 3)
-    for ax, metric in zip(axes[0], LOCALISATION, strict=True):
-        groups = {k: g for k, g in test[metric].items() if k.endswith("@layer4")}
-        label, _, percent = METRICS[metric]
-        _bars(ax, groups, variants, titles, 100 if percent else 1)
-        ax.set_title(label + (" (%)" if percent else ""))
-        if metric == "energy" and "test" in result["area_share"]:
-            ax.axhline(result["area_share"]["test"], color="k", ls="--", lw=1, label="chance (mask area)")
-        if metric == "iou":
-            ax.set_title(f"{label} at {result['threshold']['value']:.2f}")
-    _legend_below(fig, axes[0][1])
-    fig.suptitle(
-        f"Localisation at layer4, {result['accuracy']['test']['n']} test scenes "
-        f"(bars: {int(round(result['config']['confidence'] * 100))} % paired bootstrap CIs)"
-    )
-    _save(fig, path)
-    return True
-
-
-def _plot_layers(result: dict, path: Path) -> bool:
-    test = result["localisation"].get("test")
-    if not test:
-        return False
-    layers = [layer for layer in TARGET_LAYERS if f"gradcam@{layer}" in test["pointing"]]
-    if len(layers) < 2:
-        return False
-    variants, titles = result["variants"], result["titles"]
-    fig, axes = _figure(12, 3.6, 3)
-    xs = np.arange(len(layers))
-    for ax, metric in zip(axes[0], LOCALISATION, strict=True):
-        label, _, percent = METRICS[metric]
-        scale = 100 if percent else 1
-        for v in variants:
-            ivs = [test[metric][f"gradcam@{layer}"]["models"][v] for layer in layers]
-            mean = np.array([np.nan if iv["mean"] is None else iv["mean"] for iv in ivs]) * scale
-            low = np.array([np.nan if iv["low"] is None else iv["low"] for iv in ivs]) * scale
-            high = np.array([np.nan if iv["high"] is None else iv["high"] for iv in ivs]) * scale
-            ax.plot(xs, mean, "o-", color=_colour(v), label=titles[v])
-            ax.fill_between(xs, low, high, color=_colour(v), alpha=0.15)
-        if metric == "energy" and "test" in result["area_share"]:
-            ax.axhline(result["area_share"]["test"], color="k", ls="--", lw=1, label="chance")
-        ax.set_xticks(xs, layers)
-        ax.set_title(label + (" (%)" if percent else ""))
-        ax.grid(alpha=0.3)
-    _legend_below(fig, axes[0][1])
-    fig.suptitle("Grad-CAM at each layer, test scenes (bands: paired bootstrap CIs)")
-    _save(fig, path)
-    return True
-
-
-def _plot_pairs(result: dict, path: Path) -> bool:
-    pairs = result["pairs"]
-    key = "gradcam@layer4"
-    if not pairs or key not in pairs["pointing"]:
-        return False
-    variants, titles = result["variants"], result["titles"]
-    fig, axes = _figure(10, 3.6, 2)
-    for ax, metric in zip(axes[0], ("pointing", "energy"), strict=True):
-        scale = 100 if metric == "pointing" else 1
-        width = 0.38
-        xs = np.arange(len(variants))
-        for offset, which, hatch in ((-width / 2, metric, None), (width / 2, f"{metric}_other", "//")):
-            ivs = [pairs[which][key]["models"][v] for v in variants]
-            mean = np.array([iv["mean"] or 0 for iv in ivs]) * scale
-            err = np.array(
-                [
-                    [m - (iv["low"] or 0) * scale for m, iv in zip(mean, ivs, strict=True)],
-                    [(iv["high"] or 0) * scale - m for m, iv in zip(mean, ivs, strict=True)],
-                ]
-            )
-            ax.bar(
-                xs + offset,
-                mean,
-                width,
-                yerr=err,
-                capsize=3,
-                color=[_colour(v) for v in variants],
-                hatch=hatch,
-                edgecolor="white" if hatch else None,
-                alpha=0.55 if hatch else 1.0,
-                label="other object" if hatch else "own object",
-            )
-        ax.set_xticks(xs, [titles[v] for v in variants], fontsize=9)
-        ax.set_title("pointing game (%)" if metric == "pointing" else "energy on the object")
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-    from matplotlib.patches import Patch
-
-    handles = [
-        Patch(facecolor="0.35", label="on its own object"),
-        Patch(facecolor="0.35", alpha=0.55, hatch="//", edgecolor="white", label="on the other object"),
-    ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
-    n = result["accuracy"]["pairs_top2"]["n"]
-    fig.suptitle(f"Two-object scenes ({n}): Grad-CAM at layer4 for each class, on its own object vs the other")
-    _save(fig, path)
-    return True
-
-
-def _plot_faithfulness(result: dict, path: Path) -> bool:
-    faith = result["faithfulness"]
-    if not faith:
-        return False
-    variants, titles = result["variants"], result["titles"]
-    shown = ("deletion", "insertion", "road_combined")
-    fig, axes = _figure(13, 4.2, len(shown))
-    for ax, metric in zip(axes[0], shown, strict=True):
-        _bars(ax, faith[metric], variants, titles)
-        label, higher, _ = METRICS[metric]
-        ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)")
-    _legend_below(fig, axes[0][0])
-    fig.suptitle(f"Faithfulness at layer4, {result['samples']['faithfulness']} test scenes (paired bootstrap CIs)")
-    _save(fig, path)
-    return True
-
-
-def _plot_curves(result: dict, path: Path) -> bool:
-    curves = result["faithfulness"].get("curves", {}) if result["faithfulness"] else {}
-    key = "gradcam@layer4" if "gradcam@layer4" in curves else next(iter(curves), None)
-    if key is None:
-        return False
-    variants, titles = result["variants"], result["titles"]
-    fig, axes = _figure(10, 3.6, 2)
-    for ax, kind in zip(axes[0], ("deletion", "insertion"), strict=True):
-        for v in variants:
-            values = curves[key][v][kind]
-            xs = np.linspace(0, 100, len(values))
-            ax.plot(xs, values, "o-", ms=3, color=_colour(v), label=f"{titles[v]} (AUC {curve_auc(values):.3f})")
-        ax.set_xlabel(f"pixels {'removed' if kind == 'deletion' else 'inserted'}, most relevant first (%)")
-        ax.set_ylabel("probability of the true class")
-        ax.set_ylim(0, 1.02)
-        ax.set_title(kind)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{_label(key)}: mean deletion and insertion curves, {result['samples']['faithfulness']} test scenes")
-    _save(fig, path)
-    return True
-
-
-def _plot_excitation(result: dict, path: Path, variant: str) -> bool:
-    ex = result["excitation"].get(variant)
-    if not ex or not ex["profiles"]:
-        return False
-    blocks = list(ex["profiles"])
-    ncols = min(3, len(blocks))
-    nrows = -(-len(blocks) // ncols)
-    fig, axes = _figure(4.2 * ncols, 2.8 * nrows, ncols, nrows)
-    some_classes = [c for c in PROFILE_CLASSES if c in ex["profiles"][blocks[0]]["classes"]]
-    some_classes = some_classes or list(ex["profiles"][blocks[0]]["classes"])[:4]
-    from matplotlib import colormaps
-
-    palette = colormaps["tab10"]
-    for n, block in enumerate(blocks):
-        ax = axes[n // ncols][n % ncols]
-        profile = ex["profiles"][block]
-        xs = np.arange(len(profile["all"]))
-        for c, name in enumerate(some_classes):
-            ax.plot(xs, profile["classes"][name], lw=1, color=palette(c), label=name)
-        ax.plot(xs, profile["all"], lw=1.6, color="k", ls="--", label="all")
-        b = ex["blocks"].index(block)
-        ax.set_title(f"{block}  (specificity {ex['class_specificity'][b]:.2f})", fontsize=10)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        if n % ncols == 0:
-            ax.set_ylabel("mean excitation")
-        if n // ncols == nrows - 1:
-            ax.set_xlabel("channel index")
-    for n in range(len(blocks), nrows * ncols):
-        axes[n // ncols][n % ncols].set_visible(False)
-    _legend_below(fig, axes[0][0])
-    fig.suptitle(
-        f"{result['titles'][variant]}: mean excitation per class, first {PROFILE_CHANNELS} channels, "
-        f"{result['samples']['test']} test scenes (after the SE paper's figure)"
-    )
-    _save(fig, path)
-    return True
-
-
-def _plot_specificity(result: dict, path: Path) -> bool:
-    gated = list(result["excitation"])
-    if not gated:
-        return False
-    titles = result["titles"]
-    fig, axes = _figure(12, 3.8, 2)
-    blocks = result["excitation"][gated[0]]["blocks"]
-    xs = np.arange(len(blocks))
-    for ax, column, label in (
-        (axes[0][0], "class_specificity", "class specificity (eta²)"),
-        (axes[0][1], "mean", "mean excitation"),
-    ):
-        for v in gated:
-            ax.plot(xs, result["excitation"][v][column], "o-", ms=4, color=_colour(v), label=titles[v])
-        ax.set_xticks(xs, blocks, rotation=60, ha="right", fontsize=7)
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-    chance = result["excitation"][gated[0]]["chance_specificity"]
-    axes[0][0].axhline(chance, color="k", ls="--", lw=1, label="chance for this sample")
-    top = max(max(result["excitation"][v]["class_specificity"]) for v in gated)
-    axes[0][0].set_ylim(0, min(1.02, max(top, chance) * 1.15 + 0.02))
-    axes[0][1].set_ylim(0, 1.02)
-    _legend_below(fig, axes[0][0])
-    fig.suptitle("How class-specific each block's channel attention is, from early to late blocks")
-    _save(fig, path)
-    return True
-
-
-def _plot_spatial(result: dict, path: Path) -> bool:
-    """Every spatially gated model's energy on the object per block, against chance (the object's area share)."""
-    if not result["spatial"]:
-        return False
-    fig, axes = _figure(12, 3.8, 1)
-    ax = axes[0][0]
-    blocks = next(iter(result["spatial"].values()))["blocks"]
-    xs = np.arange(len(blocks))
-    for variant, sp in result["spatial"].items():
-        energy = np.array([iv["mean"] for iv in sp["energy"]], float)
-        low = np.array([iv["low"] for iv in sp["energy"]], float)
-        high = np.array([iv["high"] for iv in sp["energy"]], float)
-        ax.plot(xs, energy, "o-", color=_colour(variant),
-                label=f"{result['titles'][variant]}: spatial attention's energy on the object")
-        ax.fill_between(xs, low, high, color=_colour(variant), alpha=0.2)
-    chance = np.array([iv["mean"] for iv in next(iter(result["spatial"].values()))["chance"]], float)
-    ax.plot(xs, chance, "k--", lw=1, label="chance: the object's area share")
-    ax.set_xticks(xs, blocks, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("share of the map's mass")
-    ax.set_ylim(0, None)
-    ax.grid(alpha=0.3)
-    _legend_below(fig, ax)
-    fig.suptitle(f"Spatial attention at each block vs the true mask, {result['samples']['test']} test scenes")
-    _save(fig, path)
-    return True
+# --------------------------------------------------------------------------- files
 
 
 def write_report(result: dict, out: Path) -> list[Path]:
     """Write analysis.json, analysis.md and the plots into ``out``; returns the files written."""
+    from attnviz.analysis_plots import draw_plot  # it reads this module's tables: imported when drawing
+
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    plots = {
-        "localisation": _plot_localisation,
-        "layers": _plot_layers,
-        "pairs": _plot_pairs,
-        "faithfulness": _plot_faithfulness,
-        "curves": _plot_curves,
-        **{f"excitation_{v}": functools.partial(_plot_excitation, variant=v) for v in result["excitation"]},
-        "specificity": _plot_specificity,
-        "spatial": _plot_spatial,
-    }
     for stale in out.glob("excitation_*.png"):  # a model analysed in an earlier run may be gone
         stale.unlink()
     result["plots"] = []
     for name, file in plot_files(result).items():
         path = out / file
         path.unlink(missing_ok=True)  # a plot this run cannot draw must not stay from an earlier run
-        if plots[name](result, path=path):
+        if draw_plot(name, result, path):
             result["plots"].append(file)
             written.append(path)
     (out / MARKDOWN_NAME).write_text(render_markdown(result), encoding="utf-8")
@@ -1552,12 +1250,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--set", dest="set_name", help="model set (default: the manifest's default, builtin)")
     parser.add_argument("--weights-dir", type=Path, help="folder holding manifest.json (default: weights/)")
-    parser.add_argument("--out", type=Path, help="output folder (default: <weights dir>/<set>/analysis)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: <weights dir>/<set>/analysis, which the app shows; a quick run or one that "
+        "measures less than the default goes to analysis-quick or analysis-partial beside it)",
+    )
     parser.add_argument("--models", nargs="+", choices=VARIANTS, help="models to analyse (default: all of the set)")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a handful of scenes, 4 steps, no Score-CAM: seconds, to try the pipeline (explicit options still win)",
+        help="a handful of scenes, 4 steps, no Score-CAM, to try the pipeline (explicit options still win); "
+        "written to <weights dir>/<set>/analysis-quick unless --out says otherwise",
     )
     sizes = parser.add_argument_group("sample sizes (scenes 0..n-1 of each split)")
     for name, text in (
@@ -1632,6 +1336,30 @@ def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
     return AnalysisConfig(**values)
 
 
+def measures_less(config: AnalysisConfig, models: Iterable[str]) -> bool:
+    """Whether a run measures less than the default one: fewer scenes, steps, resamples or ROAD percentiles, or
+    fewer CAM methods, layers or models. Its numbers are not the default run's and must not replace them."""
+    full = AnalysisConfig()
+    sizes = ("val", "test", "unseen", "pairs", "faithfulness", "steps", "resamples")
+    if any(getattr(config, name) < getattr(full, name) for name in sizes):
+        return True
+    for name in ("methods", "layers", "road_methods", "road_percentiles"):
+        if not set(getattr(full, name)) <= set(getattr(config, name)):
+            return True
+    return config.variants is not None and not set(models) <= set(config.variants)
+
+
+def output_dir(args: argparse.Namespace, config: AnalysisConfig, models: Iterable[str]) -> Path:
+    """``--out`` when given; else ``<weights dir>/<set>/analysis`` (what the app shows) for a run that measures
+    at least the default, and ``analysis-quick`` / ``analysis-partial`` beside it for a quick or smaller run."""
+    if args.out:
+        return args.out
+    shipped = analysis_dir(args.weights_dir, args.set_name)
+    if args.quick:
+        return shipped.with_name(QUICK_DIR)
+    return shipped.with_name(PARTIAL_DIR) if measures_less(config, models) else shipped
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -1641,21 +1369,27 @@ def main(argv: list[str] | None = None) -> int:
         config.validate()
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.report_only and args.out:  # a folder of its own: no model set needed
+            info = None
+        else:
+            info = Manifest(args.weights_dir).get(args.set_name)  # checked before any weights are loaded
+        out = output_dir(args, config, info.models if info else ())
         if args.report_only:
-            out = args.out or analysis_dir(args.weights_dir, args.set_name)
             written = write_report(read_result(out), out)
             print(f"rewrote {len(written)} files in {out}")
             return 0
-        info = Manifest(args.weights_dir).get(args.set_name)  # checked before any weights are loaded
         variants = check_set(info.name, info.classes, info.models, config.variants)
         model_set = load_model_set(info.name, args.weights_dir, variants=variants)
-        out = args.out or analysis_dir(args.weights_dir, model_set.name)
         result = run_analysis(model_set, config, progress=not args.quiet, command=command)
         written = write_report(result, out)
     except AttnvizError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {out} in {result['timing']['total_s'] / 60:.1f} min")
+    shipped = analysis_dir(args.weights_dir, info.name)
+    if out.resolve() != shipped.resolve() and not args.out:
+        kind = "a quick run" if args.quick else "a run with less than the default sample"
+        print(f"{kind}: {shipped} (what the app shows) is untouched; give --out {shipped} to replace it")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import gradio as gr
@@ -13,7 +14,8 @@ from conftest import make_model_set
 from model_state import tensors_kept_on
 from PIL import Image
 
-from attnviz import analyze
+from attnviz import analysis_plots, analyze
+from attnviz.analysis_plots import DISPLAY_WIDTH_PX, PIXEL_SCALE
 from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab
 from attnviz.errors import AttnvizError
 from attnviz.models import TARGET_LAYERS, VARIANTS
@@ -31,9 +33,10 @@ def scenes_weights_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def quick_run(scenes_weights_dir):
-    """``python -m attnviz.analyze --quick`` once on the tiny set; the tests read what it wrote."""
+    """``python -m attnviz.analyze --quick`` once on the tiny set; the tests read what it wrote (beside the
+    set's analysis/, which a quick run leaves alone)."""
     code = analyze.main(["--set", "scenes", "--weights-dir", str(scenes_weights_dir), "--quick", "--quiet"])
-    out = scenes_weights_dir / "scenes" / "analysis"
+    out = scenes_weights_dir / "scenes" / analyze.QUICK_DIR
     return code, out, json.loads((out / analyze.JSON_NAME).read_text())
 
 
@@ -58,8 +61,9 @@ def test_quick_run_writes_json_markdown_and_every_plot(quick_run):
     code, out, result = quick_run
     assert code == 0
     files = {p.name for p in out.iterdir()}
-    assert {analyze.JSON_NAME, analyze.MARKDOWN_NAME, *analyze.PNG_FILES.values()} <= files
-    assert sorted(result["plots"]) == sorted(analyze.PNG_FILES.values())
+    assert {analyze.JSON_NAME, analyze.MARKDOWN_NAME, *analyze.plot_files(result).values()} <= files
+    assert sorted(result["plots"]) == sorted(analyze.plot_files(result).values())
+    assert not (out.parent / analyze.ANALYSIS_DIR).exists()
     assert sum(p.stat().st_size for p in out.iterdir()) < 2 * 2**20
 
 
@@ -114,7 +118,7 @@ def test_quick_run_reads_out_se_and_cbam_attention(quick_run):
     assert len(se["blocks"]) == 16 and se["channels"][0] == 256 and se["channels"][-1] == 2048
     assert list(se["profiles"]) == ["layer1.2", "layer2.3", "layer3.5", "layer4.0", "layer4.1", "layer4.2"]
     assert all(0 <= v <= 1 for v in se["class_specificity"])
-    spatial = result["spatial"]
+    spatial = result["spatial"]["cbam"]
     assert len(spatial["blocks"]) == 16
     for energy, chance in zip(spatial["energy"], spatial["chance"], strict=True):
         assert 0 <= energy["mean"] <= 1 and 0 < chance["mean"] < 1
@@ -148,13 +152,13 @@ def test_report_says_which_methods_gave_the_same_maps(quick_run):
 
 
 @pytest.mark.slow
-def test_plots_are_modest_pngs(quick_run):
-    _, out, _ = quick_run
-    for name in analyze.PNG_FILES.values():
+def test_plots_are_modest_pngs_of_one_width(quick_run):
+    _, out, result = quick_run
+    for name in analyze.plot_files(result).values():
         with Image.open(out / name) as image:
             assert image.format == "PNG"
-            assert 600 <= image.width <= 1400 and 300 <= image.height <= 700
-        assert (out / name).stat().st_size < 200_000
+            assert image.width == DISPLAY_WIDTH_PX * PIXEL_SCALE and 400 <= image.height <= 1600
+        assert (out / name).stat().st_size < 300_000
 
 
 @pytest.mark.slow
@@ -162,10 +166,10 @@ def test_report_only_rewrites_the_same_markdown_from_the_json(quick_run):
     _, out, _ = quick_run
     before = (out / analyze.MARKDOWN_NAME).read_text()
     (out / analyze.MARKDOWN_NAME).unlink()
-    (out / analyze.PNG_FILES["spatial"]).unlink()
+    (out / "spatial.png").unlink()
     assert analyze.main(["--report-only", "--out", str(out)]) == 0
     assert (out / analyze.MARKDOWN_NAME).read_text() == before
-    assert (out / analyze.PNG_FILES["spatial"]).is_file()
+    assert (out / "spatial.png").is_file()
 
 
 def test_refuses_a_set_that_does_not_know_the_scene_classes(tiny_weights_dir, capsys):
@@ -307,10 +311,12 @@ def test_road_runs_in_worker_processes(scorecam_run):
 
 @pytest.mark.slow
 def test_analysis_tab_shows_summary_plots_tables_and_command(quick_run, scenes_weights_dir):
+    _, out, result = quick_run
+    shutil.copytree(out, scenes_weights_dir / "scenes" / analyze.ANALYSIS_DIR, dirs_exist_ok=True)
     with gr.Blocks() as demo:
         with gr.Tab("Analysis"):
             shown = build_analysis_tab(scenes_weights_dir, "scenes")
-    assert set(shown["plots"]) == set(analyze.PNG_FILES)
+    assert set(shown["plots"]) == set(analyze.plot_files(result))
     assert "pointing game" in shown["summary"].value
     assert "python -m attnviz.analyze --set scenes" in shown["command"].value
     assert "## Two-object scenes" in shown["tables"].value
@@ -380,3 +386,122 @@ def test_road_methods_follow_the_methods_asked_for():
     chosen = analyze.config_from_args(parser.parse_args(["--methods", "gradcam", "layercam", "--road-methods",
                                                          "layercam"]))
     assert chosen.road_methods == ("layercam",)
+
+
+# --------------------------------------------------------------------------- where a run writes
+
+TINY_RUN = ["--quiet", "--val", "1", "--test", "1", "--unseen", "0", "--pairs", "0", "--faithfulness", "0",
+            "--methods", "gradcam", "--layers", "layer4", "--resamples", "20", "--workers", "0"]
+
+
+@pytest.fixture
+def one_model_set(tmp_path) -> Path:
+    """A one-model set at 32 px whose analysis/ holds results a small run must not replace."""
+    weights = make_model_set(tmp_path, "one", classes=CLASSES, crop=32, variants=("resnet50",))
+    shipped = weights / "one" / analyze.ANALYSIS_DIR
+    shipped.mkdir()
+    (shipped / analyze.JSON_NAME).write_text('{"shipped": true}\n')
+    return weights
+
+
+def test_a_quick_run_writes_beside_the_shipped_analysis_and_says_where(one_model_set, capsys):
+    code = analyze.main(["--set", "one", "--weights-dir", str(one_model_set), "--quick", *TINY_RUN])
+    assert code == 0
+    shipped = one_model_set / "one" / analyze.ANALYSIS_DIR
+    assert (shipped / analyze.JSON_NAME).read_text() == '{"shipped": true}\n'
+    assert sorted(p.name for p in shipped.iterdir()) == [analyze.JSON_NAME]
+    quick = one_model_set / "one" / analyze.QUICK_DIR
+    assert json.loads((quick / analyze.JSON_NAME).read_text())["samples"]["test"] == 1
+    printed = capsys.readouterr().out
+    assert f"files to {quick} in" in printed
+    assert f"{shipped} (what the app shows) is untouched; give --out {shipped} to replace it" in printed
+
+
+def test_a_run_smaller_than_the_default_goes_to_analysis_partial_and_out_names_the_shipped_folder(one_model_set):
+    shipped = one_model_set / "one" / analyze.ANALYSIS_DIR
+    assert analyze.main(["--set", "one", "--weights-dir", str(one_model_set), *TINY_RUN]) == 0
+    assert (one_model_set / "one" / analyze.PARTIAL_DIR / analyze.JSON_NAME).is_file()
+    assert (shipped / analyze.JSON_NAME).read_text() == '{"shipped": true}\n'
+    assert analyze.main(["--set", "one", "--weights-dir", str(one_model_set), *TINY_RUN, "--out", str(shipped)]) == 0
+    assert json.loads((shipped / analyze.JSON_NAME).read_text())["set"] == "one"
+
+
+@pytest.mark.parametrize(
+    ("options", "less"),
+    [
+        ([], False),
+        (["--scorecam", "24", "--test", "500"], False),  # more than the default may replace it
+        (["--seed", "3", "--workers", "0", "--batch-size", "4"], False),
+        (["--test", "399"], True),
+        (["--resamples", "1000"], True),
+        (["--methods", "gradcam", "layercam"], True),
+        (["--layers", "layer4"], True),
+        (["--road-percentiles", "50"], True),
+        (["--models", "resnet50", "se"], True),
+    ],
+)
+def test_a_run_measures_less_than_the_default_when_any_sample_method_layer_or_model_is_left_out(options, less):
+    args = analyze._parser().parse_args(options)
+    assert analyze.measures_less(analyze.config_from_args(args), ["resnet50", "se", "cbam"]) is less
+
+
+def test_report_only_follows_the_same_folder_choice(tmp_path):
+    make_model_set(tmp_path, "plain", classes=CLASSES, crop=32, variants=("resnet50",))
+    parse = analyze._parser().parse_args
+    folder = tmp_path / "plain"
+    for options, expected in ((["--report-only"], folder / "analysis"),
+                              (["--report-only", "--quick"], folder / analyze.QUICK_DIR),
+                              (["--report-only", "--quick", "--out", str(tmp_path / "x")], tmp_path / "x")):
+        args = parse(["--weights-dir", str(tmp_path), *options])
+        assert analyze.output_dir(args, analyze.config_from_args(args), ["resnet50"]) == expected
+
+
+# --------------------------------------------------------------------------- the plots, for the page
+
+SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "builtin" / "analysis"
+
+
+def draw_shipped_plots(out: Path, monkeypatch) -> dict[str, list[tuple[str, float]]]:
+    """Redraw every plot of the shipped analysis.json into ``out``; each PNG's visible texts and their sizes (pt)."""
+    from matplotlib.text import Text
+
+    out.mkdir(exist_ok=True)
+    shutil.copy(SHIPPED / analyze.JSON_NAME, out / analyze.JSON_NAME)
+    texts: dict[str, list[tuple[str, float]]] = {}
+    save = analysis_plots._save
+
+    def recording_save(fig, path):
+        texts[path.name] = [(t.get_text(), t.get_fontsize()) for t in fig.findobj(Text)
+                            if t.get_visible() and t.get_text().strip()]
+        save(fig, path)
+
+    monkeypatch.setattr(analysis_plots, "_save", recording_save)
+    assert analyze.main(["--report-only", "--out", str(out)]) == 0
+    return texts
+
+
+def smallest_on_page(texts: list[tuple[str, float]], png_width: int) -> tuple[float, str]:
+    """The smallest text of a plot in px on the page: size in pt * PNG dpi / 72 * shown width / PNG width."""
+    dpi = analysis_plots.DPI * PIXEL_SCALE
+    size, text = min((pt * dpi / 72 * DISPLAY_WIDTH_PX / png_width, text) for text, pt in texts)
+    return size, text
+
+
+def test_every_plot_has_the_page_width_and_no_text_under_10_px_there(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    texts = draw_shipped_plots(out, monkeypatch)
+    result = json.loads((out / analyze.JSON_NAME).read_text())
+    assert sorted(texts) == sorted(result["plots"]) and len(texts) == 9
+    for name, found in texts.items():
+        with Image.open(out / name) as image:
+            assert image.width == DISPLAY_WIDTH_PX * PIXEL_SCALE, name
+        assert len(found) > 10, name  # titles, labels, ticks and legend entries
+        size, text = smallest_on_page(found, DISPLAY_WIDTH_PX * PIXEL_SCALE)
+        assert size >= analysis_plots.MIN_TEXT_PX, (name, text, size)
+
+
+def test_the_text_size_check_sees_tick_labels(tmp_path, monkeypatch):
+    monkeypatch.setitem(analysis_plots.FONT_SIZES, "xtick.labelsize", 6)
+    texts = draw_shipped_plots(tmp_path / "report", monkeypatch)
+    size, text = smallest_on_page(texts["localisation.png"], DISPLAY_WIDTH_PX * PIXEL_SCALE)
+    assert size < analysis_plots.MIN_TEXT_PX and "CAM" in text  # a method's name under its bars
