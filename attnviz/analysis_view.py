@@ -1,7 +1,8 @@
 """The app's Analysis tab: the measured comparison of a model set's models, read from the files attnviz.analyze wrote.
 
-The tab computes nothing: it shows ``<weights dir>/<set>/analysis/`` (the headline table, the plots, every table of
-analysis.md and the command that regenerates them), or one line with that command when the files are not there.
+The tab measures nothing: it shows ``<weights dir>/<set>/analysis/`` (the headline table, what it shows in plain
+sentences computed from the same JSON, the plots, every table of analysis.md and the command that regenerates
+them), or one line with that command when the files are not there.
 
     with gr.Tab("Analysis"):
         build_analysis_tab(weights_dir, "builtin", translate=ui.tr)
@@ -26,6 +27,7 @@ from attnviz.analyze import (
     render_summary,
 )
 from attnviz.errors import AttnvizError
+from attnviz.findings import findings_markdown
 from attnviz.weights import Manifest, default_weights_dir
 
 ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
@@ -44,6 +46,7 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
         "2 CPU cores), then restart the app:",
         "analysis_unreadable": "The analysis files of this model set cannot be read. Make them again with:",
         "analysis_summary": "### Summary: test scenes, Grad-CAM at layer4",
+        "analysis_findings": "### What these numbers show",
         "analysis_plots": "### Plots",
         "analysis_tables": "Every table, with its intervals",
         "analysis_localisation": "Localisation at layer4, per model and CAM method",
@@ -68,6 +71,7 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
         "analysis_missing": "此模型集还没有分析结果。用下面的命令生成（在 2 个 CPU 核上约半小时），然后重启应用：",
         "analysis_unreadable": "无法读取此模型集的分析文件。用下面的命令重新生成：",
         "analysis_summary": "### 摘要：测试场景，layer4 的 Grad-CAM",
+        "analysis_findings": "### 这些数字说明了什么",
         "analysis_plots": "### 图表",
         "analysis_tables": "全部表格及其置信区间",
         "analysis_localisation": "layer4 的定位效果：每个模型和每种 CAM 方法",
@@ -98,13 +102,15 @@ def build_analysis_tab(
     set_name: str | None = None,
     translate: Callable[[str], Any] | None = None,
     keyed: bool = False,
+    language: str = "en",
 ) -> dict[str, Any]:
     """Create the tab's components inside an open ``gr.Tab`` (or any Blocks context); returns them by name.
 
     ``translate`` gives a component's text for a key of ``ANALYSIS_TRANSLATIONS`` (the app's ``ui.tr`` once
     they are merged into its translations); by default the English text. ``keyed`` gives every component a key
     of this set's own, for ``gr.render``: drawn again for another set, no component of the old one is reused
-    (gradio would otherwise keep an old component's elem_id on a new one).
+    (gradio would otherwise keep an old component's elem_id on a new one). ``language`` is that of the
+    findings, which are computed here from the JSON rather than looked up by key.
     """
     count = 0
 
@@ -140,6 +146,10 @@ def build_analysis_tab(
     if summary:
         make(gr.Markdown, tr("analysis_summary"))
         components["summary"] = make(gr.Markdown, summary, elem_id="analysis-summary")
+    findings = findings_markdown(result, language)
+    if findings:
+        make(gr.Markdown, tr("analysis_findings"))
+        components["findings"] = make(gr.Markdown, findings, elem_id="analysis-findings")
     make(gr.Markdown, tr("analysis_command"))
     components["command"] = make(
         gr.Code,
@@ -158,23 +168,30 @@ def build_analysis_tab(
             for name in names[start : start + 2]:
                 with make(gr.Column):
                     make(gr.Markdown, _caption(name, result, tr), elem_classes=["attnviz-caption"])
-                    with Image.open(folder / files[name]) as image:
-                        picture = image.convert("RGB")
-                    components["plots"][name] = make(
-                        gr.Image,
-                        picture,
-                        format="png",
-                        show_label=False,
-                        interactive=False,
-                        buttons=["download", "fullscreen"],
-                        elem_id=f"analysis-{name}",
-                        elem_classes=["attnviz-figure"],
-                    )
+                    components["plots"][name] = _plot(make, folder / files[name], name)
+            if len(names[start : start + 2]) == 1:
+                with make(gr.Column):  # an empty column beside an odd last plot: it keeps the others' width
+                    pass
     markdown = folder / MARKDOWN_NAME
     if markdown.is_file():
         with make(gr.Accordion, tr("analysis_tables"), open=False):
             components["tables"] = make(gr.Markdown, markdown.read_text(encoding="utf-8"), elem_id="analysis-tables")
     return components
+
+
+def _plot(make: Callable, path: Path, name: str):
+    with Image.open(path) as image:
+        picture = image.convert("RGB")
+    return make(
+        gr.Image,
+        picture,
+        format="png",
+        show_label=False,
+        interactive=False,
+        buttons=["download", "fullscreen"],
+        elem_id=f"analysis-{name}",
+        elem_classes=["attnviz-figure"],
+    )
 
 
 def _caption(name: str, result: dict, tr: Callable):
