@@ -20,6 +20,7 @@ optional with the page's defaults; ``archive=True`` asks for the zip too:
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab  # n
 from attnviz.attention import RECORD_KINDS, family  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
 from attnviz.explainer import CAM_METHODS, PRECISIONS, ExplainSettings, Explanation, get_explainer  # noqa: E402
+from attnviz.findings import language_of  # noqa: E402
 from attnviz.images import MAX_FILE_BYTES  # noqa: E402
 from attnviz.models import TARGET_LAYERS, VARIANTS  # noqa: E402
 from attnviz.render import COLORMAPS, Rendered, export_zip, render_explanation  # noqa: E402
@@ -317,6 +319,8 @@ class Analysis:
     rendered: Rendered
     archive: Path | None = None
     folder: Path | None = None  # this request's own folder for its files, made on first use
+    request: tuple | None = None  # what the models ran on (request_key): the same again shows this result
+    drawing: tuple | None = None  # (opacity, colormap) it was drawn with: a change redraws without the models
 
     def directory(self) -> Path:
         if self.folder is None:
@@ -365,6 +369,24 @@ def installed_sets(weights_dir: str | Path | None = None) -> tuple[Manifest, lis
             f"import torchvision-resnet50 --set imagenet), or point --weights-dir / ATTNVIZ_WEIGHTS at a weights "
             f"folder")
     return manifest, names
+
+
+def request_key(image, *settings) -> tuple | None:
+    """What a page request runs the models on: the image (a file by path, size and modification time, data by
+    its hash) and the settings; None for an image it cannot tell apart, which then always runs."""
+    if isinstance(image, (str, Path)):
+        try:
+            stat = os.stat(image)
+        except OSError:
+            return None
+        picture: tuple = ("file", str(image), stat.st_size, stat.st_mtime_ns)
+    elif isinstance(image, bytes):
+        picture = ("bytes", hashlib.sha256(image).hexdigest())
+    elif isinstance(image, np.ndarray):
+        picture = ("array", image.shape, str(image.dtype), hashlib.sha256(np.ascontiguousarray(image)).hexdigest())
+    else:
+        return None
+    return (picture, *(tuple(s) if isinstance(s, list) else s for s in settings))
 
 
 def family_kinds(variant: str) -> list:
@@ -460,14 +482,30 @@ class AttnvizApp:
     # ------------------------------------------------------------------ handlers
 
     def explain_page(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
-                     eigen_smooth, precision="fp32", progress=gr.Progress()) -> dict:  # noqa: B008 - gradio injects it
-        """The page's handler: every output component's new value; a user's error clears them and says why."""
+                     eigen_smooth, precision="fp32", last: Analysis | None = None,
+                     progress=gr.Progress()) -> dict:  # noqa: B008 - gradio injects it
+        """The page's handler: every output component's new value; a user's error clears them and says why.
+
+        ``last`` is the result on show (the page's state). The same image and model settings again show it as
+        it is (clicking Explain after an upload, which already explained the image), or redraw it when only the
+        opacity or the colormap changed; any other change runs the models again."""
+        request = request_key(image, model_set, models, method, target, layer, aug_smooth, eigen_smooth, precision)
+        drawing = (float(opacity), colormap)
         try:
+            if last is not None and request is not None and last.request == request:
+                if last.folder is not None and not last.folder.is_dir():  # its files were cleaned up: write again
+                    last.folder, last.archive = None, None
+                if last.drawing == drawing:
+                    return self._page_values(last, again="done_again")
+                rendered = render_explanation(last.explanation, colormap=colormap, opacity=float(opacity))
+                return self._page_values(Analysis(last.explanation, rendered, request=request, drawing=drawing),
+                                         again="done_redrawn")
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
                                     aug_smooth, eigen_smooth, progress, precision=precision)
         except AttnvizError as exc:
             gr.Warning(str(exc), title="attnviz")  # toasts show text as it is: the library's English line
             return self._page_values(None, status=f"⚠️ {error_text(exc)}")
+        analysis.request, analysis.drawing = request, drawing
         return self._page_values(analysis)
 
     def archive_page(self, analysis: Analysis | None) -> dict:
@@ -520,7 +558,7 @@ class AttnvizApp:
         shown = ", ".join(classes[:60]) + (f", … ({len(classes) - 60} more)" if len(classes) > 60 else "")
         return f"**{t('classes')} ({len(classes)}):** {shown}"
 
-    def _page_values(self, analysis: Analysis | None, status: str = "") -> dict:
+    def _page_values(self, analysis: Analysis | None, status: str = "", again: str = "done") -> dict:
         c = self.components
         results = analysis.explanation.results if analysis else {}
         values: dict = {}
@@ -549,7 +587,7 @@ class AttnvizApp:
             settings = analysis.explanation.settings
             total = sum(r.seconds for r in results.values())
             titles = ", ".join(family(v).title for v in results)
-            status = f"{t('done')} {CAM_METHODS[settings.method].label} · {settings.layer} · {titles} · {total:.1f} s"
+            status = f"{t(again)} {CAM_METHODS[settings.method].label} · {settings.layer} · {titles} · {total:.1f} s"
         values[c["status"]] = status
         return values
 
@@ -570,8 +608,10 @@ class AttnvizApp:
                 with gr.Tab(tr("analysis_tab"), id="analysis", elem_id="tab-analysis"):
                     # Drawn again for the set chosen on the first tab, from its files as they are then.
                     @gr.render(inputs=c["model_set"])
-                    def analysis_of(set_name: str) -> None:
-                        build_analysis_tab(self.weights_dir, set_name or self.default_set, translate=tr, keyed=True)
+                    def analysis_of(set_name: str, request: gr.Request) -> None:
+                        # the findings are sentences made from the numbers: written in the browser's language
+                        build_analysis_tab(self.weights_dir, set_name or self.default_set, translate=tr, keyed=True,
+                                           language=language_of(request.headers.get("accept-language")))
             gr.Markdown(tr("footer"), elem_classes=["attnviz-credit"])
 
             # The API endpoint: the same inputs (so the same defaults), compact JSON-friendly outputs.
@@ -584,8 +624,9 @@ class AttnvizApp:
             inputs = [c[name] for name in ("image", "model_set", "models", "method", "target", "layer", "opacity",
                                            "colormap", "aug_smooth", "eigen_smooth", "precision")]
             outputs = [c[name] for name in self._page_output_names()]
-            page = {"fn": self.explain_page, "inputs": inputs, "outputs": outputs, "api_visibility": "private",
-                    "concurrency_id": "explain"}
+            # The page's events also read the result on show: unchanged inputs show it again (see explain_page).
+            page = {"fn": self.explain_page, "inputs": [*inputs, c["last"]], "outputs": outputs,
+                    "api_visibility": "private", "concurrency_id": "explain"}
             c["explain"].click(**page)
             c["image"].upload(**page)
             if examples:
@@ -632,12 +673,12 @@ class AttnvizApp:
                 with gr.Row():
                     c["opacity"] = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label=tr("opacity"))
                     c["colormap"] = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label=tr("colormap"))
+                c["precision"] = gr.Radio(list(PRECISIONS), value="fp32", label=tr("precision"),
+                                          info=tr("precision_info"), elem_id="precision")
                 with gr.Accordion(tr("smoothing"), open=False):
                     c["aug_smooth"] = gr.Checkbox(False, label=tr("aug_smooth"))
                     c["eigen_smooth"] = gr.Checkbox(False, label=tr("eigen_smooth"))
                     gr.Markdown(tr("smoothing_note"), elem_classes=["attnviz-note"])
-                    c["precision"] = gr.Radio(list(PRECISIONS), value="fp32", label=tr("precision"),
-                                              info=tr("precision_info"))
                 c["classes"] = gr.Markdown(self._classes_text(classes), elem_id="classes")
                 c["builtin_note"] = gr.Markdown(tr("builtin_note"), visible=self.default_set == BUILTIN_SET)
         c["status"] = gr.Markdown("", elem_id="status")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from test_app_http import running_app
+from servers import free_port, stop, wait_until_serving
+from test_app_http import REPO, STARTUP_TIMEOUT_S, running_app
 
 from attnviz.models import VARIANTS
 
@@ -60,8 +66,8 @@ def example_image(tmp_path) -> Path:
     return export_examples(tmp_path, singles=1, pairs=0)[0]
 
 
-def open_page(browser, url: str, locale: str = "en-US"):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100}, locale=locale)
+def open_page(browser, url: str, locale: str = "en-US", width: int = 1500):
+    context = browser.new_context(viewport={"width": width, "height": 1100}, locale=locale)
     page = context.new_page()
     outside: list[str] = []
     host = urlparse(url).netloc
@@ -140,7 +146,9 @@ def two_set_url(tmp_path_factory) -> Iterator[str]:
 
     weights = make_model_set(tmp_path_factory.mktemp("two-sets"), "tiny")
     make_model_set(weights, "scenes", classes=CLASSES, crop=32, variants=("resnet50", "se"), make_default=False)
-    assert analyze.main(["--set", "scenes", "--weights-dir", str(weights), "--quick", "--quiet"]) == 0
+    out = weights / "scenes" / analyze.ANALYSIS_DIR  # named: a quick run alone would not write what the app shows
+    assert analyze.main(["--set", "scenes", "--weights-dir", str(weights), "--quick", "--quiet",
+                         "--out", str(out)]) == 0
     with running_app(weights) as url:
         yield url
 
@@ -157,4 +165,124 @@ def test_analysis_tab_follows_the_chosen_model_set(browser, two_set_url):
     page.get_by_role("tab", name="Analysis").click()
     expect(page.locator("#analysis-summary")).to_contain_text("pointing game")
     expect(page.locator("#analysis-status")).to_contain_text("scenes: 6 test")
+    page.context.close()
+
+
+# --------------------------------------------------------------------------- the models run once per change
+
+# app.py in a process that writes one line to a file each time the explainer runs its models
+COUNTING_LAUNCHER = """
+import runpy, sys
+from pathlib import Path
+from attnviz import explainer
+log = Path(sys.argv.pop(1))
+original = explainer.Explainer.explain
+def explain(self, *args, **kwargs):
+    with log.open("a") as file:
+        file.write("explain\\n")
+    return original(self, *args, **kwargs)
+explainer.Explainer.explain = explain
+sys.argv[0] = "app.py"
+runpy.run_path("app.py", run_name="__main__")
+"""
+
+
+@contextmanager
+def counting_app(weights_dir: Path, log: Path) -> Iterator[str]:
+    launcher = log.with_name("counting_app.py")
+    launcher.write_text(COUNTING_LAUNCHER)
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, str(launcher), str(log), "--port", str(port), "--weights-dir",
+                                str(weights_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, STARTUP_TIMEOUT_S)
+        yield url
+    finally:
+        stop(process)
+
+
+def runs(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_upload_then_explain_runs_the_models_once_and_a_changed_layer_again(browser, tiny_weights_dir,
+                                                                           example_image, tmp_path):
+    from playwright.sync_api import expect
+
+    log = tmp_path / "runs.log"
+    with counting_app(tiny_weights_dir, log) as url:
+        page, _ = open_page(browser, url)
+        expect(page.locator("#explain-button")).to_be_visible()
+        at_start = runs(log)  # the start-up run (app.preload)
+        upload(page, example_image)
+        expect(page.locator("#status")).to_contain_text("Done: Grad-CAM · layer4")
+        assert runs(log) == at_start + 1
+        page.locator("#explain-button").click()
+        expect(page.locator("#status")).to_contain_text("nothing changed")  # answered: the same result again
+        assert runs(log) == at_start + 1
+        page.get_by_label("layer3").check()
+        page.locator("#explain-button").click()
+        expect(page.locator("#status")).to_contain_text("Done: Grad-CAM · layer3")
+        assert runs(log) == at_start + 2
+        page.context.close()
+
+
+# --------------------------------------------------------------------------- the shipped analysis on the page
+
+
+@pytest.fixture(scope="module")
+def shipped_analysis_url(tmp_path_factory) -> Iterator[str]:
+    """An app whose set "builtin" holds a copy of the shipped analysis (one small random model to serve)."""
+    from conftest import make_model_set
+
+    weights = make_model_set(tmp_path_factory.mktemp("shipped"), "builtin", crop=32, variants=("resnet50",))
+    shutil.copytree(REPO / "weights" / "builtin" / "analysis", weights / "builtin" / "analysis")
+    with running_app(weights) as url:
+        yield url
+
+
+PLOTS_LOADED = """() => {
+    const images = [...document.querySelectorAll("[id^=analysis-] img")];
+    return images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0 && i.clientWidth > 0);
+}"""
+
+
+def analysis_images(page) -> list[dict]:
+    """Every plot on the Analysis tab once all are loaded: its id, shown width and PNG width."""
+    page.wait_for_function(PLOTS_LOADED)
+    return page.eval_on_selector_all(
+        "[id^=analysis-] img",
+        "images => images.map(i => ({id: i.closest('[id]').id, shown: i.clientWidth, png: i.naturalWidth}))")
+
+
+def test_analysis_plots_are_shown_at_the_width_they_were_drawn_for(browser, shipped_analysis_url, artifacts_dir):
+    from playwright.sync_api import expect
+
+    from attnviz import analysis_plots
+
+    page, outside = open_page(browser, shipped_analysis_url, width=1280)
+    page.get_by_role("tab", name="Analysis").click()
+    expect(page.locator("#analysis-findings")).to_contain_text("is the most accurate")
+    shown = analysis_images(page)
+    assert len(shown) == 9
+    for image in shown:
+        assert image["png"] == analysis_plots.DISPLAY_WIDTH_PX * analysis_plots.PIXEL_SCALE, image
+        assert abs(image["shown"] - analysis_plots.DISPLAY_WIDTH_PX) <= 2, image  # the odd last one too
+        smallest = min(analysis_plots.FONT_SIZES.values()) * analysis_plots.DPI / 72
+        assert smallest * image["shown"] / analysis_plots.DISPLAY_WIDTH_PX >= analysis_plots.MIN_TEXT_PX
+    page.screenshot(path=str(artifacts_dir / "analysis_tab.png"), full_page=True)
+    assert outside == []
+    page.context.close()
+
+
+def test_analysis_findings_speak_simplified_chinese_to_a_chinese_browser(browser, shipped_analysis_url):
+    from playwright.sync_api import expect
+
+    page, _ = open_page(browser, shipped_analysis_url, locale="zh-CN")
+    page.get_by_role("tab", name="分析").click()
+    expect(page.locator("#analysis-findings")).to_contain_text("准确率最高")
+    expect(page.get_by_text("这些数字说明了什么")).to_be_visible()
     page.context.close()

@@ -356,3 +356,84 @@ def test_precision_choice_reaches_explain(app, tmp_path):
     out = page(app, save(scene(), tmp_path / "scene.png"), models=ONE_MODEL, precision="bf16")
     assert out["status"].startswith(DONE) and out["last"].explanation.settings.precision == "bf16"
     assert_cleared_with_message(page(app, save(scene(), tmp_path / "scene.png"), precision="fp8"), "precision")
+
+
+# ----------------------------------------------------------------------------- showing a result again
+
+
+@pytest.fixture
+def model_runs(app, monkeypatch) -> list:
+    """Every run of the tiny set's models through the page, recorded as it happens."""
+    explainer = app.explainer("tiny")
+    runs: list = []
+    original = explainer.explain
+
+    def explain(*args, **kwargs):
+        runs.append(args[1])  # the settings
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(explainer, "explain", explain)
+    return runs
+
+
+def test_explain_with_unchanged_inputs_shows_the_result_on_show_without_running_the_models(app, tmp_path,
+                                                                                            model_runs):
+    path = save(scene(), tmp_path / "scene.png")
+    uploaded = page(app, path, models=ONE_MODEL)  # the upload event
+    clicked = page(app, path, models=ONE_MODEL, last=uploaded["last"])  # then a click on Explain
+    assert len(model_runs) == 1
+    assert clicked["last"] is uploaded["last"]
+    assert clicked["resnet50_overlay"] == uploaded["resnet50_overlay"]
+    assert clicked["status"].startswith(ui.t("done_again"))
+
+
+@pytest.mark.parametrize("change", [{"layer": "layer3"}, {"method": "eigencam"}, {"target": "triangle"},
+                                    {"models": ["se"]}, {"eigen_smooth": True}, {"aug_smooth": True},
+                                    {"precision": "bf16"}, {"image": "other"}],
+                         ids=lambda change: next(iter(change)))
+def test_any_changed_model_setting_or_image_runs_the_models_again(app, tmp_path, model_runs, change):
+    path = save(scene(), tmp_path / "scene.png")
+    first = page(app, path, models=ONE_MODEL)
+    if change.get("image"):
+        path, change = save(scene(seed=3), tmp_path / "other.png"), {}
+    second = page(app, path, **{"models": ONE_MODEL, **change}, last=first["last"])
+    assert len(model_runs) == 2
+    assert second["status"].startswith(DONE) and second["last"] is not first["last"]
+
+
+def test_a_changed_opacity_or_colormap_redraws_without_running_the_models(app, tmp_path, model_runs,
+                                                                          tiny_weights_dir):
+    path = save(scene(), tmp_path / "scene.png")
+    first = page(app, path, models=ONE_MODEL)
+    redrawn = page(app, path, models=ONE_MODEL, opacity=1.0, colormap="viridis", last=first["last"])
+    assert len(model_runs) == 1
+    assert redrawn["status"].startswith(ui.t("done_redrawn"))
+    heatmap = first["last"].explanation.results["resnet50"].heatmap
+    np.testing.assert_array_equal(pixels(redrawn["resnet50_overlay"]),
+                                  overlay(view_of(path, tiny_weights_dir), heatmap, "viridis", 1.0))
+    again = page(app, path, models=ONE_MODEL, opacity=1.0, colormap="viridis", last=redrawn["last"])
+    assert len(model_runs) == 1 and again["status"].startswith(ui.t("done_again"))
+
+
+def test_a_result_whose_files_were_cleaned_up_is_shown_from_new_files(app, tmp_path, model_runs):
+    import shutil
+
+    path = save(scene(), tmp_path / "scene.png")
+    first = page(app, path, models=ONE_MODEL)
+    shutil.rmtree(first["last"].folder)
+    again = page(app, path, models=ONE_MODEL, last=first["last"])
+    assert len(model_runs) == 1 and Path(again["resnet50_overlay"]).is_file()
+
+
+def test_after_an_error_the_same_request_runs_again(app, tmp_path, model_runs):
+    path = save(scene(), tmp_path / "scene.png")
+    failed = page(app, path, models=ONE_MODEL, target="unicorn")
+    assert failed["last"] is None
+    assert page(app, path, models=ONE_MODEL, last=failed["last"])["status"].startswith(DONE)
+
+
+def test_precision_is_not_hidden_in_the_smoothing_accordion(app):
+    block = app.components["precision"]
+    while block is not None:
+        assert not isinstance(block, gr.Accordion)
+        block = block.parent
