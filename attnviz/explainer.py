@@ -17,6 +17,7 @@ the first pass on the image itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import threading
 import time
@@ -33,7 +34,7 @@ from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, load_image, preprocess
 from attnviz.knockout import KNOCKOUT_VALUES, check_spec, parse_knockout, replacements
 from attnviz.methods import CAM_METHODS
-from attnviz.models import TARGET_LAYERS
+from attnviz.models import VARIANTS, target_layer_help, target_layer_names
 from attnviz.pgc_adapter import library_call, maps_from_pass
 from attnviz.results import (
     BatchResult,
@@ -77,8 +78,8 @@ class ExplainSettings:
     def validate(self, classes: list[str]) -> None:
         if self.method not in CAM_METHODS:
             raise AttnvizError(f"unknown CAM method {self.method!r}; choose one of {', '.join(CAM_METHODS)}")
-        if self.layer not in TARGET_LAYERS:
-            raise AttnvizError(f"unknown target layer {self.layer!r}; choose one of {', '.join(TARGET_LAYERS)}")
+        if not any(self.layer in _valid_layers(v) for v in VARIANTS):
+            raise AttnvizError(f"unknown target layer {self.layer!r}; choose {target_layer_help()}")
         if self.target is not None and not 0 <= self.target < len(classes):
             raise AttnvizError(f"target class {self.target} is outside this set's {len(classes)} classes")
         if self.top_k < 1:
@@ -88,6 +89,19 @@ class ExplainSettings:
         if self.knockout_value not in KNOCKOUT_VALUES:
             raise AttnvizError(f"unknown knock-out value {self.knockout_value!r}; choose one of "
                                f"{', '.join(KNOCKOUT_VALUES)}")
+
+
+@functools.cache
+def _valid_layers(variant: str) -> frozenset[str]:
+    return frozenset(target_layer_names(variant))
+
+
+def check_layer(layer: str, variants: list[str]) -> None:
+    """One line when a chosen model has no such target layer (e.g. an attention module in the plain ResNet50)."""
+    for variant in variants:
+        if layer not in _valid_layers(variant):
+            raise AttnvizError(f"{family(variant).title} has no target layer {layer!r}; choose "
+                               f"{target_layer_help()}")
 
 
 ProgressCallback = Callable[[float, str], None]
@@ -316,6 +330,7 @@ class Explainer:
         settings = replace(settings or ExplainSettings(), **overrides)
         settings.validate(self.classes)
         variants = self._chosen(settings.variants)
+        check_layer(settings.layer, variants)
         gate_names = {g.spec.name for v in variants for g in self.explainers[v].gates}
         if settings.knockout:
             check_spec(settings.knockout, gate_names)  # one line for a bad spec, before any model runs
@@ -355,6 +370,8 @@ class Explainer:
             for layer in layers:
                 ExplainSettings(method=method, layer=layer, precision=precision).validate(self.classes)
         chosen = self._chosen(variants)
+        for layer in layers:
+            check_layer(layer, chosen)
         prepared = preprocess(load_image(image), self.model_set.preprocessing)
         results = {v: self.explainers[v].explain_grid(prepared.tensor, methods, layers, indices, precision)
                    for v in chosen}

@@ -21,7 +21,10 @@ from attnviz.attention import families, family, family_keys
 VARIANTS = family_keys()  # ("resnet50", "se", "cbam", "eca"): every registered family, in display order
 VARIANT_TITLES = {f.key: f.title for f in families()}
 RESNET50_LAYERS = (3, 4, 6, 3)
-TARGET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+TARGET_LAYERS = ("layer1", "layer2", "layer3", "layer4")  # the stages: the usual CAM targets
+# Modules inside a block that can be a CAM's target (their output is the block's feature map at some step).
+# bn1 and bn2 are not: an in-place ReLU overwrites their output right after it is made.
+BLOCK_TARGETS = ("conv1", "conv2", "conv3", "bn3")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,27 @@ def build_model(spec: ModelSpec) -> ResNet:
 def build_resnet50(variant: str = "resnet50", num_classes: int = 1000, **options) -> ResNet:
     """ResNet50 with the attention family ``variant`` (one of ``VARIANTS``); ``options`` are the family's."""
     return build_model(ModelSpec.from_options(variant, num_classes, options))
+
+
+def target_layer_names(variant: str) -> list[str]:
+    """Every valid CAM target of a variant, earliest first: the stages, every block (``layer3.5``), and the
+    modules inside a block (``layer4.2.conv3``, ``layer4.2.bn3``, ``layerN.0.downsample``, and
+    ``layerN.M.attention`` for a family with attention)."""
+    names = list(TARGET_LAYERS)
+    for stage, blocks in zip(TARGET_LAYERS, RESNET50_LAYERS, strict=True):
+        for i in range(blocks):
+            block = f"{stage}.{i}"
+            names += [block, *(f"{block}.{m}" for m in BLOCK_TARGETS)]
+            names += [f"{block}.downsample"] if i == 0 else []
+            names += [f"{block}.attention"] if family(variant).has_attention else []
+    return names
+
+
+def target_layer_help() -> str:
+    blocks = ", ".join(f"{s}.0-{s}.{n - 1}" for s, n in zip(TARGET_LAYERS, RESNET50_LAYERS, strict=True))
+    return (f"a stage ({', '.join(TARGET_LAYERS)}), a block ({blocks}) or a module inside a block "
+            f"({', '.join(BLOCK_TARGETS)}, downsample in a stage's first block, attention in a model with attention; "
+            f"e.g. layer4.2.conv3)")
 
 
 def parameter_count(model: nn.Module) -> int:

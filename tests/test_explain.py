@@ -213,3 +213,21 @@ def test_aug_smooth_is_pytorch_grad_cams_own_call_and_leaves_no_hooks(tiny_expla
         expected = cam(x.clone().requires_grad_(True), [ClassifierOutputTarget(2)], aug_smooth=True)[0]
     np.testing.assert_allclose(result.results["se"].heatmap, expected, atol=1e-5)
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("layer, words", [
+    ("layer4.2.bn1", "unknown target layer 'layer4.2.bn1'; choose a stage"),
+    ("fc", "unknown target layer 'fc'"),
+    ("layer4.3", "unknown target layer"),
+])
+def test_an_invalid_target_layer_is_one_line_listing_the_valid_ones(tiny_explainer, scene_image, layer, words):
+    with pytest.raises(AttnvizError, match=words) as caught:
+        tiny_explainer.explain(scene_image, layer=layer)
+    assert "\n" not in str(caught.value) and "layer3.0-layer3.5" in str(caught.value)
+
+
+def test_an_attention_module_is_a_target_only_in_models_that_have_one(tiny_explainer, scene_image):
+    result = tiny_explainer.explain(scene_image, layer="layer4.1.attention", variants=("se", "cbam", "eca"))
+    assert all(r.heatmap.shape == (64, 64) for r in result.results.values())
+    with pytest.raises(AttnvizError, match="ResNet50 has no target layer 'layer4.1.attention'"):
+        tiny_explainer.explain(scene_image, layer="layer4.1.attention")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from model_state import tensors_kept_on
 
+from attnviz.attention import family
 from attnviz.errors import AttnvizError
 from attnviz.explainer import CAM_METHODS, ExplainSettings
 from attnviz.models import VARIANTS
@@ -57,7 +58,7 @@ def default_pgc_map(model: torch.nn.Module, method: str, layer: str, x: torch.Te
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     targets = None if target is None else [ClassifierOutputTarget(target)]
-    with cam_class(method)(model, target_layers=[getattr(model, layer)]) as cam:
+    with cam_class(method)(model, target_layers=[model.get_submodule(layer)]) as cam:
         heatmap = cam(x, targets=targets)[0]
     model.zero_grad(set_to_none=True)
     return heatmap
@@ -71,6 +72,30 @@ def test_heatmap_equals_default_pytorch_grad_cam(tiny_explainer, user_models, im
         expected = default_pgc_map(user_models[variant], method, layer, image_tensor, target)
         result = explainer.explain(image_tensor, ExplainSettings(method=method, layer=layer, target=target))
         assert result.heatmap.shape == expected.shape
+        assert np.abs(result.heatmap - expected).max() <= TOLERANCE, f"class {target}"
+        ranges.append(expected.max() - expected.min())
+    assert max(ranges) > 0.5, "every reference map is flat: the comparison would prove nothing"
+
+
+def _block_targets() -> list:
+    """A block, a module inside a block, a shortcut and an attention module as targets, for every family."""
+    cases = []
+    for variant in VARIANTS:
+        layers = ["layer3.5", "layer4.2.conv3", "layer4.0.downsample", "layer2.1.bn3"]
+        layers += ["layer4.1.attention"] if family(variant).has_attention else []
+        cases += [pytest.param(variant, layer, marks=() if layer == "layer3.5" else (pytest.mark.slow,),
+                               id=f"{variant}-{layer}") for layer in layers]
+    return cases
+
+
+@pytest.mark.parametrize(("variant", "layer"), _block_targets())
+def test_any_block_as_the_target_equals_default_pytorch_grad_cam(tiny_explainer, user_models, image_tensor,
+                                                                 variant, layer):
+    explainer = tiny_explainer.explainers[variant]
+    ranges = []
+    for target in range(len(tiny_explainer.classes)):
+        expected = default_pgc_map(user_models[variant], "gradcam", layer, image_tensor, target)
+        result = explainer.explain(image_tensor, ExplainSettings(layer=layer, target=target))
         assert np.abs(result.heatmap - expected).max() <= TOLERANCE, f"class {target}"
         ranges.append(expected.max() - expected.min())
     assert max(ranges) > 0.5, "every reference map is flat: the comparison would prove nothing"
