@@ -107,13 +107,17 @@ def test_quick_run_values_are_in_range_with_intervals_around_their_means(quick_r
             for iv in group["models"].values():
                 assert 0 <= iv["low"] <= iv["high"] <= 1
     differences = result["localisation"]["test"]["energy"]["gradcam@layer4"]["differences"]
-    assert set(differences) == {"se-resnet50", "cbam-resnet50", "cbam-se"}
+    pairs = [(a, b) for i, a in enumerate(VARIANTS) for b in VARIANTS[i + 1 :]]
+    assert set(differences) == {f"{b}-{a}" for a, b in pairs} and "cbam-se" in differences
 
 
 @pytest.mark.slow
-def test_quick_run_reads_out_se_and_cbam_attention(quick_run):
+def test_quick_run_reads_out_every_channel_and_spatial_gate(quick_run):
+    from attnviz.attention import family
+
     _, _, result = quick_run
-    assert set(result["excitation"]) == {"se", "cbam"}
+    assert set(result["excitation"]) == {v for v in VARIANTS if "channel" in family(v).kinds()} >= {"se", "cbam"}
+    assert set(result["spatial"]) == {v for v in VARIANTS if "spatial" in family(v).kinds()} >= {"cbam"}
     se = result["excitation"]["se"]
     assert len(se["blocks"]) == 16 and se["channels"][0] == 256 and se["channels"][-1] == 2048
     assert list(se["profiles"]) == ["layer1.2", "layer2.3", "layer3.5", "layer4.0", "layer4.1", "layer4.2"]
@@ -131,7 +135,7 @@ def test_markdown_report_states_command_sample_and_tables(quick_run):
     assert result["command"] in text
     assert "6 test" in text and "Summary: test scenes, Grad-CAM at layer4" in text
     assert "| Grad-CAM (layer1) |" in text and "CBAM − SE" in text
-    assert "## Excitation" in text and "## CBAM's spatial attention" in text
+    assert "## Excitation" in text and "## ResNet50 + CBAM: spatial attention" in text
 
 
 @pytest.mark.slow
