@@ -201,8 +201,14 @@ def prepare_run(args: argparse.Namespace) -> Run:
     settings = ExplainSettings(method=args.method, layer=args.layer, target=_resolve_target(args.target, info.classes),
                                top_k=min(TOP_K, len(info.classes)), aug_smooth=args.aug_smooth,
                                eigen_smooth=args.eigen_smooth, variants=tuple(v for v in VARIANTS if v in wanted),
-                               precision=args.precision)
+                               precision=args.precision, knockout=args.knockout or None,
+                               knockout_value=args.knockout_value)
     settings.validate(info.classes)
+    if settings.knockout:  # a bad spec is one line before any image, not one error per image
+        from attnviz.attention import family
+        from attnviz.knockout import check_spec
+
+        check_spec(settings.knockout, {gate.name for v in settings.variants for gate in family(v).gates})
     fingerprint = {
         "format": OUTPUT_FORMAT,
         "set": info.name,
@@ -427,6 +433,7 @@ def _model_column(folder: str, summary: dict, variant: str) -> str:
         f'<div class="caption">Top-{len(model["top"])} (red: the class the heatmap explains)</div>',
         _top_table(model),
     ]
+    parts += _knockout_parts(folder, summary, variant)
     for kind in RECORD_KINDS.values():  # the figures each record kind gave, as the app shows them
         figure = _figure(folder, summary, f"{variant}_{kind.figure}.png", f"{model['title']}: {kind.key} attention")
         if figure:
@@ -436,6 +443,28 @@ def _model_column(folder: str, summary: dict, variant: str) -> str:
         parts.append(f'<p class="note">{_markdown_bold(note)}</p>')
     parts.append("</div>")
     return "\n".join(p for p in parts if p)
+
+
+def _knockout_parts(folder: str, summary: dict, variant: str) -> list[str]:
+    """What the model does with the knocked-out gates off: its top-k, the heatmap and the change."""
+    knocked = summary["models"][variant].get("knockout")
+    if not knocked:
+        return []
+    head = f'<div class="caption">With {_e(knocked["spec"])} switched off ({_e(knocked["value"])})</div>'
+    if not knocked["affected"]:
+        return [head, f'<p class="note">{_e(knocked["note"])}</p>']
+    target = knocked["target"]
+    title = summary["models"][variant]["title"]
+    return [
+        head,
+        f'<div class="muted">{len(knocked["gates"])} gates off · <b>{_e(target["name"])}</b> now '
+        f'{target["probability"]:.1%} ({knocked["target_probability_change"]:+.1%}) · top-20 % IoU with the '
+        f'trained heatmap {knocked["iou_top20"]:.2f}</div>',
+        _figure(folder, summary, f"{variant}_knockout_overlay.png", f"{title}: heatmap with the gates off", "overlay"),
+        _figure(folder, summary, f"{variant}_knockout_difference.png",
+                f"{title}: heatmap with the gates off minus as trained (red: higher, blue: lower)", "overlay"),
+        _top_table({"top": knocked["top"], "target": target}),
+    ]
 
 
 def _markdown_bold(markdown: str) -> str:
@@ -657,7 +686,8 @@ def write_report(jobs: list[ImageJob], run: Run, out_dir: Path, interrupted: boo
 
 def _explain_parser() -> argparse.ArgumentParser:
     from attnviz.explainer import CAM_METHODS, PRECISIONS
-    from attnviz.models import TARGET_LAYERS, VARIANTS
+    from attnviz.knockout import KNOCKOUT_VALUES
+    from attnviz.models import VARIANTS
     from attnviz.render import COLORMAPS
 
     parser = _Parser(prog="attnviz explain",
@@ -671,7 +701,9 @@ def _explain_parser() -> argparse.ArgumentParser:
                         help="folder holding manifest.json (default: $ATTNVIZ_WEIGHTS or weights/)")
     parser.add_argument("--models", nargs="+", choices=VARIANTS, help="which models (default: all of the set)")
     parser.add_argument("--method", default="gradcam", choices=list(CAM_METHODS), help="CAM method (gradcam)")
-    parser.add_argument("--layer", default="layer4", choices=TARGET_LAYERS, help="target layer (layer4)")
+    parser.add_argument("--layer", default="layer4", metavar="LAYER",
+                        help="target layer: a stage (layer1-layer4), a block (layer3.5) or a module inside one "
+                             "(layer4.2.conv3, layer4.1.attention) (layer4)")
     parser.add_argument("--target", metavar="CLASS",
                         help="class name or index every heatmap explains (default: each model's own top-1)")
     parser.add_argument("--colormap", default="jet", choices=COLORMAPS, help="heatmap colormap (jet)")
@@ -681,6 +713,12 @@ def _explain_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp32, or bf16 autocast for the models' pass: faster on CPUs with native bf16 "
                              "(AVX512-BF16, AMX), slower elsewhere; maps change slightly (README)")
+    parser.add_argument("--knockout", metavar="SPEC",
+                        help="switch attention gates off and show each model with them off too: TARGET[:GATE], "
+                             "comma-separated; TARGET all, layer3, layer3.2 or layer4.*; GATE channel or spatial")
+    parser.add_argument("--knockout-value", default="identity", choices=KNOCKOUT_VALUES,
+                        help="what a switched-off gate outputs: identity (1) or mean (its mean over the set's "
+                             "validation scenes) (identity)")
     parser.add_argument("--force", action="store_true", help="explain every image again, even if finished")
     parser.add_argument("--per-page", type=int, default=PER_PAGE, metavar="N",
                         help=f"images per page of the report; report.html is the index of the pages ({PER_PAGE})")

@@ -103,6 +103,16 @@ def overlay(view: np.ndarray, heatmap: np.ndarray, colormap: str = "jet", opacit
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
+def difference_overlay(view: np.ndarray, first: np.ndarray, second: np.ndarray, opacity: float = 0.7) -> np.ndarray:
+    """``second`` minus ``first`` (two maps in [0, 1]) in diverging colours on a fixed -1..1 scale (blue: lower,
+    red: higher), laid over the grey view: (H, W, 3) uint8, no colorbar."""
+    size = view.shape[:2]
+    difference = resize_map(second, size) - resize_map(first, size)
+    coloured = colorize(difference, DIFFERENCE_COLORMAP, -1.0, 1.0).astype(np.float32)
+    blended = (1.0 - opacity) * _grey(view).astype(np.float32) + opacity * coloured
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
 def _grey(view: np.ndarray) -> np.ndarray:
     """The view in grey, lightened, as a quiet background for comparison maps."""
     grey = view.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -496,6 +506,8 @@ class RenderedModel:
     result: ModelResult
     overlay: np.ndarray
     figures: dict[str, np.ndarray]  # figure name ("channel_weights", "spatial_maps") -> picture; none without gates
+    knockout_overlay: np.ndarray | None = None  # the heatmap with the knocked-out gates off, when they were
+    knockout_difference: np.ndarray | None = None  # that heatmap minus the trained one, over the grey view
 
     @property
     def channel_weights(self) -> np.ndarray | None:
@@ -530,6 +542,9 @@ class Rendered:
             out[f"{variant}_top_k.png"] = model.topk
             for name, image in model.figures.items():
                 out[f"{variant}_{name}.png"] = image
+            if model.knockout_overlay is not None:
+                out[f"{variant}_knockout_overlay.png"] = model.knockout_overlay
+                out[f"{variant}_knockout_difference.png"] = model.knockout_difference
         if self.difference is not None:
             out["difference_maps.png"] = self.difference
         out["agreement.png"] = self.agreement
@@ -540,11 +555,17 @@ def render_explanation(explanation: Explanation, colormap: str = "jet", opacity:
     """All the pictures the app shows for one explanation (the top-k charts are drawn when first used)."""
     _check_style(colormap, opacity)
     view = explanation.view
-    models = {
-        variant: RenderedModel(result=result, overlay=overlay(view, result.heatmap, colormap, opacity),
-                               figures=attention_figures(view, result, colormap))
-        for variant, result in explanation.results.items()
-    }
+    models = {}
+    for variant, result in explanation.results.items():
+        knocked = result.knockout if result.knockout is not None and result.knockout.affected else None
+        models[variant] = RenderedModel(
+            result=result,
+            overlay=overlay(view, result.heatmap, colormap, opacity),
+            figures=attention_figures(view, result, colormap),
+            knockout_overlay=None if knocked is None else overlay(view, knocked.heatmap, colormap, opacity),
+            knockout_difference=None if knocked is None else difference_overlay(view, result.heatmap,
+                                                                               knocked.heatmap),
+        )
     return Rendered(view=view, models=models, difference=difference_figure(explanation),
                     agreement=agreement_figure(explanation), colormap=colormap, opacity=opacity)
 
@@ -564,7 +585,8 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
 def export_zip(explanation: Explanation, rendered: Rendered, path: str | Path) -> Path:
     """Write one .zip: every picture as PNG, heatmaps.npz, attention.npz and summary.json; returns its path.
 
-    heatmaps.npz holds ``view`` and, per model, ``<variant>`` (the CAM) and ``<variant>_probabilities``;
+    heatmaps.npz holds ``view`` and, per model, ``<variant>`` (the CAM) and ``<variant>_probabilities`` (and
+    ``<variant>_knockout`` / ``<variant>_knockout_probabilities`` with gates switched off);
     attention.npz holds ``<variant>/<block>/<record>`` for every record of every block, e.g.
     ``cbam/layer3.2/channel_weights`` and ``cbam/layer3.2/spatial_map``.
     """
@@ -575,6 +597,9 @@ def export_zip(explanation: Explanation, rendered: Rendered, path: str | Path) -
     for variant, result in explanation.results.items():
         heatmaps[variant] = result.heatmap
         heatmaps[f"{variant}_probabilities"] = result.probabilities
+        if result.knockout is not None and result.knockout.affected:
+            heatmaps[f"{variant}_knockout"] = result.knockout.heatmap
+            heatmaps[f"{variant}_knockout_probabilities"] = result.knockout.probabilities
         for record in result.attention:
             for name, values in record.records.items():
                 attention[f"{variant}/{record.block}/{name}"] = values

@@ -308,3 +308,32 @@ def test_an_image_named_like_a_report_page_gets_another_folder(tmp_path):
 def test_weights_subcommand_is_python_m_attnviz_weights(tiny_weights_dir, capsys):
     code, stdout, _ = run_cli(capsys, "weights", "list", "--weights-dir", str(tiny_weights_dir))
     assert code == 0 and stdout.startswith("tiny (default)")
+
+
+# --------------------------------------------------------------------------- knock-out
+
+
+def test_knockout_shows_each_model_with_the_gates_off_in_the_folder_and_the_report(capsys, tiny_weights_dir,
+                                                                                  tmp_path):
+    image = write_image(tmp_path / "in" / "one.png", (64, 64), seed=4)
+    out = tmp_path / "out"
+    code, _, _ = run_cli(capsys, "explain", str(image), "--weights-dir", str(tiny_weights_dir), "--out", str(out),
+                         "--models", "resnet50", "cbam", "--knockout", "layer4.*:spatial", "--layer", "layer3.5")
+    assert code == 0
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["settings"]["knockout"] == "layer4.*:spatial" and summary["settings"]["layer"] == "layer3.5"
+    cbam, plain = summary["models"]["cbam"]["knockout"], summary["models"]["resnet50"]["knockout"]
+    assert cbam["gates"] == ["layer4.0:spatial", "layer4.1:spatial", "layer4.2:spatial"] and cbam["affected"]
+    assert not plain["affected"] and (folder / "cbam_knockout_overlay.png").is_file()
+    assert not (folder / "resnet50_knockout_overlay.png").exists()
+    page = "".join(p.read_text() for p in out.glob("report-*.html"))
+    assert page.count("With layer4.*:spatial switched off (identity)") == 2 and "unaffected" in page
+
+
+def test_a_bad_knockout_spec_is_one_line_before_any_image(capsys, tiny_weights_dir, tmp_path):
+    image = write_image(tmp_path / "x.png", (64, 64), seed=5)
+    code, stdout, stderr = run_cli(capsys, "explain", str(image), "--weights-dir", str(tiny_weights_dir),
+                                   "--out", str(tmp_path / "out"), "--knockout", "layer7:channel")
+    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert "knock-out 'layer7:channel' is not valid" in stderr and not (tmp_path / "out").exists()
