@@ -21,8 +21,9 @@ SET = "tiny"
 
 @pytest.fixture(scope="module")
 def saved_models() -> dict[str, nn.Module]:
-    torch.manual_seed(0)
-    return {variant: build_model(ModelSpec(variant, len(CLASSES))).eval() for variant in ("resnet50", "se")}
+    with torch.random.fork_rng():  # seeded here, and the global state left as it was
+        torch.manual_seed(0)
+        return {variant: build_model(ModelSpec(variant, len(CLASSES))).eval() for variant in ("resnet50", "se")}
 
 
 @pytest.fixture(scope="module")
