@@ -437,17 +437,17 @@ def _preview(out: Path, seed: int, version: int = 1, per_row: int = 8) -> None:
     Image.fromarray(np.concatenate(sheet, axis=0)).save(out)
 
 
-def export_examples(out: Path, seed: int = 7, singles: int = 9, pairs: int = 4) -> list[Path]:
+def export_examples(out: Path, seed: int = 7, singles: int = 9, pairs: int = 4, version: int = 1) -> list[Path]:
     """Write a few test-split and two-object scenes as PNGs named after their classes."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(singles):
-        scene = make_scene(seed, "test", i * 5 + 1)
+        scene = make_scene(seed, "test", i * 5 + 1, version=version)
         path = out / f"scene_{i:02d}_{CLASSES[scene.labels[0]]}.png"
         Image.fromarray(scene.image).save(path, optimize=True)
         written.append(path)
     for i in range(pairs):
-        scene = make_scene(seed, "pairs", i * 3)
+        scene = make_scene(seed, "pairs", i * 3, version=version)
         names = "_and_".join(CLASSES[label] for label in scene.labels)
         path = out / f"pair_{i:02d}_{names}.png"
         Image.fromarray(scene.image).save(path, optimize=True)
@@ -472,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("examples", help="write example scenes for the app")
     ex.add_argument("--out", type=Path, default=Path("examples"))
     ex.add_argument("--seed", type=int, default=7)
+    ex.add_argument("--version", type=int, choices=VERSIONS, default=1)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             _preview(args.out, args.seed, args.version)
             print(f"wrote {args.out}")
         else:
-            for path in export_examples(args.out, args.seed):
+            for path in export_examples(args.out, args.seed, version=args.version):
                 print(path)
     except AttnvizError as error:
         print(f"error: {error}", file=sys.stderr)

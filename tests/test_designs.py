@@ -229,3 +229,13 @@ def test_coverage_lists_the_glyphs_a_design_lacks(installed):
     for name, entry in report.items():
         for line in entry["lacks"]:
             assert not designs.has_glyph(name, line.split()[0][2:])
+
+
+def test_v2_examples_are_the_v2_test_scenes_named_after_their_classes(installed, tmp_path):
+    from attnviz.scenes import export_examples
+
+    paths = export_examples(tmp_path, singles=2, pairs=1, version=2)
+    scene = make_scene(7, "test", 1, version=2)
+    assert paths[0].name == f"scene_00_{CLASSES[scene.labels[0]]}.png"
+    assert np.array_equal(np.asarray(Image.open(paths[0])), scene.image)
+    assert "_and_" in paths[-1].name
