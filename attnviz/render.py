@@ -469,6 +469,46 @@ def agreement_figure(explanation: Explanation) -> np.ndarray:
     return _draw(("agreement", view.shape, tuple(names)), (3.4 * panels, 3.4), build, update)
 
 
+def excitation_figure(profile: dict, weights: np.ndarray, title: str, highlight: str | None = None,
+                      shown_classes: int = 4) -> np.ndarray:
+    """The SE paper's excitation figure for one block, with this image's own channel weights drawn over it.
+
+    ``profile`` is one block's entry of the analysis' excitation profiles: ``{"classes": {name: [mean weight of
+    each of the first channels]}, "all": [...]}``; ``weights`` is this image's channel record of that block (its
+    first channels are drawn). ``highlight`` (the class the image was taken for) is drawn first and thicker.
+    """
+    names = list(profile["classes"])
+    chosen = ([highlight] if highlight in names else []) + [n for n in names if n != highlight]
+    chosen = chosen[:shown_classes]
+    channels = len(profile["all"])
+    xs = np.arange(channels)
+
+    def build(fig: Figure) -> dict:
+        ax = fig.subplots()
+        palette = colormaps["tab10"]
+        for i, name in enumerate(chosen):
+            ax.plot(xs, profile["classes"][name], lw=2.2 if name == highlight else 1.1, color=palette(i),
+                    label=f"mean of class {name}")
+        ax.plot(xs, profile["all"], lw=1.2, ls="--", color="0.4", label="mean of every class")
+        (line,) = ax.plot(xs, np.zeros(channels), lw=2.0, color="black", label="this image", animated=True)
+        ax.set_xlim(-0.5, channels - 0.5)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"channel (the first {channels})", fontsize=9)
+        ax.set_ylabel("excitation (channel weight)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+        ax.set_title(title, fontsize=10)
+        return {"line": line}
+
+    def update(parts: dict) -> tuple[list[Artist], list[Artist]]:
+        parts["line"].set_ydata(np.asarray(weights, np.float32)[:channels])
+        return [parts["line"]], []
+
+    key = ("excitation", title, tuple(chosen), tuple(map(tuple, (profile["classes"][n] for n in chosen))))
+    return _draw(key, (6.4, 3.9), build, update)
+
+
 # --------------------------------------------------------------------------- everything for one request
 
 

@@ -287,3 +287,13 @@ def test_export_zip_summary_json_has_predictions_and_settings(explanation, rende
     assert summary["render"] == {"colormap": "jet", "opacity": 0.5}
     assert set(summary["agreement_top20_iou"]) == {"resnet50|se", "resnet50|cbam", "se|cbam"}
     assert sorted(summary["files"]) == sorted(files)
+
+
+def test_excitation_figure_draws_this_images_weights_over_the_class_means(monkeypatch):
+    profile = {"classes": {"dog": [0.2] * 16, "cat": [0.8] * 16, "fish": [0.5] * 16}, "all": [0.5] * 16}
+    low = render.excitation_figure(profile, np.zeros(32, np.float32), "SE, layer4.1", highlight="cat")
+    high = render.excitation_figure(profile, np.ones(32, np.float32), "SE, layer4.1", highlight="cat")
+    assert low.shape == high.shape and low.dtype == np.uint8 and not np.array_equal(low, high)
+    monkeypatch.setattr(render, "BLIT", False)  # the template's pixels are those of a full draw
+    np.testing.assert_array_equal(high, render.excitation_figure(profile, np.ones(32, np.float32), "SE, layer4.1",
+                                                                 highlight="cat"))
