@@ -91,9 +91,9 @@ def test_uploaded_example_shows_three_overlays_and_top5(browser, app_url, exampl
     for variant in VARIANTS:
         expect(page.locator(f"#overlay-{variant} img")).to_be_visible()
         expect(page.locator(f"#top-{variant}")).to_contain_text(TINY_CLASSES)
-    expect(page.locator("#spatial-cbam img")).to_be_visible()
-    expect(page.locator("#channel-eca img")).to_be_visible()
-    expect(page.locator("#agreement img")).to_be_visible()
+    for figure in ("spatial-cbam", "channel-eca", "agreement"):  # scrolled to, as a reader would (lazy images)
+        page.locator(f"#{figure}").scroll_into_view_if_needed()
+        expect(page.locator(f"#{figure} img")).to_be_visible()
     expect(page.locator("#status")).to_contain_text("Done")
     expect(page.locator("body")).not_to_contain_text("[object Object]")  # every translated label resolved
     page.screenshot(path=str(artifacts_dir / "app.png"), full_page=True)
