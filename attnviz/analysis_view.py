@@ -159,24 +159,31 @@ def build_analysis_tab(
         show_label=False,
         elem_id="analysis-command",
     )
-    files = plot_files(result)
-    names = [name for name, file in files.items() if file in result.get("plots", []) and (folder / file).is_file()]
-    if names:
-        make(gr.Markdown, tr("analysis_plots"))
-    for start in range(0, len(names), 2):
-        with make(gr.Row, equal_height=False):
-            for name in names[start : start + 2]:
-                with make(gr.Column):
-                    make(gr.Markdown, _caption(name, result, tr), elem_classes=["attnviz-caption"])
-                    components["plots"][name] = _plot(make, folder / files[name], name)
-            if len(names[start : start + 2]) == 1:
-                with make(gr.Column):  # an empty column beside an odd last plot: it keeps the others' width
-                    pass
+    components["plots"] = _plots(make, folder, result, tr)
     markdown = folder / MARKDOWN_NAME
     if markdown.is_file():
         with make(gr.Accordion, tr("analysis_tables"), open=False):
             components["tables"] = make(gr.Markdown, markdown.read_text(encoding="utf-8"), elem_id="analysis-tables")
     return components
+
+
+def _plots(make: Callable, folder: Path, result: dict, tr: Callable) -> dict[str, Any]:
+    """The plots the run drew, two per row, each under its caption; returns them by name."""
+    files = plot_files(result)
+    names = [name for name, file in files.items() if file in result.get("plots", []) and (folder / file).is_file()]
+    if names:
+        make(gr.Markdown, tr("analysis_plots"))
+    shown = {}
+    for start in range(0, len(names), 2):
+        with make(gr.Row, equal_height=False):
+            for name in names[start : start + 2]:
+                with make(gr.Column):
+                    make(gr.Markdown, _caption(name, result, tr), elem_classes=["attnviz-caption"])
+                    shown[name] = _plot(make, folder / files[name], name)
+            if len(names[start : start + 2]) == 1:
+                with make(gr.Column):  # an empty column beside an odd last plot: it keeps the others' width
+                    pass
+    return shown
 
 
 def _plot(make: Callable, path: Path, name: str):
