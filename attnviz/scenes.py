@@ -60,6 +60,7 @@ DISTRACTOR_GLYPHS = (
 SPLITS = {"train": 0, "val": 1, "test": 2, "unseen": 3, "pairs": 4, "unseen_design": 5}
 DEFAULT_SIZES = {"train": 24000, "val": 600, "test": 1200, "unseen": 1200, "pairs": 240, "unseen_design": 1200}
 GLYPH_RENDER_SIZE = 192
+BACKGROUND_KINDS = ("gradient", "noise", "stripes", "checker", "blobs")
 VERSIONS = (1, 2)
 
 
@@ -95,8 +96,8 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.random(3, dtype=np.float32)
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
-    """A cluttered RGB background in [0, 1]: a base layer plus one or two textures blended on top."""
+def _background(rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """A cluttered RGB background in [0, 1]: a base layer plus one or two textures (``kind``: every layer that kind)."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
 
     def layer(kind: str) -> np.ndarray:
@@ -129,11 +130,10 @@ def _background(rng: np.random.Generator) -> np.ndarray:
             out = out * (1 - w) + _random_colour(rng) * w
         return out
 
-    kinds = ("gradient", "noise", "stripes", "checker", "blobs")
-    img = layer(kinds[rng.integers(len(kinds))])
+    img = layer(kind or BACKGROUND_KINDS[rng.integers(len(BACKGROUND_KINDS))])
     for _ in range(int(rng.integers(1, 3))):
         alpha = rng.uniform(0.2, 0.6)
-        img = img * (1 - alpha) + layer(kinds[rng.integers(len(kinds))]) * alpha
+        img = img * (1 - alpha) + layer(kind or BACKGROUND_KINDS[rng.integers(len(BACKGROUND_KINDS))]) * alpha
     grain = rng.normal(0, rng.uniform(0, 0.06), (SIZE, SIZE, 1)).astype(np.float32)
     return np.clip(img + grain, 0, 1).astype(np.float32)
 
@@ -175,15 +175,17 @@ def _place(
     rng: np.random.Generator,
     scale: tuple[float, float],
     centre: tuple[float, float] | None = None,
+    angle: float | None = None,
+    flip: bool | None = None,
 ) -> Placed:
-    """Scale, rotate, flip and colour-jitter a glyph, then put it at a random spot fully inside."""
+    """Scale, rotate (or ``angle``), flip (or ``flip``), colour-jitter a glyph, put it at a random spot fully inside."""
     side = rng.uniform(*scale) * SIZE
     factor = side / max(glyph.size)
     size = (max(2, round(glyph.width * factor)), max(2, round(glyph.height * factor)))
     img = glyph.resize(size, Image.LANCZOS)
-    if rng.random() < 0.5:
+    if (rng.random() < 0.5) if flip is None else flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    img = img.rotate(rng.uniform(-35, 35), resample=Image.BICUBIC, expand=True)
+    img = img.rotate(rng.uniform(-35, 35) if angle is None else angle, resample=Image.BICUBIC, expand=True)
     if img.width > SIZE or img.height > SIZE:
         img.thumbnail((SIZE, SIZE), Image.LANCZOS)
     arr = np.asarray(img, dtype=np.float32) / 255
@@ -266,17 +268,14 @@ def _compose(
 ) -> Scene:
     """Background, distractors below, the class objects, distractors above: the draws of every version."""
     image = _background(rng)
-    below = []
-    above = []
+    below, above = [], []
     for _ in range(int(rng.integers(0, 4))):
         glyph = palette.distractor(rng)
         (above if rng.random() < 0.5 else below).append(_place(glyph, rng, DISTRACTOR_SCALE))
     for placed in below:
         image = _composite(image, placed)
 
-    objects: list[Placed] = []
-    glyph_codes: list[str] = []
-    drawn_in: list[str] = []
+    objects, glyph_codes = [], []  # the class objects placed and their code points
     if len(labels) == 1:
         centres = [None]
     else:  # two objects on opposite sides so that each keeps most of its pixels
@@ -290,7 +289,6 @@ def _compose(
     for label, centre in zip(labels, centres, strict=True):
         code = palette.glyph(rng, scene_design, CLASSES[label])
         glyph_codes.append(code)
-        drawn_in.append(scene_design)
         objects.append(_place(designs.render(scene_design, code, GLYPH_RENDER_SIZE), rng, scale, centre))
     masks = np.stack([o.alpha > 0.5 for o in objects])
     for i, placed in enumerate(objects):
@@ -305,7 +303,7 @@ def _compose(
             image = _composite(image, placed)
             masks &= ~covered
     pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    return Scene(pixels, labels, masks, [_box(m) for m in masks], glyph_codes, drawn_in)
+    return Scene(pixels, labels, masks, [_box(m) for m in masks], glyph_codes, [scene_design] * len(labels))
 
 
 # --------------------------------------------------------------------------- datasets on disk
@@ -473,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--out", type=Path, default=Path("examples"))
     ex.add_argument("--seed", type=int, default=7)
     ex.add_argument("--version", type=int, choices=VERSIONS, default=1)
+    from attnviz import scene_lab  # the lab builds on this module
+
+    scene_lab.add_draw_command(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -483,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "preview":
             _preview(args.out, args.seed, args.version)
             print(f"wrote {args.out}")
+        elif args.command == "draw":
+            return scene_lab.draw_command(args)
         else:
             for path in export_examples(args.out, args.seed, version=args.version):
                 print(path)

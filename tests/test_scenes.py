@@ -187,3 +187,32 @@ def test_attribution_credits_openmoji_and_every_other_design():
     assert text.startswith("All emojis designed by OpenMoji")
     for design in DESIGNS.values():
         assert design.title in text and (design.licence in text or design.name == "openmoji")
+
+
+def test_place_draws_a_fixed_angle_and_flip_instead_of_random_ones():
+    from attnviz.scenes import _place
+
+    glyph = render_glyph("1F40E")
+
+    def alpha(**fixed):
+        return _place(glyph, np.random.default_rng(0), (0.5, 0.5), (0.5, 0.5), **fixed).alpha > 0.5
+
+    plain, mirrored = alpha(angle=0, flip=False), alpha(angle=0, flip=True)
+    assert (np.fliplr(plain) & mirrored).sum() / (np.fliplr(plain) | mirrored).sum() > 0.9
+    assert (plain & mirrored).sum() < 0.95 * plain.sum()
+    assert np.array_equal(alpha(angle=20, flip=False), alpha(angle=20, flip=False))
+    assert not np.array_equal(alpha(angle=20, flip=False), plain)
+
+
+def test_background_of_a_given_kind_is_its_own_and_repeatable():
+    from attnviz.scenes import BACKGROUND_KINDS, _background
+
+    drawn = {kind: _background(np.random.default_rng(4), kind).tobytes() for kind in BACKGROUND_KINDS}
+    assert len(set(drawn.values())) == len(BACKGROUND_KINDS)
+    assert _background(np.random.default_rng(4), "stripes").tobytes() == drawn["stripes"]
+
+
+def test_the_draw_command_is_listed_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "draw" in capsys.readouterr().out
