@@ -71,6 +71,7 @@ from attnviz.metrics import (
     target_probability,
 )
 from attnviz.models import TARGET_LAYERS, VARIANTS
+from attnviz.scene_lab import view_mask as _view_mask
 from attnviz.scenes import CLASSES, make_scene
 from attnviz.weights import LoadedSet, Manifest, Preprocessing, load_model_set
 
@@ -216,12 +217,6 @@ class Item:
     other: np.ndarray | None  # (S, S) bool: the other object of a two-object scene
     own_distance: np.ndarray = field(repr=False, default=None)
     other_distance: np.ndarray | None = field(repr=False, default=None)
-
-
-def _view_mask(mask: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
-    """A scene mask through the set's own resize and crop, so that it lies on the pixels the model sees."""
-    grey = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
-    return preprocess(Image.fromarray(grey), preprocessing).view[..., 0] >= 128
 
 
 def scene_items(split: str, index: int, classes: list[str], preprocessing: Preprocessing) -> list[Item]:
