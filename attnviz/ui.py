@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -34,13 +34,14 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from attnviz import lab_ui  # noqa: E402
 from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab  # noqa: E402
 from attnviz.attention import RECORD_KINDS, family  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
 from attnviz.explainer import CAM_METHODS, PRECISIONS, ExplainSettings, Explanation, get_explainer  # noqa: E402
 from attnviz.findings import language_of  # noqa: E402
 from attnviz.images import MAX_FILE_BYTES  # noqa: E402
-from attnviz.models import TARGET_LAYERS, VARIANTS  # noqa: E402
+from attnviz.models import RESNET50_LAYERS, TARGET_LAYERS, VARIANTS  # noqa: E402
 from attnviz.render import COLORMAPS, Rendered, export_zip, render_explanation  # noqa: E402
 from attnviz.scenes import attribution  # noqa: E402
 from attnviz.texts import locale  # noqa: E402
@@ -81,7 +82,7 @@ _MINUTES = DELETE_CACHE[1] // 60
 
 TRANSLATIONS: dict[str, dict[str, str]] = {
     "en": {
-        "title": "# attnviz: ResNet50, ResNet50 + SE and ResNet50 + CBAM side by side",
+        "title": "# attnviz: ResNet50 and its attention variants (SE, CBAM, ECA) side by side",
         "intro": "Upload, drop or paste an image, or click an example scene. Every chosen model explains it with a "
                  "CAM heatmap, lists its top-5 classes and shows what its attention modules did on this very image. "
                  "*How to read this* at the bottom explains the figures.",
@@ -169,7 +170,7 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "err_choice": "A setting is not valid.",
     },
     "zh-CN": {
-        "title": "# attnviz：ResNet50、ResNet50 + SE 与 ResNet50 + CBAM 并排对比",
+        "title": "# attnviz：ResNet50 及其注意力变体（SE、CBAM、ECA）并排对比",
         "intro": "上传、拖入或粘贴一张图片，或点击一个示例场景。每个选中的模型都会给出 CAM 热力图、前 5 个类别，"
                  "并展示其注意力模块在这张图片上做了什么。页面底部的“如何解读”说明了各图的含义。",
         "image": "图片",
@@ -320,7 +321,8 @@ class Analysis:
     archive: Path | None = None
     folder: Path | None = None  # this request's own folder for its files, made on first use
     request: tuple | None = None  # what the models ran on (request_key): the same again shows this result
-    drawing: tuple | None = None  # (opacity, colormap) it was drawn with: a change redraws without the models
+    drawing: tuple | None = None  # (opacity, colormap, excitation block): a change redraws without the models
+    excitation: dict = field(default_factory=dict)  # variant -> the live excitation figure (None: no profile)
 
     def directory(self) -> Path:
         if self.folder is None:
@@ -399,6 +401,16 @@ def model_choices(variants: list[str]) -> list[tuple[str, str]]:
     return [(family(v).title, v) for v in variants]
 
 
+def page_layers() -> list[str]:
+    """The target layers the page offers: the stages, then every block (the library takes any module too)."""
+    return [*TARGET_LAYERS, *(f"{stage}.{i}" for stage, blocks in zip(TARGET_LAYERS, RESNET50_LAYERS, strict=True)
+                              for i in range(blocks))]
+
+
+def top_label(elem_id: str) -> gr.Label:
+    return gr.Label(num_top_classes=TOP_K, show_label=False, show_heading=False, elem_id=elem_id)
+
+
 def figure(elem_id: str) -> gr.Image:
     """An output for a figure; its caption goes above as Markdown (a floating label would cover its title)."""
     return gr.Image(show_label=False, format="png", interactive=False, elem_id=elem_id,
@@ -436,8 +448,8 @@ class AttnvizApp:
     def analyse(self, image, model_set: str | None = None, models: list[str] | None = None,
                 method: str = DEFAULT_METHOD, target: str | None = OWN_TOP1, layer: str = DEFAULT_LAYER,
                 opacity: float = DEFAULT_OPACITY, colormap: str = DEFAULT_COLORMAP, aug_smooth: bool = False,
-                eigen_smooth: bool = False, progress=None, archive: bool = False, precision: str = "fp32"
-                ) -> Analysis:
+                eigen_smooth: bool = False, progress=None, archive: bool = False, precision: str = "fp32",
+                knockout: str | None = None, knockout_value: str = "identity") -> Analysis:
         """Explain one image with the chosen models and draw every picture; write the zip only with ``archive``
         (it costs about as much as the three models' explanations, and most requests never download it)."""
         if image is None or (isinstance(image, str) and not image):
@@ -459,7 +471,9 @@ class AttnvizApp:
             raise AttnvizError("no model chosen: choose at least one of the set's models")
         settings = ExplainSettings(method=method, layer=layer, target=target_index, top_k=min(TOP_K, len(classes)),
                                    aug_smooth=bool(aug_smooth), eigen_smooth=bool(eigen_smooth),
-                                   variants=tuple(chosen), time_limit=TIME_LIMIT_S, precision=precision or "fp32")
+                                   variants=tuple(chosen), time_limit=TIME_LIMIT_S, precision=precision or "fp32",
+                                   knockout=(knockout or "").strip() or None,
+                                   knockout_value=knockout_value or "identity")
         report = None if progress is None else (lambda fraction, message: progress(fraction, desc=message))
         explanation = explainer.explain(image, settings, progress=report)
         if progress is not None:
@@ -482,15 +496,17 @@ class AttnvizApp:
     # ------------------------------------------------------------------ handlers
 
     def explain_page(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
-                     eigen_smooth, precision="fp32", last: Analysis | None = None,
+                     eigen_smooth, precision="fp32", knockout="", knockout_value="identity",
+                     excitation_block=lab_ui.NO_BLOCK, last: Analysis | None = None,
                      progress=gr.Progress()) -> dict:  # noqa: B008 - gradio injects it
         """The page's handler: every output component's new value; a user's error clears them and says why.
 
         ``last`` is the result on show (the page's state). The same image and model settings again show it as
         it is (clicking Explain after an upload, which already explained the image), or redraw it when only the
-        opacity or the colormap changed; any other change runs the models again."""
-        request = request_key(image, model_set, models, method, target, layer, aug_smooth, eigen_smooth, precision)
-        drawing = (float(opacity), colormap)
+        opacity, the colormap or the excitation block changed; any other change runs the models again."""
+        request = request_key(image, model_set, models, method, target, layer, aug_smooth, eigen_smooth, precision,
+                              (knockout or "").strip(), knockout_value)
+        drawing = (float(opacity), colormap, excitation_block)
         try:
             if last is not None and request is not None and last.request == request:
                 if last.folder is not None and not last.folder.is_dir():  # its files were cleaned up: write again
@@ -498,15 +514,22 @@ class AttnvizApp:
                 if last.drawing == drawing:
                     return self._page_values(last, again="done_again")
                 rendered = render_explanation(last.explanation, colormap=colormap, opacity=float(opacity))
-                return self._page_values(Analysis(last.explanation, rendered, request=request, drawing=drawing),
-                                         again="done_redrawn")
+                redrawn = Analysis(last.explanation, rendered, request=request, drawing=drawing,
+                                   excitation=self._excitation(last.explanation, excitation_block))
+                return self._page_values(redrawn, again="done_redrawn")
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
-                                    aug_smooth, eigen_smooth, progress, precision=precision)
+                                    aug_smooth, eigen_smooth, progress, precision=precision, knockout=knockout,
+                                    knockout_value=knockout_value)
+            analysis.excitation = self._excitation(analysis.explanation, excitation_block)
         except AttnvizError as exc:
             gr.Warning(str(exc), title="attnviz")  # toasts show text as it is: the library's English line
             return self._page_values(None, status=f"⚠️ {error_text(exc)}")
         analysis.request, analysis.drawing = request, drawing
         return self._page_values(analysis)
+
+    def _excitation(self, explanation: Explanation, block: str) -> dict:
+        profiles = lab_ui.excitation_profiles(self.weights_dir, explanation.set_name)
+        return lab_ui.excitation_images(explanation, block, profiles)
 
     def archive_page(self, analysis: Analysis | None) -> dict:
         """The page's "prepare the download" button: the zip of the results on show, written on first ask."""
@@ -516,14 +539,15 @@ class AttnvizApp:
         return {c["download"]: str(self.write_archive(analysis)), c["status"]: gr.skip()}
 
     def explain_api(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
-                    eigen_smooth, precision="fp32", archive=False,
+                    eigen_smooth, precision="fp32", archive=False, knockout="", knockout_value="identity",
                     progress=gr.Progress()):  # noqa: B008 - gradio injects it
-        """Explain an image: returns the summary (predictions, agreement, settings), the view and every model's
-        CAM overlay as captioned images, and, when ``archive`` is true, the zip of everything (else None)."""
+        """Explain an image: returns the summary (predictions, agreement, settings; with ``knockout``, each
+        model's answer with those gates off), the view and every model's CAM overlay as captioned images (and
+        its overlay with the gates off), and, when ``archive`` is true, the zip of everything (else None)."""
         try:
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
                                     aug_smooth, eigen_smooth, progress, archive=bool(archive),
-                                    precision=precision)
+                                    precision=precision, knockout=knockout, knockout_value=knockout_value)
         except AttnvizError as exc:
             raise gr.Error(str(exc), title="attnviz", print_exception=False) from None
         summary = analysis.explanation.summary()
@@ -532,6 +556,9 @@ class AttnvizApp:
         images = [(analysis.image_file("view", analysis.rendered.view), "view")]
         images += [(analysis.image_file(f"{variant}_overlay", m.overlay), f"{variant}: {family(variant).title}")
                    for variant, m in analysis.rendered.models.items()]
+        images += [(analysis.image_file(f"{variant}_knockout_overlay", m.knockout_overlay),
+                    f"{variant}: {family(variant).title}, {analysis.explanation.settings.knockout} off")
+                   for variant, m in analysis.rendered.models.items() if m.knockout_overlay is not None]
         return summary, images, str(analysis.archive) if analysis.archive else None
 
     def set_changed(self, set_name: str) -> dict:
@@ -577,6 +604,7 @@ class AttnvizApp:
                 image = drawn.figures.get(kind.figure) if drawn else None
                 values[c[f"{variant}_{kind.key}"]] = (
                     analysis.image_file(f"{variant}_{kind.figure}", image) if image is not None else None)
+            values.update(lab_ui.values(c, variant, analysis, t))
         difference = analysis.rendered.difference if analysis else None
         values[c["difference_column"]] = gr.Column(visible=difference is not None) if analysis else gr.skip()
         values[c["difference"]] = analysis.image_file("difference_maps", difference) if analysis else None
@@ -623,9 +651,11 @@ class AttnvizApp:
 
             inputs = [c[name] for name in ("image", "model_set", "models", "method", "target", "layer", "opacity",
                                            "colormap", "aug_smooth", "eigen_smooth", "precision")]
+            lab = [c["knockout"], c["knockout_value"]]
             outputs = [c[name] for name in self._page_output_names()]
             # The page's events also read the result on show: unchanged inputs show it again (see explain_page).
-            page = {"fn": self.explain_page, "inputs": [*inputs, c["last"]], "outputs": outputs,
+            page = {"fn": self.explain_page, "inputs": [*inputs, *lab, c["excitation_block"], c["last"]],
+                    "outputs": outputs,
                     "api_visibility": "private", "concurrency_id": "explain"}
             c["explain"].click(**page)
             c["image"].upload(**page)
@@ -633,7 +663,7 @@ class AttnvizApp:
                 c["examples"].load_input_event.then(**page)
             c["zip_button"].click(self.archive_page, inputs=c["last"], outputs=[c["download"], c["status"]],
                                   api_visibility="private", concurrency_id="archive")
-            gr.on([], self.explain_api, inputs=[*inputs, c["api_archive_flag"]],
+            gr.on([], self.explain_api, inputs=[*inputs, c["api_archive_flag"], *lab],
                   outputs=[c["api_summary"], c["api_images"], c["api_archive"]], api_name="explain",
                   concurrency_id="explain")
             c["model_set"].change(self.set_changed, inputs=c["model_set"],
@@ -668,8 +698,8 @@ class AttnvizApp:
                     value=DEFAULT_METHOD, label=tr("method"), info=tr("method_info"))
                 c["target"] = gr.Dropdown(self._target_choices(classes), value=OWN_TOP1, label=tr("target"),
                                           info=tr("target_info"), allow_custom_value=True)
-                c["layer"] = gr.Radio(list(TARGET_LAYERS), value=DEFAULT_LAYER, label=tr("layer"),
-                                      info=tr("layer_info"))
+                c["layer"] = gr.Dropdown(page_layers(), value=DEFAULT_LAYER, label=tr("layer"),
+                                         info=tr("layer_info"), elem_id="layer")
                 with gr.Row():
                     c["opacity"] = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label=tr("opacity"))
                     c["colormap"] = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label=tr("colormap"))
@@ -679,6 +709,7 @@ class AttnvizApp:
                     c["aug_smooth"] = gr.Checkbox(False, label=tr("aug_smooth"))
                     c["eigen_smooth"] = gr.Checkbox(False, label=tr("eigen_smooth"))
                     gr.Markdown(tr("smoothing_note"), elem_classes=["attnviz-note"])
+                lab_ui.build_controls(c, tr)
                 c["classes"] = gr.Markdown(self._classes_text(classes), elem_id="classes")
                 c["builtin_note"] = gr.Markdown(tr("builtin_note"), visible=self.default_set == BUILTIN_SET)
         c["status"] = gr.Markdown("", elem_id="status")
@@ -701,6 +732,7 @@ class AttnvizApp:
                     if f"family_{variant}_note" in TRANSLATIONS["en"]:
                         gr.Markdown(tr(f"family_{variant}_note"), elem_classes=["attnviz-note"],
                                     elem_id=f"note-{variant}")
+                    lab_ui.build_model_parts(c, variant, tr, figure, top_label)
         gr.Markdown(tr("comparison"))
         with gr.Column(elem_id="difference-column") as difference_column:
             c["difference_column"] = difference_column
@@ -714,12 +746,14 @@ class AttnvizApp:
             c["download"] = gr.File(label=tr("download"), interactive=False, elem_id="download", scale=3)
         with gr.Accordion(tr("how_title"), open=False):
             gr.Markdown(tr("how_body"))
+            gr.Markdown(tr("lab_how"))
 
     def _page_output_names(self) -> list[str]:
         names = []
         for variant in VARIANTS:
             names += [f"{variant}_column", f"{variant}_info", f"{variant}_overlay", f"{variant}_top"]
             names += [f"{variant}_{kind.key}" for kind in family_kinds(variant)]
+            names += lab_ui.output_names(variant)
         return names + ["difference_column", "difference", "agreement", "download", "last", "status"]
 
 

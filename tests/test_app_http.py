@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from servers import free_port, stop, wait_until_serving
 
+from attnviz.attention import family
 from attnviz.images import load_image, preprocess
 from attnviz.models import VARIANTS
 from attnviz.weights import Manifest
@@ -77,8 +78,7 @@ def test_explain_endpoint_answers_with_only_the_image(client, tmp_path):
     assert summary["set"] == "tiny"
     assert list(summary["models"]) == list(VARIANTS)
     assert summary["settings"]["method"] == "gradcam" and summary["settings"]["layer"] == "layer4"
-    assert [item["caption"] for item in images] == ["view", "resnet50: ResNet50", "se: ResNet50 + SE",
-                                                    "cbam: ResNet50 + CBAM"]
+    assert [item["caption"] for item in images] == ["view", *(f"{v}: {family(v).title}" for v in VARIANTS)]
     with zipfile.ZipFile(archive) as opened:
         assert "heatmaps.npz" in opened.namelist() and "summary.json" in opened.namelist()
 
@@ -95,6 +95,20 @@ def test_explain_endpoint_follows_the_options(client, tmp_path):
     assert {m["target"]["name"] for m in summary["models"].values()} == {"square"}
     assert summary["render"] == {"colormap": "viridis", "opacity": 0.3}
     assert len(images) == 3
+
+
+@pytest.mark.slow
+def test_explain_endpoint_takes_a_knockout_and_answers_with_the_gates_off(client, tmp_path):
+    from gradio_client import handle_file
+
+    summary, images, _ = client.predict(
+        handle_file(str(solid_image(tmp_path / "k.png", (30, 30, 200)))), models=["resnet50", "cbam"],
+        knockout="layer4.*:spatial", knockout_value="identity", api_name="/explain")
+    assert summary["settings"]["knockout"] == "layer4.*:spatial"
+    assert summary["models"]["cbam"]["knockout"]["gates"] == ["layer4.0:spatial", "layer4.1:spatial",
+                                                               "layer4.2:spatial"]
+    assert summary["models"]["resnet50"]["knockout"]["affected"] is False
+    assert [item["caption"] for item in images][-1] == "cbam: ResNet50 + CBAM, layer4.*:spatial off"
 
 
 @pytest.mark.slow

@@ -286,3 +286,22 @@ def test_analysis_findings_speak_simplified_chinese_to_a_chinese_browser(browser
     expect(page.locator("#analysis-findings")).to_contain_text("准确率最高")
     expect(page.get_by_text("这些数字说明了什么")).to_be_visible()
     page.context.close()
+
+
+def test_attention_lab_shows_each_model_with_the_gates_off(browser, app_url, example_image, artifacts_dir):
+    from playwright.sync_api import expect
+
+    page, outside = open_page(browser, app_url)
+    page.locator("#lab").get_by_text("Attention lab").first.click()  # open the accordion
+    page.locator("#knockout").locator("textarea, input").first.fill("layer4.*:spatial")
+    upload(page, example_image)
+    expect(page.locator("#status")).to_contain_text("Done")
+    expect(page.locator("#knockout-info-cbam")).to_contain_text("layer4.*:spatial")
+    expect(page.locator("#knockout-info-cbam")).to_contain_text("3 gates")
+    expect(page.locator("#knockout-info-se")).to_contain_text("unaffected")
+    for figure in ("knockout-overlay-cbam", "knockout-difference-cbam"):
+        page.locator(f"#{figure}").scroll_into_view_if_needed()
+        expect(page.locator(f"#{figure} img")).to_be_visible()
+    expect(page.locator("body")).not_to_contain_text("[object Object]")
+    page.screenshot(path=str(artifacts_dir / "lab.png"), full_page=True)
+    assert outside == []

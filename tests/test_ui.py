@@ -389,7 +389,7 @@ def test_explain_with_unchanged_inputs_shows_the_result_on_show_without_running_
 
 @pytest.mark.parametrize("change", [{"layer": "layer3"}, {"method": "eigencam"}, {"target": "triangle"},
                                     {"models": ["se"]}, {"eigen_smooth": True}, {"aug_smooth": True},
-                                    {"precision": "bf16"}, {"image": "other"}],
+                                    {"precision": "bf16"}, {"knockout": "layer4"}, {"image": "other"}],
                          ids=lambda change: next(iter(change)))
 def test_any_changed_model_setting_or_image_runs_the_models_again(app, tmp_path, model_runs, change):
     path = save(scene(), tmp_path / "scene.png")
@@ -437,3 +437,50 @@ def test_precision_is_not_hidden_in_the_smoothing_accordion(app):
     while block is not None:
         assert not isinstance(block, gr.Accordion)
         block = block.parent
+
+
+# ----------------------------------------------------------------------------- the attention lab
+
+
+def test_knockout_shows_each_model_with_the_gates_off_beside_its_trained_answer(app, tmp_path):
+    out = page(app, save(scene(), tmp_path / "scene.png"), knockout="layer4.*:channel", knockout_value="identity")
+    assert out["status"].startswith(DONE)
+    for variant in ("se", "cbam", "eca"):
+        assert out[f"{variant}_knockout_column"].visible is True
+        assert "layer4.*:channel" in out[f"{variant}_knockout_info"] and "3 gates" in out[f"{variant}_knockout_info"]
+        assert pixels(out[f"{variant}_knockout_overlay"]).shape == (64, 64, 3)
+        assert pixels(out[f"{variant}_knockout_difference"]).shape == (64, 64, 3)
+        assert abs(sum(out[f"{variant}_knockout_top"].values()) - 1) < 1e-4
+    assert out["resnet50_knockout_column"].visible is True
+    assert "knockout_unaffected" in str(out["resnet50_knockout_info"]) and out["resnet50_knockout_overlay"] is None
+    knocked = out["last"].explanation.results["cbam"].knockout
+    assert knocked.gates == ["layer4.0:channel", "layer4.1:channel", "layer4.2:channel"]
+
+
+def test_without_knockout_the_columns_with_the_gates_off_stay_hidden(app, tmp_path):
+    out = page(app, save(scene(), tmp_path / "scene.png"), models=["cbam"])
+    assert out["cbam_knockout_column"].visible is False and out["cbam_knockout_overlay"] is None
+
+
+def test_a_bad_knockout_spec_is_one_clear_message(app, tmp_path):
+    out = page(app, save(scene(), tmp_path / "scene.png"), knockout="layer9:channel")
+    assert_cleared_with_message(out, "knock-out 'layer9:channel' is not valid")
+
+
+def test_excitation_of_a_set_without_an_analysis_says_how_to_make_it(app, tmp_path):
+    out = page(app, save(scene(), tmp_path / "scene.png"), models=["se", "resnet50"], excitation_block="layer4.1")
+    assert out["se_excitation_column"].visible is True and out["se_excitation"] is None
+    assert "excitation_missing" in str(out["se_excitation_note"])
+    assert "resnet50_excitation_column" not in out  # no channel attention: no such figure
+
+
+def test_excitation_draws_this_images_weights_over_the_stored_class_means(app, tmp_path, monkeypatch, model_runs):
+    from attnviz import lab_ui
+
+    profile = {"classes": {name: [0.3] * 8 for name in app.classes("tiny")}, "all": [0.3] * 8}
+    monkeypatch.setitem(lab_ui._PROFILES, (str(app.weights_dir), "tiny"), {"eca": {"layer4.1": profile}})
+    path = save(scene(), tmp_path / "scene.png")
+    first = page(app, path, models=["eca"])
+    shown = page(app, path, models=["eca"], excitation_block="layer4.1", last=first["last"])
+    assert len(model_runs) == 1  # choosing a block only draws
+    assert pixels(shown["eca_excitation"]).ndim == 3 and shown["eca_excitation_note"] == ""
