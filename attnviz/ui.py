@@ -43,6 +43,7 @@ from attnviz.findings import language_of  # noqa: E402
 from attnviz.images import MAX_FILE_BYTES  # noqa: E402
 from attnviz.models import RESNET50_LAYERS, TARGET_LAYERS, VARIANTS  # noqa: E402
 from attnviz.render import COLORMAPS, Rendered, export_zip, render_explanation  # noqa: E402
+from attnviz.scene_tab import SceneTab  # noqa: E402
 from attnviz.scenes import attribution  # noqa: E402
 from attnviz.texts import locale  # noqa: E402
 from attnviz.weights import BUILTIN_SET, Manifest, default_weights_dir  # noqa: E402
@@ -640,6 +641,9 @@ class AttnvizApp:
                         # the findings are sentences made from the numbers: written in the browser's language
                         build_analysis_tab(self.weights_dir, set_name or self.default_set, translate=tr, keyed=True,
                                            language=language_of(request.headers.get("accept-language")))
+                with gr.Tab(tr("tab_scene"), id="scene", elem_id="tab-scene"):
+                    self.scene_tab = SceneTab(self)
+                    self.scene_tab.build(tr, t, c["model_set"])
             gr.Markdown(tr("footer"), elem_classes=["attnviz-credit"])
 
             # The API endpoint: the same inputs (so the same defaults), compact JSON-friendly outputs.

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 600  # a ceiling, not a wait: on a machine busy training, importing torch and gradio is slow
 
 
 def free_port() -> int:
@@ -40,3 +48,25 @@ def stop(process: subprocess.Popen, grace: float = 30) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def serving(script: str | Path, *args: str, env: dict | None = None, quiet: bool = False) -> Iterator[str]:
+    """``python SCRIPT ARGS --port PORT`` from the repository root on a free port; yields its URL and stops it
+    afterwards. ``quiet`` sends its output nowhere (else it is read when the app fails to start)."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
+    output = subprocess.DEVNULL if quiet else subprocess.PIPE
+    process = subprocess.Popen([sys.executable, str(script), *args, "--port", str(port)], cwd=REPO, env=env,
+                               stdout=output, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, STARTUP_TIMEOUT_S)
+        yield url
+    finally:
+        stop(process)
+
+
+def running_app(weights_dir: Path, *extra: str):
+    """``python app.py --weights-dir DIR`` on a free port (a context manager yielding its URL)."""
+    return serving("app.py", "--weights-dir", str(weights_dir), *extra)

@@ -9,38 +9,18 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from servers import free_port, stop, wait_until_serving
+from servers import REPO, STARTUP_TIMEOUT_S, running_app
 
 from attnviz.attention import family
 from attnviz.images import load_image, preprocess
 from attnviz.models import VARIANTS
 from attnviz.weights import Manifest
-
-REPO = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT_S = 600  # a ceiling, not a wait: on a machine busy training, importing torch and gradio is slow
-
-
-@contextmanager
-def running_app(weights_dir: Path, *extra: str) -> Iterator[str]:
-    """``python app.py`` on a free port; yields its URL and stops it afterwards."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--weights-dir", str(weights_dir),
-                                *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, STARTUP_TIMEOUT_S)
-        yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")

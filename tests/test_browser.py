@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from servers import free_port, stop, wait_until_serving
-from test_app_http import REPO, STARTUP_TIMEOUT_S, running_app
+from servers import REPO, running_app, serving
 
 from attnviz.models import VARIANTS
 
@@ -187,21 +182,10 @@ runpy.run_path("app.py", run_name="__main__")
 """
 
 
-@contextmanager
-def counting_app(weights_dir: Path, log: Path) -> Iterator[str]:
+def counting_app(weights_dir: Path, log: Path):
     launcher = log.with_name("counting_app.py")
     launcher.write_text(COUNTING_LAUNCHER)
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, str(launcher), str(log), "--port", str(port), "--weights-dir",
-                                str(weights_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, STARTUP_TIMEOUT_S)
-        yield url
-    finally:
-        stop(process)
+    return serving(launcher, str(log), "--weights-dir", str(weights_dir), quiet=True)
 
 
 def runs(log: Path) -> int:
@@ -305,3 +289,22 @@ def test_attention_lab_shows_each_model_with_the_gates_off(browser, app_url, exa
     expect(page.locator("body")).not_to_contain_text("[object Object]")
     page.screenshot(path=str(artifacts_dir / "lab.png"), full_page=True)
     assert outside == []
+
+
+def test_scene_lab_draws_explains_and_measures_a_scene(browser, two_set_url, artifacts_dir):
+    from playwright.sync_api import expect
+
+    page, outside = open_page(browser, two_set_url)
+    page.get_by_label("Model set").click()
+    page.get_by_role("option", name="scenes").click()
+    page.get_by_role("tab", name="Scene lab").click()
+    page.locator("#scene-run").click()
+    expect(page.locator("#scene-status")).to_contain_text("Done")
+    expect(page.locator("#scene-numbers")).to_contain_text("energy in mask")
+    expect(page.locator("#scene-numbers")).to_contain_text("ResNet50 + SE")
+    expect(page.locator("#scene-gallery img").first).to_be_visible()
+    page.locator("#scene-move").click()
+    expect(page.locator("#scene-status")).to_contain_text("Done")
+    page.screenshot(path=str(artifacts_dir / "scene_lab.png"), full_page=True)
+    assert outside == []
+    page.context.close()

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import free_port, stop, wait_until_serving
+from servers import serving
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENTS = [REPO / "README.md", REPO / "bench" / "README.md"]
 APP_URL = "http://127.0.0.1:7860/"
-STARTUP_TIMEOUT_S = 600  # a ceiling, not a wait: importing torch and gradio on a busy machine is slow
 FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 MARKER = re.compile(r"<!--\s*not run\b:?(.*?)-->", re.S)
 INLINE = re.compile(r"(?<!`)`((?:\.venv/bin/|python3? |pip3? |attnviz |bash |source )[^`]*)`(?!`)")
@@ -274,16 +273,8 @@ def test_python_block_runs(block):
 @pytest.fixture(scope="module")
 def app_url() -> Iterator[str]:
     """``python app.py`` with the repository's own weights (the built-in set), on a free loopback port."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO,
-                               env={**subprocess_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, STARTUP_TIMEOUT_S)
+    with serving("app.py", env=subprocess_env()) as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.mark.slow
