@@ -335,7 +335,14 @@ PLOTTERS: dict[str, Callable[[dict, Path], bool]] = {
     "curves": _plot_curves,
     "specificity": _plot_specificity,
     "spatial": _plot_spatial,
+    "knockout": lambda result, path: _plot_knockout(result, path),
 }
+
+
+def _plot_knockout(result: dict, path: Path) -> bool:
+    from attnviz.analysis_knockout import plot
+
+    return plot(result, path)
 
 
 def draw_plot(name: str, result: dict, path: Path) -> bool:

@@ -57,6 +57,7 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
         "analysis_excitation": "mean excitation per class, after the SE paper's figure",
         "analysis_specificity": "How class-specific each block's channel attention is",
         "analysis_spatial": "Spatial attention on the object, per block",
+        "analysis_knockout": "Each stage's attention switched off: change in accuracy and in energy in mask",
     },
     "zh-CN": {
         "analysis_tab": "分析",
@@ -82,6 +83,7 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
         "analysis_excitation": "每个类别的平均激励（仿照 SE 论文的图）",
         "analysis_specificity": "每个模块的通道注意力有多大的类别特异性",
         "analysis_spatial": "空间注意力落在物体上的比例（逐模块）",
+        "analysis_knockout": "逐阶段关闭注意力：准确率和掩码内能量的变化",
     },
 }
 ANALYSIS_TRANSLATIONS["zh"] = ANALYSIS_TRANSLATIONS["zh-CN"]

@@ -50,6 +50,7 @@ from attnviz.attention import family
 from attnviz.errors import AttnvizError
 from attnviz.explainer import CAM_METHODS, ModelExplainer
 from attnviz.images import preprocess
+from attnviz.knockout import KNOCKOUT_VALUES
 from attnviz.metrics import (
     POINTING_TOLERANCE,
     THRESHOLD_GRID,
@@ -102,7 +103,10 @@ METRICS = {
 LOCALISATION = ("pointing", "energy", "iou")
 FAITHFULNESS = ("deletion", "insertion", "road_morf", "road_lerf", "road_combined")
 PLOTS_BEFORE_EXCITATION = ("localisation", "layers", "pairs", "faithfulness", "curves")
-PLOTS_AFTER_EXCITATION = ("specificity", "spatial")
+PLOTS_AFTER_EXCITATION = ("specificity", "spatial", "knockout")
+# Sections that can also run on their own over an existing analysis (--sections): name -> its function of the
+# run's context. Each writes result[name]; the report reads it.
+SECTIONS = ("knockout",)
 
 
 def plot_files(result: dict) -> dict[str, str]:
@@ -143,6 +147,8 @@ class AnalysisConfig:
     scorecam_batch: int = 64
     workers: int = 2  # processes for ROAD's imputation (scipy, one core each); 0 runs it inline
     variants: tuple[str, ...] | None = None  # None: every model of the set
+    knockout_scenes: int = 200  # test scenes of the knock-out section (every stage of every gated model)
+    knockout_value: str = "mean"  # what a switched-off gate outputs there: its mean, or 1 ("identity")
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in CAM_METHODS or CAM_METHODS[m].kind == "perturbation"]
@@ -165,6 +171,9 @@ class AnalysisConfig:
             "faithfulness": self.faithfulness,
             "scorecam": self.scorecam,
         }
+        counts["knockout-scenes"] = self.knockout_scenes
+        if self.knockout_value not in KNOCKOUT_VALUES:
+            raise AttnvizError(f"--knockout-value must be one of {', '.join(KNOCKOUT_VALUES)}")
         negative = [k for k, v in counts.items() if v < 0]
         if negative:
             raise AttnvizError(f"--{negative[0]} must be 0 or more")
@@ -196,6 +205,7 @@ QUICK = {
     "pairs": 3,
     "faithfulness": 2,
     "scorecam": 0,
+    "knockout_scenes": 3,
     "steps": 4,
     "resamples": 200,
     "workers": 0,
@@ -664,9 +674,7 @@ def run_analysis(
     config = config or AnalysisConfig()
     config.validate()
     variants = check_set(model_set.name, model_set.classes, model_set.models, config.variants)
-    ctx = _Context(
-        model_set, config, {v: ModelExplainer(v, model_set.models[v], model_set.classes) for v in variants}, progress
-    )
+    ctx = _context(model_set, config, variants, progress)
     started = time.perf_counter()
 
     def phase(name: str, fn, *args):
@@ -686,7 +694,40 @@ def run_analysis(
     if config.faithfulness:
         phase("faithfulness", _faithfulness, ctx)
     result = phase("bootstrap", _summarise, ctx, threshold, command)
+    for name in SECTIONS:
+        result[name] = phase(name, _section(name), ctx)
     result["timing"] = {"total_s": round(time.perf_counter() - started, 1), "phases_s": ctx.timing}
+    return result
+
+
+def _context(model_set: LoadedSet, config: AnalysisConfig, variants: list[str], progress: bool) -> _Context:
+    explainers = {v: ModelExplainer(v, model_set.models[v], model_set.classes, model_set.gate_means_loader(v))
+                  for v in variants}
+    return _Context(model_set, config, explainers, progress)
+
+
+def _section(name: str):
+    if name == "knockout":
+        from attnviz.analysis_knockout import run_section
+
+        return run_section
+    raise AttnvizError(f"unknown analysis section {name!r}; choose from {', '.join(SECTIONS)}")
+
+
+def run_sections(model_set: LoadedSet, result: dict, names: list[str], config: AnalysisConfig | None = None,
+                 progress: bool = True) -> dict:
+    """Run only the named sections over the models of an earlier analysis and put their results into it."""
+    config = config or AnalysisConfig()
+    config.validate()
+    variants = check_set(model_set.name, model_set.classes, model_set.models, result.get("variants"))
+    ctx = _context(model_set, config, variants, progress)
+    timing = result.setdefault("timing", {"total_s": 0.0, "phases_s": {}})
+    for name in names:
+        started = time.perf_counter()
+        result[name] = _section(name)(ctx)
+        seconds = round(time.perf_counter() - started, 1)
+        timing["total_s"] = round(timing["total_s"] - timing["phases_s"].get(name, 0.0) + seconds, 1)
+        timing["phases_s"][name] = seconds
     return result
 
 
@@ -1142,6 +1183,9 @@ def render_markdown(result: dict) -> str:
                 f"{sp['inside_outside_ratio'][b]:.3f} |"
             )
         lines.append("")
+    from attnviz.analysis_knockout import markdown as knockout_markdown
+
+    lines += knockout_markdown(result, titles)
     lines += [
         "## Definitions",
         "",
@@ -1282,6 +1326,13 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--resamples", type=int, help=f"bootstrap resamples (default {defaults.resamples})")
     how.add_argument("--confidence", type=float, help="confidence level (default 0.95)")
     how.add_argument("--seed", type=int, help="seed of the bootstrap, tie-breaks and ROAD noise (default 0)")
+    how.add_argument("--knockout-scenes", type=int,
+                     help=f"test scenes of the knock-out section (default {defaults.knockout_scenes}; 0: skip it)")
+    how.add_argument("--knockout-value", choices=KNOCKOUT_VALUES,
+                     help=f"what a switched-off gate outputs in that section (default {defaults.knockout_value})")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, metavar="SECTION",
+                        help=f"run only these sections ({', '.join(SECTIONS)}) over the analysis already in the "
+                             f"output folder, and rewrite its report")
     run = parser.add_argument_group("running")
     run.add_argument("--batch-size", type=int, help=f"images per forward pass (default {defaults.batch_size})")
     run.add_argument("--scorecam-batch", type=int, help=f"Score-CAM batch (default {defaults.scorecam_batch})")
@@ -1315,6 +1366,8 @@ def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
         "batch_size",
         "scorecam_batch",
         "workers",
+        "knockout_scenes",
+        "knockout_value",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -1335,7 +1388,7 @@ def measures_less(config: AnalysisConfig, models: Iterable[str]) -> bool:
     """Whether a run measures less than the default one: fewer scenes, steps, resamples or ROAD percentiles, or
     fewer CAM methods, layers or models. Its numbers are not the default run's and must not replace them."""
     full = AnalysisConfig()
-    sizes = ("val", "test", "unseen", "pairs", "faithfulness", "steps", "resamples")
+    sizes = ("val", "test", "unseen", "pairs", "faithfulness", "steps", "resamples", "knockout_scenes")
     if any(getattr(config, name) < getattr(full, name) for name in sizes):
         return True
     for name in ("methods", "layers", "road_methods", "road_percentiles"):
@@ -1373,6 +1426,8 @@ def main(argv: list[str] | None = None) -> int:
             written = write_report(read_result(out), out)
             print(f"rewrote {len(written)} files in {out}")
             return 0
+        if args.sections:
+            return _sections_command(args, info, config, out)
         variants = check_set(info.name, info.classes, info.models, config.variants)
         model_set = load_model_set(info.name, args.weights_dir, variants=variants)
         result = run_analysis(model_set, config, progress=not args.quiet, command=command)
@@ -1385,6 +1440,18 @@ def main(argv: list[str] | None = None) -> int:
     if out.resolve() != shipped.resolve() and not args.out:
         kind = "a quick run" if args.quick else "a run with less than the default sample"
         print(f"{kind}: {shipped} (what the app shows) is untouched; give --out {shipped} to replace it")
+    return 0
+
+
+def _sections_command(args: argparse.Namespace, info, config: AnalysisConfig, out: Path) -> int:
+    """--sections: the named sections over the analysis in ``out``, merged into it."""
+    result = read_result(out)  # one line saying to run the analysis first when there is none
+    model_set = load_model_set(info.name, args.weights_dir, variants=result["variants"])
+    started = time.perf_counter()
+    run_sections(model_set, result, list(args.sections), config, progress=not args.quiet)
+    written = write_report(result, out)
+    print(f"ran {', '.join(args.sections)} in {(time.perf_counter() - started) / 60:.1f} min; rewrote "
+          f"{len(written)} files in {out}")
     return 0
 
 

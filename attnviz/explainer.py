@@ -277,14 +277,15 @@ class ModelExplainer:
         return GridResult(self.variant, probabilities, maps, attention, time.perf_counter() - started)
 
     def explain_batch(self, x: torch.Tensor, targets: list[int], configs: list[tuple[str, str]],
-                      scorecam_batch: int = 64, precision: str = "fp32") -> BatchResult:
+                      scorecam_batch: int = 64, precision: str = "fp32",
+                      replace: dict[str, torch.Tensor | float] | None = None) -> BatchResult:
         """A batch of images, each with its own target class: one forward pass capturing every layer the
         (method, layer) configs need, one backward from the targets' logits to the earliest of them, then every
         map from those activations and gradients, and every block's records. Score-CAM runs its own passes
-        quietly (no progress bar per image)."""
+        quietly (no progress bar per image). ``replace``: gates switched off (gate key -> output; knock-out)."""
         layers = list(dict.fromkeys(layer for _, layer in configs))
         needs_grad = any(CAM_METHODS[m].kind == "gradient" for m, _ in configs)
-        with Capture(self.model, layers, needs_grad=needs_grad) as capture:
+        with Capture(self.model, layers, needs_grad=needs_grad, replace=replace) as capture:
             logits = capture.run(x, precision)
             gradients = capture.gradients(logits, targets) if needs_grad else {}
             with contextlib.redirect_stderr(io.StringIO()):

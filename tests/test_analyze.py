@@ -17,6 +17,7 @@ from PIL import Image
 from attnviz import analysis_plots, analyze
 from attnviz.analysis_plots import DISPLAY_WIDTH_PX, PIXEL_SCALE
 from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab
+from attnviz.attention import family
 from attnviz.errors import AttnvizError
 from attnviz.models import TARGET_LAYERS, VARIANTS
 from attnviz.scenes import CLASSES
@@ -495,7 +496,7 @@ def test_every_plot_has_the_page_width_and_no_text_under_10_px_there(tmp_path, m
     out = tmp_path / "report"
     texts = draw_shipped_plots(out, monkeypatch)
     result = json.loads((out / analyze.JSON_NAME).read_text())
-    assert sorted(texts) == sorted(result["plots"]) and len(texts) == 9
+    assert sorted(texts) == sorted(result["plots"]) == sorted(analyze.plot_files(result).values())
     for name, found in texts.items():
         with Image.open(out / name) as image:
             assert image.width == DISPLAY_WIDTH_PX * PIXEL_SCALE, name
@@ -509,3 +510,39 @@ def test_the_text_size_check_sees_tick_labels(tmp_path, monkeypatch):
     texts = draw_shipped_plots(tmp_path / "report", monkeypatch)
     size, text = smallest_on_page(texts["localisation.png"], DISPLAY_WIDTH_PX * PIXEL_SCALE)
     assert size < analysis_plots.MIN_TEXT_PX and "CAM" in text  # a method's name under its bars
+
+
+# --------------------------------------------------------------------------- the knock-out section
+
+
+@pytest.mark.slow
+def test_quick_run_switches_each_stage_off_for_every_model_with_gates(quick_run):
+    _, out, result = quick_run
+    section = result["knockout"]
+    gated = [v for v in result["variants"] if family(v).gates]
+    assert list(section["models"]) == gated and section["stages"] == list(TARGET_LAYERS)
+    assert section["scenes"] == analyze.QUICK["knockout_scenes"]
+    assert section["value"] == "identity" and section["note"].startswith("no stored gate means")  # random models
+    for model in section["models"].values():
+        for measure in ("accuracy", "energy"):
+            assert set(model[measure]["stages"]) == set(TARGET_LAYERS)
+            for stage in model[measure]["stages"].values():
+                change = stage["change"]
+                assert change["low"] - 1e-9 <= change["mean"] <= change["high"] + 1e-9
+    assert "## Switching each stage's attention off (identity)" in (out / analyze.MARKDOWN_NAME).read_text()
+    assert (out / "knockout.png").is_file()
+
+
+def test_sections_rerun_only_the_named_section_into_the_existing_analysis(scenes_weights_dir, tmp_path):
+    out = tmp_path / "analysis"
+    common = ["--set", "scenes", "--weights-dir", str(scenes_weights_dir), "--quiet", "--out", str(out)]
+    assert analyze.main([*common, "--sections", "knockout"]) == 2  # nothing to add a section to yet
+    assert analyze.main([*common, "--quick", "--knockout-scenes", "0"]) == 0
+    before = json.loads((out / analyze.JSON_NAME).read_text())
+    assert before["knockout"]["scenes"] == 0
+    assert analyze.main([*common, "--sections", "knockout", "--knockout-scenes", "2", "--knockout-value",
+                         "identity"]) == 0
+    after = json.loads((out / analyze.JSON_NAME).read_text())
+    assert after["knockout"]["scenes"] == 2 and after["knockout"]["value"] == "identity"
+    assert after["localisation"] == before["localisation"] and after["accuracy"] == before["accuracy"]
+    assert "knockout" in after["timing"]["phases_s"]
