@@ -541,10 +541,11 @@ class AttnvizApp:
 
     def explain_api(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
                     eigen_smooth, precision="fp32", archive=False, knockout="", knockout_value="identity",
-                    progress=gr.Progress()):  # noqa: B008 - gradio injects it
+                    excitation_block=lab_ui.NO_BLOCK, progress=gr.Progress()):  # noqa: B008 - gradio injects it
         """Explain an image: returns the summary (predictions, agreement, settings; with ``knockout``, each
         model's answer with those gates off), the view and every model's CAM overlay as captioned images (and
-        its overlay with the gates off), and, when ``archive`` is true, the zip of everything (else None)."""
+        its overlay with the gates off; with ``excitation_block``, each channel-gated model's excitation of that
+        block against the set's class means), and, when ``archive`` is true, the zip of everything (else None)."""
         try:
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
                                     aug_smooth, eigen_smooth, progress, archive=bool(archive),
@@ -560,6 +561,16 @@ class AttnvizApp:
         images += [(analysis.image_file(f"{variant}_knockout_overlay", m.knockout_overlay),
                     f"{variant}: {family(variant).title}, {analysis.explanation.settings.knockout} off")
                    for variant, m in analysis.rendered.models.items() if m.knockout_overlay is not None]
+        excitation = self._excitation(analysis.explanation, excitation_block)
+        missing = [variant for variant, image in excitation.items() if image is None]
+        if missing:
+            set_name = analysis.explanation.set_name
+            raise gr.Error(f"no excitation profile of {excitation_block} for {', '.join(missing)} in this set: it "
+                           f"comes from the set's analysis (python -m attnviz.analyze --set {set_name})",
+                           title="attnviz", print_exception=False)
+        images += [(analysis.image_file(f"{variant}_excitation", image),
+                    f"{variant}: {family(variant).title}, excitation of {excitation_block}")
+                   for variant, image in excitation.items()]
         return summary, images, str(analysis.archive) if analysis.archive else None
 
     def set_changed(self, set_name: str) -> dict:
@@ -667,7 +678,7 @@ class AttnvizApp:
                 c["examples"].load_input_event.then(**page)
             c["zip_button"].click(self.archive_page, inputs=c["last"], outputs=[c["download"], c["status"]],
                                   api_visibility="private", concurrency_id="archive")
-            gr.on([], self.explain_api, inputs=[*inputs, c["api_archive_flag"], *lab],
+            gr.on([], self.explain_api, inputs=[*inputs, c["api_archive_flag"], *lab, c["excitation_block"]],
                   outputs=[c["api_summary"], c["api_images"], c["api_archive"]], api_name="explain",
                   concurrency_id="explain")
             c["model_set"].change(self.set_changed, inputs=c["model_set"],

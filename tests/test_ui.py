@@ -484,3 +484,17 @@ def test_excitation_draws_this_images_weights_over_the_stored_class_means(app, t
     shown = page(app, path, models=["eca"], excitation_block="layer4.1", last=first["last"])
     assert len(model_runs) == 1  # choosing a block only draws
     assert pixels(shown["eca_excitation"]).ndim == 3 and shown["eca_excitation_note"] == ""
+
+
+def test_the_endpoint_draws_the_excitation_of_a_block_and_says_when_the_set_has_none(app, tmp_path, monkeypatch):
+    from attnviz import lab_ui
+
+    path = str(save(scene(), tmp_path / "scene.png"))
+    api = ("tiny", ["se", "resnet50"], "gradcam", ui.OWN_TOP1, "layer4", 0.5, "jet", False, False, "fp32", False, "",
+           "identity")
+    with pytest.raises(gr.Error, match="no excitation profile of layer4.1 for se"):
+        app.explain_api(path, *api, "layer4.1", progress=None)
+    profile = {"classes": {name: [0.3] * 8 for name in app.classes("tiny")}, "all": [0.3] * 8}
+    monkeypatch.setitem(lab_ui._PROFILES, (str(app.weights_dir), "tiny"), {"se": {"layer4.1": profile}})
+    _, images, _ = app.explain_api(path, *api, "layer4.1", progress=None)
+    assert images[-1][1] == "se: ResNet50 + SE, excitation of layer4.1" and pixels(images[-1][0]).ndim == 3
