@@ -207,7 +207,8 @@ def test_upload_then_explain_runs_the_models_once_and_a_changed_layer_again(brow
         page.locator("#explain-button").click()
         expect(page.locator("#status")).to_contain_text("nothing changed")  # answered: the same result again
         assert runs(log) == at_start + 1
-        page.get_by_label("layer3").check()
+        page.get_by_label("Target layer").click()
+        page.get_by_role("option", name="layer3", exact=True).click()
         page.locator("#explain-button").click()
         expect(page.locator("#status")).to_contain_text("Done: Grad-CAM · layer3")
         assert runs(log) == at_start + 2
