@@ -141,13 +141,17 @@ def test_the_tab_shows_the_findings_after_the_summary(shipped_copy):
 
 
 def test_an_odd_last_plot_shares_its_row_with_an_empty_column(shipped_copy):
+    folder = shipped_copy / "builtin" / analyze.ANALYSIS_DIR
+    result = json.loads((folder / analyze.JSON_NAME).read_text())
+    result["plots"] = [p for p in result["plots"] if p != "knockout.png"]  # an odd number of plots
+    (folder / analyze.JSON_NAME).write_text(json.dumps(result))
     with gr.Blocks():
         shown = build_analysis_tab(shipped_copy, "builtin")
-    assert len(shown["plots"]) == 9
+    assert len(shown["plots"]) % 2 == 1
     rows = {name: plot.parent.parent for name, plot in shown["plots"].items()}
     for row in set(rows.values()):
         assert isinstance(row, gr.Row) and len(row.children) == 2
-    last_row = rows["spatial"]
+    last_row = rows[list(shown["plots"])[-1]]
     assert not last_row.children[1].children  # the empty column
 
 
