@@ -121,14 +121,16 @@ class Capture:
     """Hooks for one request on one model; see the module docstring."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str] = (), *, needs_grad: bool = False,
-                 records: bool = True, replace: dict[str, torch.Tensor | float] | None = None) -> None:
-        """``replace``: gate key -> what the gate outputs instead, on every pass inside the capture (knock-out)."""
+                 records: bool = True, replace: dict[str, torch.Tensor | float] | None = None,
+                 gates: list[Gate] | None = None) -> None:
+        """``replace``: gate key -> what the gate outputs instead, on every pass inside the capture (knock-out).
+        ``gates``: the model's gates when the caller has them already (``model_gates(model)`` otherwise)."""
         self.model = model
         self.layers = list(dict.fromkeys(layers))
         self.needs_grad = needs_grad
         self.replace = dict(replace or {})
         self.activations: dict[str, torch.Tensor] = {}
-        self.gates = model_gates(model) if records or self.replace else []
+        self.gates = (model_gates(model) if gates is None else list(gates)) if records or self.replace else []
         unknown = set(self.replace) - {g.key for g in self.gates}
         if unknown:
             raise ValueError(f"no gate {sorted(unknown)[0]!r} in this model")

@@ -179,8 +179,7 @@ class ModelExplainer:
         the spec may use, default this model's)."""
         started = time.perf_counter()
         probabilities, heatmap, attention = self._pass(x, settings, settings.target, progress, deadline)
-        order = np.argsort(-probabilities, kind="stable")
-        target_index = int(order[0]) if settings.target is None else settings.target
+        target_index = int(np.argmax(probabilities)) if settings.target is None else settings.target  # as _pass
         result = ModelResult(
             variant=self.variant,
             probabilities=probabilities,
@@ -204,7 +203,7 @@ class ModelExplainer:
         """Probabilities, the heatmap of ``target`` (None: the top-1) and the records of one capture."""
         method = CAM_METHODS[settings.method]
         needs_grad = method.kind == "gradient" and not settings.aug_smooth
-        with Capture(self.model, [settings.layer], needs_grad=needs_grad, replace=replace) as capture:
+        with Capture(self.model, [settings.layer], needs_grad=needs_grad, replace=replace, gates=self.gates) as capture:
             logits = capture.run(x, settings.precision)
             probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
             target_index = int(np.argmax(probabilities)) if target is None else target
@@ -259,7 +258,7 @@ class ModelExplainer:
                                f"explain with it one class and layer at a time")
         started = time.perf_counter()
         needs_grad = any(CAM_METHODS[m].kind == "gradient" for m in methods)
-        with Capture(self.model, layers, needs_grad=needs_grad) as capture:
+        with Capture(self.model, layers, needs_grad=needs_grad, gates=self.gates) as capture:
             logits = capture.run(x, precision)
             probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
             gradients: dict[tuple[str, int], torch.Tensor] = {}
@@ -285,7 +284,7 @@ class ModelExplainer:
         quietly (no progress bar per image). ``replace``: gates switched off (gate key -> output; knock-out)."""
         layers = list(dict.fromkeys(layer for _, layer in configs))
         needs_grad = any(CAM_METHODS[m].kind == "gradient" for m, _ in configs)
-        with Capture(self.model, layers, needs_grad=needs_grad, replace=replace) as capture:
+        with Capture(self.model, layers, needs_grad=needs_grad, replace=replace, gates=self.gates) as capture:
             logits = capture.run(x, precision)
             gradients = capture.gradients(logits, targets) if needs_grad else {}
             with contextlib.redirect_stderr(io.StringIO()):
