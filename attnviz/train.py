@@ -1,7 +1,7 @@
-"""Train ResNet50, +SE or +CBAM on the generated scenes with one shared recipe.
+"""Train ResNet50 with any registered attention design (or none) on the generated scenes, one shared recipe.
 
-    python -m attnviz.scenes generate --out data/scenes
-    python -m attnviz.train --variant se --data data/scenes --out weights/builtin
+    python -m attnviz.scenes generate --version 2 --out data/scenes_v2
+    python -m attnviz.train --variant se --data data/scenes_v2 --out weights/builtin
 
 The run is resumable: its state is saved to ``--state`` every few steps and on
 Ctrl-C, and the same command picks it up again. At the end the weights are
@@ -34,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class Recipe:
-    """Everything that defines a training run except the variant; shared by all three."""
+    """Everything that defines a training run except the variant; shared by every variant."""
 
     seed: int = 0
     batch_size: int = 64
@@ -282,17 +282,22 @@ def finish(
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     model = model.to(device).to(memory_format=torch.channels_last)
     started = time.perf_counter()
-    accuracy = {}
-    for split in ("val", "test", "unseen"):
+    accuracy, sizes = {}, {}
+    for split, key in EVALUATED_SPLITS.items():
         if (data / split / "meta.json").exists():
-            accuracy[split] = round(evaluate(model, SceneSplit(data / split), device), 4)
+            scenes = SceneSplit(data / split)
+            accuracy[key] = round(evaluate(model, scenes, device), 4)
+            sizes[key] = scenes.meta["count"]
+    train_meta = SceneSplit(data / "train").meta
     result = {
         "variant": spec.variant,
         "attention": spec.attention_options(),
         "classes": classes,
         "file": weights_file.name,
         "accuracy_top1_224px_fp32": accuracy,
-        "evaluated_on": {s: SceneSplit(data / s).meta["count"] for s in accuracy},
+        "evaluated_on": sizes,
+        "scenes": {"version": train_meta.get("version", 1), "seed": train_meta.get("seed", 0),
+                   "training_designs": train_meta.get("designs", ["openmoji"])},
         "train_minutes": round(elapsed / 60, 1),
         "eval_minutes": round((time.perf_counter() - started) / 60, 1),
         "recipe": asdict(recipe),
@@ -309,10 +314,19 @@ def finish(
     return result
 
 
-BUILTIN_DESCRIPTION = (
-    "ResNet50, ResNet50+SE and ResNet50+CBAM trained by attnviz with one recipe on generated scenes "
-    "of OpenMoji glyphs ({n} classes); they know only these classes"
-)
+# Split folder -> accuracy key: "unseen" holds the glyphs kept out of training ("unseen_glyph"), and
+# "unseen_design" a whole design kept out (version 2 scenes only).
+EVALUATED_SPLITS = {"val": "val", "test": "test", "unseen": "unseen_glyph", "unseen_design": "unseen_design"}
+
+
+def describe_set(variants: list[str], n_classes: int, scenes: dict) -> str:
+    """The model set's one-line description: what is in it and what it was trained on."""
+    from attnviz.models import VARIANT_TITLES
+
+    titles = ", ".join(VARIANT_TITLES[v] for v in variants)
+    designs = ", ".join(scenes.get("training_designs", ["openmoji"]))
+    return (f"{titles} trained by attnviz with one recipe on generated scenes of emoji drawn in {designs} "
+            f"({n_classes} classes); they know only these classes")
 
 
 def register(out: Path, weights_dir: Path | None = None, set_name: str = "builtin") -> list[str]:
@@ -330,11 +344,14 @@ def register(out: Path, weights_dir: Path | None = None, set_name: str = "builti
         record = json.loads(record_file.read_text())
         weights_file = (out / record["file"]).resolve()
         spec = ModelSpec.from_options(variant, len(record["classes"]), record["attention"])
+        scenes = record.get("scenes", {"version": 1, "seed": 0, "training_designs": ["openmoji"]})
+        generate = f"python -m attnviz.scenes generate --version {scenes['version']} --seed {scenes['seed']}"
         accuracy = dict(record["accuracy_top1_224px_fp32"])
+        accuracy["scenes"] = dict(record["evaluated_on"])
         accuracy["measured"] = (
             "top-1 at 224 px in float32 with the shipped fp16 weights, on "
             + ", ".join(f"{n} {s} scenes" for s, n in record["evaluated_on"].items())
-            + " (python -m attnviz.scenes generate, seed 0)"
+            + f" ({generate})"
         )
         entry = ModelEntry(
             variant=variant,
@@ -350,20 +367,20 @@ def register(out: Path, weights_dir: Path | None = None, set_name: str = "builti
                 "train_minutes": record["train_minutes"],
                 "recipe": record["recipe"],
                 "machine": record["machine"],
-            },
-        )
-        manifest.put_model(
-            set_name,
-            entry,
-            description=BUILTIN_DESCRIPTION.format(n=len(record["classes"])),
-            set_extra={
-                "attribution": attribution(),
-                "dataset": "python -m attnviz.scenes generate --out data/scenes (seed 0)",
+                "scenes": scenes,
             },
         )
         registered.append(variant)
-    if set_name not in manifest.data.get("sets", {}):
+        manifest.put_model(
+            set_name,
+            entry,
+            set_extra={"attribution": attribution(), "dataset": generate},
+        )
+    if not registered:
         return registered
+    raw = manifest.data["sets"][set_name]
+    in_set = [v for v in VARIANTS if v in raw["models"]]  # the whole set, also models registered before
+    raw["description"] = describe_set(in_set, len(record["classes"]), scenes)
     manifest.data.setdefault("default_set", set_name)
     manifest.save()
     return registered

@@ -100,3 +100,18 @@ def scene_image() -> np.ndarray:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def installed():
+    """The emoji designs of the version 2 scenes (bash scripts/designs.sh): skip without them, fail when CI=true."""
+    from attnviz import designs
+
+    absent = [name for name, design in designs.DESIGNS.items() if design.package and not designs.installed(name)]
+    if absent:
+        message = (
+            f"emoji designs {', '.join(absent)} are not installed in {designs.designs_dir()}: {designs.INSTALL_HINT}"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)

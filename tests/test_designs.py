@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 
 import numpy as np
 import pytest
@@ -20,18 +19,6 @@ from attnviz.errors import AttnvizError
 from attnviz.scenes import CLASS_GLYPHS, CLASSES, DISTRACTOR_GLYPHS, SceneSplit, generate_split, glyphs_for, make_scene
 
 SVG_DESIGNS = [name for name, design in DESIGNS.items() if design.package]
-
-
-@pytest.fixture
-def installed():
-    absent = [name for name in SVG_DESIGNS if not designs.installed(name)]
-    if absent:
-        message = (
-            f"emoji designs {', '.join(absent)} are not installed in {designs.designs_dir()}: {designs.INSTALL_HINT}"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnviz.designs import TRAINING_DESIGNS
 from attnviz.scenes import CLASSES, generate_split
 from attnviz.train import Recipe, batch_indices, main, register, train
 from attnviz.weights import Manifest, load_model_set, sha256_of
@@ -14,11 +15,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory) -> Path:
+def scenes(tmp_path_factory, installed) -> Path:
+    """Version 2 scenes (several designs, and the unseen-design split), as the built-in set is trained on."""
     root = tmp_path_factory.mktemp("scenes")
-    generate_split(root, "train", 8, workers=1, progress=False)
-    for split in ("val", "test", "unseen"):
-        generate_split(root, split, 4, workers=1, progress=False)
+    generate_split(root, "train", 8, workers=1, progress=False, version=2)
+    for split in ("val", "test", "unseen", "unseen_design"):
+        generate_split(root, split, 4, workers=1, progress=False, version=2)
     return root
 
 
@@ -40,9 +42,16 @@ def test_tiny_training_run_lowers_the_loss_and_registers_a_set_that_loads(scenes
     )
     losses = [h["step_loss"] for h in result["history"]]
     assert len(losses) == 8 and losses[-1] < losses[0]
-    assert set(result["accuracy_top1_224px_fp32"]) == {"val", "test", "unseen"}
+    assert set(result["accuracy_top1_224px_fp32"]) == {"val", "test", "unseen_glyph", "unseen_design"}
+    assert result["evaluated_on"] == {"val": 4, "test": 4, "unseen_glyph": 4, "unseen_design": 4}
+    assert result["scenes"] == {"version": 2, "seed": 0, "training_designs": list(TRAINING_DESIGNS)}
     assert register(weights_dir / "builtin", weights_dir) == ["cbam"]
-    entry = Manifest(weights_dir).get("builtin").models["cbam"]
+    model_set = Manifest(weights_dir).get("builtin")
+    entry = model_set.models["cbam"]
+    assert entry.accuracy["scenes"]["unseen_design"] == 4
+    assert "--version 2" in entry.accuracy["measured"] and "4 unseen_design scenes" in entry.accuracy["measured"]
+    assert model_set.description.startswith("ResNet50 + CBAM trained by attnviz")
+    assert all(design in model_set.description for design in TRAINING_DESIGNS)
     assert entry.sha256 == sha256_of(weights_dir / "builtin" / "cbam.safetensors")
     assert entry.extra["recipe"]["batch_size"] == 8 and "train_minutes" in entry.extra
     loaded = load_model_set(None, weights_dir)
