@@ -83,7 +83,9 @@ PARTIAL_DIR = "analysis-partial"  # likewise any run that measures less than the
 JSON_NAME = "analysis.json"
 MARKDOWN_NAME = "analysis.md"
 SCENE_SEED = 0  # the built-in dataset's seed (python -m attnviz.scenes generate, attnviz.train)
-DEFAULT_METHODS = tuple(k for k, m in CAM_METHODS.items() if m.kind != "perturbation")
+# The methods the shipped analysis was run with; methods added to the table since (Grad-CAM element-wise,
+# KPCA-CAM, FEM) join the default when the analysis is re-run for them (``--methods`` adds them to any run).
+DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigengradcam", "eigencam")
 PROFILE_CHANNELS = 64  # channels shown per block in the excitation figure
 PROFILE_CLASSES = ("dog", "fish", "aeroplane", "flower")  # four classes far apart, like the SE paper's figure
 
@@ -153,7 +155,7 @@ class AnalysisConfig:
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in CAM_METHODS or CAM_METHODS[m].kind == "perturbation"]
         if unknown:
-            choices = ", ".join(DEFAULT_METHODS)
+            choices = ", ".join(k for k, m in CAM_METHODS.items() if m.kind != "perturbation")
             raise AttnvizError(
                 f"unknown CAM method {unknown[0]!r} for --methods; choose from {choices} "
                 f"(Score-CAM has its own --scorecam count)"

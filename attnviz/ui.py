@@ -41,6 +41,7 @@ from attnviz.errors import AttnvizError  # noqa: E402
 from attnviz.explainer import CAM_METHODS, PRECISIONS, ExplainSettings, Explanation, get_explainer  # noqa: E402
 from attnviz.findings import language_of  # noqa: E402
 from attnviz.images import MAX_FILE_BYTES  # noqa: E402
+from attnviz.methods import method_choices  # noqa: E402
 from attnviz.models import RESNET50_LAYERS, TARGET_LAYERS, VARIANTS  # noqa: E402
 from attnviz.render import COLORMAPS, Rendered, export_zip, render_explanation  # noqa: E402
 from attnviz.scene_tab import SceneTab  # noqa: E402
@@ -708,8 +709,7 @@ class AttnvizApp:
                 c["models"] = gr.CheckboxGroup(model_choices(variants), value=variants,
                                                label=tr("models"))
                 c["method"] = gr.Dropdown(
-                    [(m.label + (" (slow)" if m.kind == "perturbation" else ""), m.key)
-                     for m in CAM_METHODS.values()],
+                    method_choices(),
                     value=DEFAULT_METHOD, label=tr("method"), info=tr("method_info"))
                 c["target"] = gr.Dropdown(self._target_choices(classes), value=OWN_TOP1, label=tr("target"),
                                           info=tr("target_info"), allow_custom_value=True)
