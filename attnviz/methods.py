@@ -4,14 +4,15 @@ and a one-line description.
 Kinds: "gradient" methods need the target layer's activations and the target logit's gradient there;
 "activation" methods need the activations only (they are class-agnostic unless said otherwise);
 "perturbation" methods run passes of their own on altered copies of the image (and so take time, with progress
-and a time limit).
+and a time limit); a "baseline" is no explanation at all but what one is compared with (RandomCAM: random channel
+weights on the real activations).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("gradient", "activation", "perturbation")
+KINDS = ("gradient", "activation", "perturbation", "baseline")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ CAM_METHODS: dict[str, CamMethod] = {
                   "channels weighted by their share of positions above mean + 2 std (class-agnostic)"),
         CamMethod("scorecam", "Score-CAM", "perturbation", "ScoreCAM",
                   "channels weighted by the target's score on the image masked by each channel (one pass each)"),
+        CamMethod("randomcam", "RandomCAM (baseline)", "baseline", "RandomCAM",
+                  "random channel weights in [-1, 1] on the real activations: what a map scores by chance"),
     )
 }
 

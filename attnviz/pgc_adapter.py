@@ -42,7 +42,13 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
     try:
         recorder.release()  # its hooks come off at once: the pass was made already
         recorder.activations = [activation.detach().float().cpu()]
-        recorder.gradients = [gradient.detach().float().cpu()] if CAM_METHODS[method].kind == "gradient" else []
+        kind = CAM_METHODS[method].kind
+        if kind == "gradient":
+            recorder.gradients = [gradient.detach().float().cpu()]
+        elif kind == "baseline":  # RandomCAM reads only the gradient's (batch, channels): the activation's
+            recorder.gradients = [activation.detach().float().cpu()]
+        else:
+            recorder.gradients = []
         if batch_size is not None:
             cam.batch_size = batch_size
         per_layer = cam.compute_cam_per_layer(x, _targets(targets), eigen_smooth)
@@ -57,7 +63,8 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
 def library_call(model: nn.Module, method: str, layer: nn.Module, x: torch.Tensor, target: int,
                  aug_smooth: bool = False, eigen_smooth: bool = False) -> np.ndarray:
     """pytorch-grad-cam's own call (its own passes, e.g. test-time augmentation smoothing): one (H, W) map."""
-    inputs = x.clone().requires_grad_(CAM_METHODS[method].kind == "gradient")  # no weight gradients needed
+    # no weight gradients needed; the baseline's class backpropagates too, though it uses only the gradient's shape
+    inputs = x.clone().requires_grad_(CAM_METHODS[method].kind in ("gradient", "baseline"))
     cam = cam_class(method)(model, target_layers=[layer])
     try:
         with torch.enable_grad():

@@ -17,7 +17,8 @@ from attnviz.pgc_adapter import cam_class
 
 GRADIENT_METHODS = [key for key, method in CAM_METHODS.items() if method.kind == "gradient"]
 ACTIVATION_METHODS = [key for key, method in CAM_METHODS.items() if method.kind == "activation"]
-COMPARED_METHODS = GRADIENT_METHODS + ACTIVATION_METHODS
+BASELINE_METHODS = [key for key, method in CAM_METHODS.items() if method.kind == "baseline"]
+COMPARED_METHODS = GRADIENT_METHODS + ACTIVATION_METHODS + BASELINE_METHODS
 LAYERS = ("layer4", "layer2")
 TOLERANCE = 1e-4
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -65,6 +66,15 @@ def default_pgc_map(model: torch.nn.Module, method: str, layer: str, x: torch.Te
     return heatmap
 
 
+@pytest.fixture
+def numpy_global_state():
+    """Tests that seed numpy's global generator (RandomCAM draws from it) leave it as they found it."""
+    state = np.random.get_state()
+    yield
+    np.random.set_state(state)
+
+
+@pytest.mark.usefixtures("numpy_global_state")
 @pytest.mark.parametrize(("method", "variant", "layer"), _grid())
 def test_heatmap_equals_default_pytorch_grad_cam(tiny_explainer, user_models, image_tensor, method, variant, layer):
     explainer = tiny_explainer.explainers[variant]
@@ -72,7 +82,9 @@ def test_heatmap_equals_default_pytorch_grad_cam(tiny_explainer, user_models, im
         image_tensor = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(3))
     ranges = []
     for target in range(len(tiny_explainer.classes)):  # every class: some random-model maps are flat (all ReLU'd)
+        np.random.seed(target)  # RandomCAM draws its weights from numpy's global generator: the same on both sides
         expected = default_pgc_map(user_models[variant], method, layer, image_tensor, target)
+        np.random.seed(target)
         result = explainer.explain(image_tensor, ExplainSettings(method=method, layer=layer, target=target))
         assert result.heatmap.shape == expected.shape
         assert np.abs(result.heatmap - expected).max() <= TOLERANCE, f"class {target}"
@@ -166,3 +178,22 @@ def test_failure_inside_the_pass_leaves_the_model_as_found(tiny_explainer, image
     with pytest.raises(RuntimeError, match="backward failed"):
         explainer.explain(image_tensor, ExplainSettings(layer="layer2"))
     assert leftovers(explainer.model, before) == []
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("numpy_global_state")
+@pytest.mark.parametrize("method", ["gradcam", "kpcacam", "randomcam"])
+def test_augmentation_smoothing_equals_pytorch_grad_cams_own_call(tiny_explainer, user_models, image_tensor, method):
+    """With aug_smooth every kind but perturbation goes through pytorch-grad-cam's own call (its own passes)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = user_models["cbam"]
+    np.random.seed(5)
+    with cam_class(method)(model, target_layers=[model.get_submodule("layer4")]) as cam:
+        expected = cam(image_tensor, targets=[ClassifierOutputTarget(1)], aug_smooth=True)[0]
+    model.zero_grad(set_to_none=True)
+    np.random.seed(5)
+    result = tiny_explainer.explainers["cbam"].explain(image_tensor, ExplainSettings(method=method, target=1,
+                                                                                     aug_smooth=True))
+    assert expected.max() - expected.min() > 0.05  # an average of six maps: not flat, though less spread
+    assert np.abs(result.heatmap - expected).max() <= TOLERANCE
