@@ -108,7 +108,8 @@ ProgressCallback = Callable[[float, str], None]
 
 
 class _DeadlineModel(nn.Module):
-    """Wraps a model for Score-CAM's extra passes: reports progress and stops at the deadline."""
+    """Wraps a model for a perturbation method's extra passes (``setup`` passes, then one per batch of the
+    ``total`` altered copies): reports progress and stops at the deadline."""
 
     def __init__(
         self,
@@ -118,10 +119,11 @@ class _DeadlineModel(nn.Module):
         report: ProgressCallback | None,
         deadline: float | None,
         label: str,
+        setup: int = 0,
     ) -> None:
         super().__init__()
         self.inner = model
-        self.total_batches = max(1, -(-total // batch))
+        self.total_batches = setup + max(1, -(-total // batch))
         self.done = 0
         self.report = report
         self.deadline = deadline
@@ -216,7 +218,8 @@ class ModelExplainer:
                 passes = None
                 if method.kind == "perturbation":
                     passes = _DeadlineModel(self.model, capture.activations[settings.layer].shape[1],
-                                            settings.score_cam_batch, progress, deadline, family(self.variant).title)
+                                            settings.score_cam_batch, progress, deadline, family(self.variant).title,
+                                            method.setup_passes)
                 heatmap = maps_from_pass(self.model, settings.method, layer, x, capture.activations[settings.layer],
                                          gradient, [target_index], settings.eigen_smooth, settings.score_cam_batch,
                                          passes)[0]

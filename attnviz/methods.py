@@ -22,6 +22,7 @@ class CamMethod:
     kind: str  # one of KINDS
     library_class: str  # the class's name in pytorch_grad_cam
     description: str  # one line: what the map is
+    setup_passes: int = 0  # perturbation methods: passes before the per-channel batches (progress counts them)
 
     @property
     def choice_label(self) -> str:
@@ -54,6 +55,9 @@ CAM_METHODS: dict[str, CamMethod] = {
                   "channels weighted by their share of positions above mean + 2 std (class-agnostic)"),
         CamMethod("scorecam", "Score-CAM", "perturbation", "ScoreCAM",
                   "channels weighted by the target's score on the image masked by each channel (one pass each)"),
+        CamMethod("ablationcam", "Ablation-CAM", "perturbation", "AblationCAM",
+                  "channels weighted by the target's relative drop when each channel is zeroed (one pass each)",
+                  setup_passes=1),
         CamMethod("randomcam", "RandomCAM (baseline)", "baseline", "RandomCAM",
                   "random channel weights in [-1, 1] on the real activations: what a map scores by chance"),
     )

@@ -37,7 +37,7 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
     Perturbation methods still run their own passes on ``x`` (in batches of ``batch_size``), through
     ``passes`` when given (e.g. a model that reports progress and keeps a deadline) instead of ``model``.
     """
-    cam = cam_class(method)(passes if passes is not None else model, target_layers=[layer])
+    cam = _make_cam(method, passes if passes is not None else model, layer)
     recorder = cam.activations_and_grads
     try:
         recorder.release()  # its hooks come off at once: the pass was made already
@@ -54,10 +54,33 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
         per_layer = cam.compute_cam_per_layer(x, _targets(targets), eigen_smooth)
         return np.asarray(cam.aggregate_multi_layers(per_layer), np.float32)
     finally:
+        _put_back(model, layer)
         recorder.release()
         recorder.activations = []
         recorder.gradients = []
         cam.model = None
+
+
+def _make_cam(method: str, model: nn.Module, layer: nn.Module):
+    """pytorch-grad-cam's class for ``method`` at ``layer``. Ablation-CAM gets an ablation layer of its own: the
+    class's default argument is one instance shared by every call (and so by models explained at once)."""
+    cls = cam_class(method)
+    if method == "ablationcam":
+        from pytorch_grad_cam.ablation_layer import AblationLayer
+
+        return cls(model, target_layers=[layer], ablation_layer=AblationLayer())
+    return cls(model, target_layers=[layer])
+
+
+def _put_back(model: nn.Module, layer: nn.Module) -> None:
+    """Ablation-CAM swaps the target layer for its ablation layer during its passes and swaps it back only when
+    they end: after a failure (e.g. the time limit) the model would keep the ablation layer. Put ``layer`` back."""
+    from pytorch_grad_cam.ablation_layer import AblationLayer
+
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, AblationLayer):
+                parent._modules[name] = layer
 
 
 def library_call(model: nn.Module, method: str, layer: nn.Module, x: torch.Tensor, target: int,
@@ -65,10 +88,11 @@ def library_call(model: nn.Module, method: str, layer: nn.Module, x: torch.Tenso
     """pytorch-grad-cam's own call (its own passes, e.g. test-time augmentation smoothing): one (H, W) map."""
     # no weight gradients needed; the baseline's class backpropagates too, though it uses only the gradient's shape
     inputs = x.clone().requires_grad_(CAM_METHODS[method].kind in ("gradient", "baseline"))
-    cam = cam_class(method)(model, target_layers=[layer])
+    cam = _make_cam(method, model, layer)
     try:
         with torch.enable_grad():
             return np.asarray(cam(inputs, _targets([target]), aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)[0],
                               np.float32)
     finally:
+        _put_back(model, layer)
         cam.activations_and_grads.release()  # its hooks come off the model

@@ -197,3 +197,42 @@ def test_augmentation_smoothing_equals_pytorch_grad_cams_own_call(tiny_explainer
                                                                                      aug_smooth=True))
     assert expected.max() - expected.min() > 0.05  # an average of six maps: not flat, though less spread
     assert np.abs(result.heatmap - expected).max() <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ablation_cam_equals_pytorch_grad_cams_own_call(tiny_explainer, user_models, image_tensor, variant):
+    """Ablation-CAM runs its own passes (one per batch of zeroed channels) through the progress and deadline
+    wrapper; the map is still the library's, and the progress counts every pass, its set-up pass included."""
+    for target in range(len(tiny_explainer.classes)):  # the first class whose map is not flat (random models)
+        expected = default_pgc_map(user_models[variant], "ablationcam", "layer3", image_tensor, target)
+        if expected.max() - expected.min() > 0.5:
+            break
+    else:
+        pytest.fail("every reference map is flat: the comparison would prove nothing")
+    reports = []
+    result = tiny_explainer.explainers[variant].explain(
+        image_tensor, ExplainSettings(method="ablationcam", layer="layer3", target=target, score_cam_batch=128),
+        progress=lambda share, text: reports.append(share))
+    assert np.abs(result.heatmap - expected).max() <= TOLERANCE
+    assert reports[-1] == pytest.approx(1.0) and len(reports) == 1 + 1024 // 128
+
+
+def test_ablation_cam_stopped_by_the_time_limit_leaves_the_model_whole(tiny_explainer, image_tensor):
+    """Its passes swap the target layer for an ablation layer; a stop half-way must put the layer back."""
+    explainer = tiny_explainer.explainers["se"]
+    before = snapshot(explainer.model)
+    layer = explainer.layer("layer4")
+    calls = []
+
+    def stop_after_two(share, text):
+        calls.append(share)
+        if len(calls) == 2:
+            raise AttnvizError("stopped")
+
+    with pytest.raises(AttnvizError, match="stopped"):
+        explainer.explain(image_tensor, ExplainSettings(method="ablationcam", target=0), progress=stop_after_two)
+    assert explainer.layer("layer4") is layer
+    assert leftovers(explainer.model, before) == []
+    again = explainer.explain(image_tensor, ExplainSettings(target=0))  # and it still explains
+    assert again.heatmap.shape == (64, 64)
