@@ -95,8 +95,9 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "model_set": "Model set",
         "models": "Models",
         "method": "CAM method",
-        "method_info": f"Score-CAM runs one forward pass per channel of the target layer (2048 at layer4): minutes "
-                       f"on a CPU. It shows progress with a time estimate and stops after {TIME_LIMIT_S} s.",
+        "method_info": f"Score-CAM and Ablation-CAM (slow) run one forward pass per channel of the target layer "
+                       f"(2048 at layer4): minutes on a CPU. They show progress with a time estimate and stop "
+                       f"after {TIME_LIMIT_S} s. RandomCAM is a baseline, not an explanation.",
         "target": "Target class",
         "target_info": "The class each heatmap explains: each model's own top-1, or one class for all models.",
         "own_top1": "each model's own top-1",
@@ -182,8 +183,9 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "model_set": "模型组",
         "models": "模型",
         "method": "CAM 方法",
-        "method_info": f"Score-CAM 对目标层的每个通道各做一次前向传播（layer4 有 2048 个通道），在 CPU 上需要数分钟；"
-                       f"运行时显示进度和预计剩余时间，超过 {TIME_LIMIT_S} 秒即停止。",
+        "method_info": f"Score-CAM 和 Ablation-CAM（较慢）对目标层的每个通道各做一次前向传播（layer4 有 2048 个通道），"
+                       f"在 CPU 上需要数分钟；运行时显示进度和预计剩余时间，超过 {TIME_LIMIT_S} 秒即停止。"
+                       f"RandomCAM 只是对照基线，并不是解释。",
         "target": "目标类别",
         "target_info": "热力图所解释的类别：各模型自己的 top-1，或为所有模型指定同一个类别。",
         "own_top1": "各模型自己的 top-1",
