@@ -54,7 +54,8 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
         per_layer = cam.compute_cam_per_layer(x, _targets(targets), eigen_smooth)
         return np.asarray(cam.aggregate_multi_layers(per_layer), np.float32)
     finally:
-        _put_back(model, layer)
+        if method == "ablationcam":
+            _put_back(model, layer)
         recorder.release()
         recorder.activations = []
         recorder.gradients = []
@@ -74,7 +75,8 @@ def _make_cam(method: str, model: nn.Module, layer: nn.Module):
 
 def _put_back(model: nn.Module, layer: nn.Module) -> None:
     """Ablation-CAM swaps the target layer for its ablation layer during its passes and swaps it back only when
-    they end: after a failure (e.g. the time limit) the model would keep the ablation layer. Put ``layer`` back."""
+    they end: after a failure (e.g. the time limit) the model would keep the ablation layer. Put ``layer`` back.
+    Only Ablation-CAM swaps layers, so only its calls walk the model (not every map's hot path)."""
     from pytorch_grad_cam.ablation_layer import AblationLayer
 
     for parent in model.modules():
@@ -94,5 +96,6 @@ def library_call(model: nn.Module, method: str, layer: nn.Module, x: torch.Tenso
             return np.asarray(cam(inputs, _targets([target]), aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)[0],
                               np.float32)
     finally:
-        _put_back(model, layer)
+        if method == "ablationcam":
+            _put_back(model, layer)
         cam.activations_and_grads.release()  # its hooks come off the model
