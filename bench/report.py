@@ -122,6 +122,18 @@ def bf16_section(data: dict) -> list[str]:
     return [*lines, ""]
 
 
+def offline_import_section(data: dict) -> list[str]:
+    b = data["baseline_s"]
+    lines = [f"Machine: {_machine(data)}; {data['config']['runs']} runs each, round-robin with the baseline "
+             f"`{data['config']['baseline']}` (median {b['median']:.2f} s).", "",
+             "| source | median s | min / max s | over the baseline (median of the rounds' differences) |",
+             "|---|---:|---:|---:|"]
+    for source, e in data["sources"].items():
+        lines.append(f"| {source} | {e['median_s']:.2f} | {e['min_s']:.2f} / {e['max_s']:.2f} | "
+                     f"{e['median_over_baseline_s']:+.2f} s |")
+    return [*lines, ""]
+
+
 SECTIONS = (
     ("Time per request", "explain.json", "python bench/bench_explain.py --random --runs 21", explain_section),
     ("Memory of a serving process", "memory.json", "python bench/bench_memory.py --random --requests 50",
@@ -129,6 +141,8 @@ SECTIONS = (
     ("The running app under load", "load.json", "python bench/load_test.py --random --clients 8 --requests 25",
      load_section),
     ("bf16 against fp32", "bf16.json", "python bench/bench_bf16.py --set builtin --runs 21", bf16_section),
+    ("An import without internet", "offline_import.json", "python bench/bench_offline_import.py --runs 7",
+     offline_import_section),
 )
 
 
