@@ -7,7 +7,9 @@ lock and has forward hooks on
   leaf that needs a gradient, so backpropagation stops there (no deeper, no parameter gradients);
 * every attention gate the model's families declare: what each gate output on the image's own pass is kept as
   that block's record (detached, float32); a gate named in ``replace`` outputs the given value instead, on
-  every pass (knock-out: the record then shows the value the network used).
+  every pass (knock-out: the record then shows the value the network used);
+* with ``features=True``, the classifier's input (the pooled layer4 features, (batch, 2048)), detached, for the
+  out-of-domain score (``attnviz.domain``): it comes from the same pass, so it costs no extra one.
 
 Only the image's own pass (``run``) is captured; later passes inside the same ``with`` block (Score-CAM's
 masked copies, pytorch-grad-cam's own call) go through unrecorded. Leaving the block removes every hook and
@@ -122,10 +124,13 @@ class Capture:
 
     def __init__(self, model: nn.Module, layers: Sequence[str] = (), *, needs_grad: bool = False,
                  records: bool = True, replace: dict[str, torch.Tensor | float] | None = None,
-                 gates: list[Gate] | None = None) -> None:
+                 gates: list[Gate] | None = None, features: bool = False) -> None:
         """``replace``: gate key -> what the gate outputs instead, on every pass inside the capture (knock-out).
-        ``gates``: the model's gates when the caller has them already (``model_gates(model)`` otherwise)."""
+        ``gates``: the model's gates when the caller has them already (``model_gates(model)`` otherwise).
+        ``features``: keep the classifier's input of the image's own pass as ``self.features``."""
         self.model = model
+        self.want_features = features
+        self.features: torch.Tensor | None = None
         self.layers = list(dict.fromkeys(layers))
         self.needs_grad = needs_grad
         self.replace = dict(replace or {})
@@ -148,6 +153,8 @@ class Capture:
                 self._handles.append(self.model.get_submodule(name).register_forward_hook(self._layer_hook(name)))
             for i, gate in enumerate(self.gates):
                 self._handles.append(gate.module.register_forward_hook(self._gate_hook(i, gate)))
+            if self.want_features:
+                self._handles.append(self.model.get_submodule("fc").register_forward_pre_hook(self._features_hook))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -171,6 +178,10 @@ class Capture:
 
         return hook
 
+    def _features_hook(self, module, inputs):
+        if self._recording:
+            self.features = inputs[0].detach().float()
+
     def _gate_hook(self, index: int, gate: Gate):
         value = self.replace.get(gate.key)
 
@@ -187,9 +198,10 @@ class Capture:
 
     def run(self, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """The image's own pass: logits, with the target layers' activations and the gates' records kept."""
-        if not self._handles and (self.layers or self.gates):
+        if not self._handles and (self.layers or self.gates or self.want_features):
             raise RuntimeError("Capture.run needs the capture open: use it as `with Capture(...) as capture`")
         self.activations.clear()
+        self.features = None
         self._records = [None] * len(self.gates)
         self._recording = True
         try:

@@ -30,6 +30,7 @@ from torch import nn
 
 from attnviz.attention import family
 from attnviz.capture import Capture, model_gates
+from attnviz.domain import DomainModel
 from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, load_image, preprocess
 from attnviz.knockout import KNOCKOUT_VALUES, check_spec, parse_knockout, replacements
@@ -152,9 +153,12 @@ class ModelExplainer:
     """One model of a set, explained through the capture core (which owns its hooks and its lock)."""
 
     def __init__(self, variant: str, model: nn.Module, classes: list[str],
-                 gate_means: Callable[[], dict[str, torch.Tensor]] | None = None) -> None:
-        """``gate_means``: loads the stored mean output of every gate (for knock-out with value "mean")."""
+                 gate_means: Callable[[], dict[str, torch.Tensor]] | None = None,
+                 domain: DomainModel | None = None) -> None:
+        """``gate_means``: loads the stored mean output of every gate (for knock-out with value "mean");
+        ``domain``: the fitted out-of-domain scorer (None: the model is not calibrated)."""
         self.variant = variant
+        self.domain = domain
         self.model = model.eval()
         self.classes = classes
         self.gates = model_gates(self.model)
@@ -180,7 +184,8 @@ class ModelExplainer:
         ``settings.knockout``, the same again with those gates switched off (``knockout_gates``: the gate names
         the spec may use, default this model's)."""
         started = time.perf_counter()
-        probabilities, heatmap, attention = self._pass(x, settings, settings.target, progress, deadline)
+        probabilities, heatmap, attention, domain_score = self._pass(x, settings, settings.target, progress,
+                                                                     deadline, score_domain=True)
         target_index = int(np.argmax(probabilities)) if settings.target is None else settings.target  # as _pass
         result = ModelResult(
             variant=self.variant,
@@ -190,6 +195,8 @@ class ModelExplainer:
             heatmap=heatmap,
             attention=attention,
             seconds=0.0,
+            domain_score=domain_score,
+            out_of_domain=None if domain_score is None else bool(self.domain.flags(np.array([domain_score]))[0]),
         )
         if settings.knockout:
             result.knockout = self._knockout(x, settings, result, progress, deadline, knockout_gates)
@@ -201,12 +208,17 @@ class ModelExplainer:
         return [Prediction(int(i), self.classes[i], float(probabilities[i])) for i in order[: min(k, len(order))]]
 
     def _pass(self, x: torch.Tensor, settings: ExplainSettings, target: int | None, progress, deadline,
-              replace: dict | None = None) -> tuple[np.ndarray, np.ndarray, list[BlockAttention]]:
-        """Probabilities, the heatmap of ``target`` (None: the top-1) and the records of one capture."""
+              replace: dict | None = None, score_domain: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, list[BlockAttention], float | None]:
+        """Probabilities, the heatmap of ``target`` (None: the top-1), the records of one capture and, with
+        ``score_domain`` and a fitted scorer, the out-of-domain score from the same pass (else None)."""
         method = CAM_METHODS[settings.method]
         needs_grad = method.kind == "gradient" and not settings.aug_smooth
-        with Capture(self.model, [settings.layer], needs_grad=needs_grad, replace=replace, gates=self.gates) as capture:
+        scoring = score_domain and self.domain is not None
+        with Capture(self.model, [settings.layer], needs_grad=needs_grad, replace=replace, gates=self.gates,
+                     features=scoring) as capture:
             logits = capture.run(x, settings.precision)
+            domain_score = float(self.domain.score(capture.features, logits)[0]) if scoring else None
             probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
             target_index = int(np.argmax(probabilities)) if target is None else target
             layer = self.layer(settings.layer)
@@ -224,7 +236,7 @@ class ModelExplainer:
                                          gradient, [target_index], settings.eigen_smooth, settings.score_cam_batch,
                                          passes)[0]
             attention = capture.records(0)
-        return probabilities, np.asarray(heatmap, np.float32), attention
+        return probabilities, np.asarray(heatmap, np.float32), attention, domain_score
 
     def _knockout(self, x, settings: ExplainSettings, trained: ModelResult, progress, deadline,
                   knockout_gates: set[str] | None) -> KnockoutResult:
@@ -234,7 +246,7 @@ class ModelExplainer:
         replace = replacements(chosen, settings.knockout_value, means)
         target = trained.target.index
         if chosen:
-            probabilities, heatmap, attention = self._pass(x, settings, target, progress, deadline, replace)
+            probabilities, heatmap, attention, _ = self._pass(x, settings, target, progress, deadline, replace)
         else:
             probabilities, heatmap, attention = trained.probabilities, trained.heatmap, trained.attention
         return KnockoutResult(
@@ -305,7 +317,8 @@ class Explainer:
 
     def __init__(self, model_set: LoadedSet) -> None:
         self.model_set = model_set
-        self.explainers = {v: ModelExplainer(v, m, model_set.classes, model_set.gate_means_loader(v))
+        self.explainers = {v: ModelExplainer(v, m, model_set.classes, model_set.gate_means_loader(v),
+                                             model_set.domain_model(v))
                            for v, m in model_set.models.items()}
 
     @property

@@ -72,6 +72,10 @@ class ModelResult:
     attention: list[BlockAttention]  # one per attention block, in forward order; empty without attention
     seconds: float
     knockout: KnockoutResult | None = None  # the same with gates switched off, when asked for
+    # how far the image is from the training scenes (higher: farther; attnviz.domain) and whether that is past
+    # the model's threshold; None: the model has no fitted statistics (not calibrated)
+    domain_score: float | None = None
+    out_of_domain: bool | None = None
 
     @property
     def title(self) -> str:
@@ -89,6 +93,13 @@ class Explanation:
     results: dict[str, ModelResult] = field(default_factory=dict)
     agreement: dict[str, float] = field(default_factory=dict)  # "a|b" -> IoU of the top-20 % regions
 
+    @property
+    def out_of_domain(self) -> bool | None:
+        """True when any shown model flags the image as far from its training scenes; None when none of them is
+        calibrated (no fitted statistics, e.g. an imported set)."""
+        known = [r.out_of_domain for r in self.results.values() if r.out_of_domain is not None]
+        return any(known) if known else None
+
     def summary(self) -> dict:
         """Predictions, agreement and settings as JSON-ready data."""
         settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.settings).items()}
@@ -101,11 +112,14 @@ class Explanation:
                     "top": [vars(p) for p in r.top],
                     "target": vars(r.target),
                     "seconds": round(r.seconds, 4),
+                    "domain_score": None if r.domain_score is None else round(r.domain_score, 4),
+                    "out_of_domain": r.out_of_domain,
                     **({"knockout": r.knockout.summary()} if r.knockout is not None else {}),
                 }
                 for v, r in self.results.items()
             },
             "agreement_top20_iou": self.agreement,
+            "out_of_domain": self.out_of_domain,
         }
 
 

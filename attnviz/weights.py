@@ -372,6 +372,11 @@ class LoadedSet:
 
         return load
 
+    def domain_model(self, variant: str):
+        """The model's fitted out-of-domain scorer (``attnviz.domain.DomainModel``, sha256 checked), or None when
+        the manifest names none (an imported set: its results say "not calibrated")."""
+        return read_domain_model(self.info.models[variant].extra.get("domain"), self.weights_dir)
+
     @property
     def classes(self) -> list[str]:
         return self.info.classes
@@ -379,6 +384,20 @@ class LoadedSet:
     @property
     def preprocessing(self) -> Preprocessing:
         return self.info.preprocessing
+
+
+def read_domain_model(ref: dict | None, weights_dir: Path | None):
+    """A manifest entry's out-of-domain statistics, read and sha256 checked like a checkpoint; None without."""
+    if not ref or weights_dir is None:
+        return None
+    from attnviz.domain import DomainModel
+
+    path = Path(weights_dir) / ref["file"]
+    try:
+        return DomainModel.from_tensors(read_safetensors(path, ref["sha256"]), ref["scorer"])
+    except (KeyError, ValueError) as exc:
+        raise AttnvizError(f"{path}: not the out-of-domain statistics its manifest entry describes ({exc}); "
+                           f"refit them with python -m attnviz.domain_fit fit") from exc
 
 
 def load_model_set(
@@ -405,6 +424,7 @@ def verify(manifest: Manifest, set_name: str | None = None) -> list[tuple[str, s
                 path = manifest.weights_dir / entry.file
                 model = build_model(entry.spec)
                 check_state_dict(read_safetensors(path, entry.sha256), model, str(path))
+                read_domain_model(entry.extra.get("domain"), manifest.weights_dir)
                 results.append((name, variant, "ok"))
             except AttnvizError as exc:
                 results.append((name, variant, str(exc)))
