@@ -2,8 +2,26 @@
 
 Localisation compares a map with the object's true mask: the pointing game
 (the map's maximum within ``tolerance`` pixels of the object, Zhang et al.
-2016), the share of the map's mass inside the mask, and the IoU of the
-map's region above a threshold. Faithfulness asks the model itself: deletion
+2016), the share of the map's mass inside the mask (energy in mask; Quantus'
+relevance mass accuracy, Arras et al. 2022), the share of the mask's K pixels
+among the map's K highest (relevance rank accuracy, Arras et al. 2022), and
+the IoU of the map's region above a threshold. At tolerance 0 the first three
+agree with Quantus 0.6.0 (tests/test_quantus_agreement.py) except where a
+policy below differs from Quantus' by design:
+
+* ties: the pointing game takes the first maximum in raster order, and a flat
+  map (every pixel a maximum) points nowhere and misses (Quantus: a hit when
+  any maximum is on the object); rank accuracy counts pixels tied at the K-th
+  value by the share of them inside the mask, the mean over every order of the
+  tied pixels (Quantus: the order its unstable sort happens to give);
+* empty masks score 0 in every metric: there is nothing to find (Quantus:
+  NaN for mass and rank accuracy; its pointing game writes NaN into a boolean
+  array, which reads as a hit);
+* a map without mass (all zeros) has energy in mask equal to the mask's area
+  share, as a uniform map (Quantus: NaN, from 0 / 0); negative values count as
+  no mass (Quantus sums them unless ``abs=True``).
+
+Faithfulness asks the model itself: deletion
 and insertion curves (Petsiuk et al. 2018, RISE) and ROAD (Rong et al. 2022,
 pytorch-grad-cam's imputer). ``paired_bootstrap`` resamples the same images
 for every model, so a difference between two models comes with an interval
@@ -37,7 +55,8 @@ def area_share(masks: np.ndarray) -> np.ndarray:
 
 
 def energy_in_mask(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Share of each map's mass inside its mask; a map with no mass counts as uniform (the mask's area share)."""
+    """Share of each map's mass inside its mask (Quantus' relevance mass accuracy). Negative values count as no
+    mass; a map with no mass counts as uniform (the mask's area share); an empty mask scores 0."""
     flat_maps = np.maximum(_flat(maps).astype(np.float64), 0)
     flat_masks = _flat(masks).astype(np.float64)
     total = flat_maps.sum(axis=1)
@@ -60,7 +79,8 @@ def distance_to_mask(mask: np.ndarray) -> np.ndarray:
 def pointing_hits(maps: np.ndarray, distances: np.ndarray, tolerance: float = POINTING_TOLERANCE) -> np.ndarray:
     """Whether each map's maximum lies within ``tolerance`` px of its object (given ``distance_to_mask``).
 
-    The first maximum in raster order counts; a flat map (no maximum) points nowhere and misses.
+    The first maximum in raster order counts; a flat map (no maximum) points nowhere and misses; an empty mask
+    (every distance infinite) is missed.
     """
     flat = _flat(maps)
     peak = flat.argmax(axis=1)
@@ -73,6 +93,27 @@ def pointing_hits(maps: np.ndarray, distances: np.ndarray, tolerance: float = PO
 def pointing_game(saliency: np.ndarray, mask: np.ndarray, tolerance: float = POINTING_TOLERANCE) -> bool:
     """The pointing game for one map and one mask."""
     return bool(pointing_hits(saliency[None], distance_to_mask(mask)[None], tolerance)[0])
+
+
+def rank_accuracy(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Relevance rank accuracy: the share of each mask's K pixels among its map's K highest (K: the mask's size).
+
+    Pixels tied at the K-th highest value fill the places left by the ones above it in proportion to how many of
+    them lie inside the mask (the mean over every order of the tied pixels), so a flat map scores the mask's
+    area share; an empty mask scores 0.
+    """
+    flat_maps = _flat(maps).astype(np.float64)
+    flat_masks = _flat(masks).astype(bool)
+    sizes = flat_masks.sum(axis=1)
+    out = np.zeros(len(flat_maps))
+    for i in np.flatnonzero(sizes):
+        values, inside, k = flat_maps[i], flat_masks[i], int(sizes[i])
+        cut = np.partition(values, values.size - k)[values.size - k]  # the K-th highest value
+        above, tied = values > cut, values == cut
+        places = k - int(above.sum())  # left for the tied pixels
+        hits = (above & inside).sum() + places * (tied & inside).sum() / tied.sum()
+        out[i] = hits / k
+    return out.reshape(maps.shape[:-2])
 
 
 def mask_iou(maps: np.ndarray, masks: np.ndarray, threshold: float) -> np.ndarray:

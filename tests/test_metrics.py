@@ -20,6 +20,7 @@ from attnviz.metrics import (
     paired_bootstrap,
     pointing_game,
     pointing_hits,
+    rank_accuracy,
     relevance_order,
     road,
     road_impute,
@@ -85,6 +86,51 @@ def test_map_without_mass_counts_as_uniform_for_energy_and_has_no_region():
     empty = np.zeros(mask.shape, np.float32)
     assert energy_in_mask(empty, mask) == pytest.approx(area_share(mask))
     assert mask_iou(empty, mask, 0.5) == 0.0
+
+
+@pytest.mark.parametrize(("inside_first", "hit"), [(True, True), (False, False)])
+def test_pointing_game_takes_the_first_of_several_maxima_in_raster_order(inside_first, hit):
+    mask = square_mask()
+    saliency = np.zeros(mask.shape, np.float32)
+    saliency[30, 30] = saliency[60, 60] = 1.0  # one on the object, one 29 px from it
+    if not inside_first:
+        saliency = saliency[::-1, ::-1].copy()
+        mask = mask[::-1, ::-1]  # the far maximum now comes first
+    assert pointing_game(saliency, mask) is hit
+
+
+def test_empty_mask_scores_0_in_every_localisation_metric():
+    empty = np.zeros((32, 32), bool)
+    saliency = np.random.default_rng(0).random((32, 32))
+    assert not pointing_game(saliency, empty, tolerance=1000)
+    assert energy_in_mask(saliency, empty) == 0.0
+    assert energy_in_mask(np.zeros((32, 32)), empty) == 0.0
+    assert rank_accuracy(saliency, empty) == 0.0
+
+
+def test_rank_accuracy_is_1_for_the_mask_itself_and_0_for_a_map_beside_it():
+    mask = square_mask()
+    beside = np.roll(mask, 20, axis=1).astype(np.float32)  # the square moved off itself
+    assert rank_accuracy(mask.astype(np.float32) + 0.5, mask) == 1.0
+    assert rank_accuracy(beside, mask) == 0.0
+
+
+def test_rank_accuracy_of_a_flat_map_is_the_mask_area_share():
+    mask = square_mask()
+    assert rank_accuracy(np.full(mask.shape, 0.3), mask) == pytest.approx(area_share(mask))
+
+
+def test_rank_accuracy_shares_the_places_at_the_cut_among_the_tied_pixels():
+    mask = np.zeros((1, 6), bool)
+    mask[0, :3] = True  # K = 3
+    saliency = np.array([[0.9, 0.2, 0.5, 0.5, 0.5, 0.5]])  # one above the cut, 2 places for 4 tied, 1 of them inside
+    assert rank_accuracy(saliency, mask) == pytest.approx((1 + 2 * 1 / 4) / 3)
+
+
+def test_rank_accuracy_takes_a_batch():
+    masks = np.stack([square_mask(), square_mask(top=0, left=0)])
+    maps = np.stack([masks[0], masks[0]]).astype(np.float32)
+    np.testing.assert_allclose(rank_accuracy(maps, masks), [1.0, 0.0])
 
 
 @pytest.mark.parametrize(("peak", "hit"), [((50, 65), True), ((50, 66), False), ((59, 62), True), ((59, 63), False)])
