@@ -345,6 +345,8 @@ table.images td.n { color: var(--muted); text-align: right; }
 table.images a.image { display: flex; align-items: center; gap: .6rem; overflow-wrap: anywhere; }
 table.images img.thumb { width: 56px; flex: 0 0 56px; }
 table.images td.differs { background: var(--mark); }
+.ood { color: #b45309; font-weight: 600; }
+p.notice { border-left: 4px solid #d97706; background: rgba(217, 119, 6, .08); padding: .4em .8em; }
 .row { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
 .view { flex: 0 0 220px; } .view img { width: 220px; }
 .model { flex: 1 1 300px; min-width: 280px; max-width: 560px; border: 1px solid var(--line); border-radius: 6px;
@@ -428,7 +430,7 @@ def _model_column(folder: str, summary: dict, variant: str) -> str:
     parts = [
         f'<div class="model" id="{_e(folder)}-{_e(variant)}"><h3>{_e(model["title"])}</h3>',
         f'<div class="muted">explains <b>{_e(target["name"])}</b> ({target["probability"]:.1%}) · '
-        f'{model["seconds"]:.2f} s</div>',
+        f'{model["seconds"]:.2f} s{_domain_line(model)}</div>',
         _figure(folder, summary, f"{variant}_overlay.png", f"{model['title']}: CAM heatmap", "overlay"),
         f'<div class="caption">Top-{len(model["top"])} (red: the class the heatmap explains)</div>',
         _top_table(model),
@@ -472,8 +474,19 @@ def _markdown_bold(markdown: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", _e(markdown))
 
 
+def _domain_line(model: dict) -> str:
+    """The model's out-of-domain score against its threshold; nothing for a model that is not calibrated."""
+    if model.get("out_of_domain") is None:
+        return ""
+    verdict = "outside its training scenes" if model["out_of_domain"] else "in domain"
+    sign = ">" if model["out_of_domain"] else "≤"
+    return (f' · <span class="{"ood" if model["out_of_domain"] else ""}">out-of-domain score '
+            f'{model["domain_score"]:.3g} {sign} {model["domain_threshold"]:.3g}: {verdict}</span>')
+
+
 def _image_section(job: ImageJob, summary: dict) -> str:
     from attnviz.models import VARIANT_TITLES
+    from attnviz.texts import text
 
     folder = job.folder
     agreement = ", ".join(
@@ -494,6 +507,7 @@ def _image_section(job: ImageJob, summary: dict) -> str:
 <h2>{_e(job.label)}</h2>
 <p class="muted">{_e(status)} · sha256 {_e(job.sha256[:12])}… ·
  full-size pictures and results in <a href="{_href(folder, SUMMARY_NAME)}">{_e(folder)}/</a></p>
+{f'<p class="notice">{_e(text("ood_report"))}</p>' if summary.get("out_of_domain") else ""}
 <div class="row">
 <div class="view"><div class="caption">The view every model saw</div>
 {_figure(folder, summary, "view.png", "model input")}</div>
@@ -603,6 +617,9 @@ def _top1_cells(summary: dict, variants: tuple[str, ...]) -> str:
         else:
             cls = ' class="differs"' if top["index"] != first else ""
             cells.append(f'<td{cls}>{_e(top["name"])} {top["probability"]:.1%}</td>')
+    flag = summary.get("out_of_domain")
+    cells.append('<td class="muted">–</td>' if flag is None else
+                 '<td class="ood">yes</td>' if flag else "<td>no</td>")
     return "".join(cells)
 
 
@@ -626,8 +643,11 @@ def _index_table(run: Run, pages: list[list[ImageJob]], summaries: dict) -> str:
                         f'<td><a href="{_page_name(number)}">{number}</a></td></tr>')
     marked = (f"; marked: a top-1 that differs from {_e(VARIANT_TITLES[variants[0]])}'s" if len(variants) > 1
               else "")
-    return (f'<p class="note">Each model\'s top-1 class and its probability{marked}. Click an image for its page.</p>'
-            f'<table class="images"><thead><tr><th>#</th><th>Image</th>{heads}<th>Page</th></tr></thead>'
+    return (f'<p class="note">Each model\'s top-1 class and its probability{marked}; out of domain: whether any '
+            f'model finds the image unlike its training scenes (–: no model is calibrated). Click an image for its '
+            f'page.</p>'
+            f'<table class="images"><thead><tr><th>#</th><th>Image</th>{heads}<th>Out of domain</th>'
+            f'<th>Page</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
@@ -776,7 +796,9 @@ def explain_all(jobs: list[ImageJob], run: Run, out_dir: Path, force: bool) -> b
             elif job.status == "skipped":
                 say(f"skipped  {job.label} (finished earlier with these settings)")
             else:
-                say(f"done     {job.label} -> {out_dir / job.folder}")
+                summary = _read_summary(out_dir / job.folder) or {}
+                flag = " (out of domain: unlike the models' training scenes)" if summary.get("out_of_domain") else ""
+                say(f"done     {job.label} -> {out_dir / job.folder}{flag}")
     except KeyboardInterrupt:
         return True
     finally:

@@ -200,6 +200,7 @@ class ModelExplainer:
         )
         if settings.knockout:
             result.knockout = self._knockout(x, settings, result, progress, deadline, knockout_gates)
+            domain_threshold=None if domain_score is None else self.domain.threshold,
         result.seconds = time.perf_counter() - started
         return result
 

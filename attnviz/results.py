@@ -75,6 +75,7 @@ class ModelResult:
     # how far the image is from the training scenes (higher: farther; attnviz.domain) and whether that is past
     # the model's threshold; None: the model has no fitted statistics (not calibrated)
     domain_score: float | None = None
+    domain_threshold: float | None = None  # the model's threshold: a score above it is out of domain
     out_of_domain: bool | None = None
 
     @property
@@ -113,6 +114,7 @@ class Explanation:
                     "target": vars(r.target),
                     "seconds": round(r.seconds, 4),
                     "domain_score": None if r.domain_score is None else round(r.domain_score, 4),
+                    "domain_threshold": None if r.domain_threshold is None else round(r.domain_threshold, 4),
                     "out_of_domain": r.out_of_domain,
                     **({"knockout": r.knockout.summary()} if r.knockout is not None else {}),
                 }

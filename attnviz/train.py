@@ -414,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--domain-scenes", type=int, nargs=3, default=(1500, 600, 30),
+                        metavar=("TRAIN", "VAL", "PROBES"),
+                        help="with --register: the training and validation scenes, and non-scene images per kind, "
+                             "that the out-of-domain scorer is refitted on (default 1500 600 30)")
     args = parser.parse_args(argv)
     if args.register:
         from attnviz.weights import default_weights_dir
@@ -422,7 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out.resolve()
         if not out.is_relative_to(weights_dir.resolve()):
             parser.error(f"--out must lie inside the weights folder {weights_dir}")
-        print("registered:", ", ".join(register(out, weights_dir, args.set)) or "nothing (no finished model)")
+        registered = register(out, weights_dir, args.set)
+        print("registered:", ", ".join(registered) or "nothing (no finished model)")
+        if registered:  # the out-of-domain statistics belong to the weights: refit them for the set as it is now
+            from attnviz.domain_fit import fit_set
+
+            result = fit_set(args.set, weights_dir, *args.domain_scenes, progress=not args.quiet)
+            print(f"out-of-domain scorer refitted: {result['chosen']} ({result['minutes']} min)")
         return 0
     if args.variant is None:
         parser.error("--variant is required unless --register is given")

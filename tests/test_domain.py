@@ -150,3 +150,54 @@ def test_fitting_a_set_not_trained_on_scenes_is_one_line(tiny_weights_dir, capsy
     assert main(["fit", "--set", "tiny", "--weights-dir", str(tiny_weights_dir), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model set 'tiny' was not trained on attnviz's scenes") and "\n" not in err
+
+
+def _calibrate(folder, set_name: str, threshold: float, tmp_path):
+    """A copy of ``folder`` whose models all carry ``threshold`` (their statistics as fitted, files re-hashed)."""
+    import shutil
+
+    from attnviz.weights import read_domain_model, write_safetensors
+
+    copy = tmp_path / "calibrated"
+    shutil.copytree(folder, copy)
+    manifest = Manifest(copy)
+    for entry in manifest.data["sets"][set_name]["models"].values():
+        domain = read_domain_model(entry["domain"], copy)
+        domain.threshold = threshold
+        entry["domain"]["sha256"] = write_safetensors(domain.to_tensors(), copy / entry["domain"]["file"])
+        entry["domain"]["threshold"] = threshold
+    manifest.save()
+    return copy
+
+
+def test_the_page_notice_names_each_flagging_model_and_is_empty_in_domain(scene_set, tmp_path):
+    from attnviz.ui import domain_notice
+
+    folder, _ = scene_set
+    flagging = Explainer(load_model_set("scenes", _calibrate(folder, "scenes", -1e9, tmp_path / "a")))
+    explanation = flagging.explain(probe_image("text", 0), variants=("se", "cbam"))
+    notice = domain_notice(explanation)
+    assert "ood_notice" in notice  # the translated headline's marker, replaced by the page
+    assert "ResNet50 + SE" in notice and "ResNet50 + CBAM" in notice and "ECA" not in notice
+    passing = Explainer(load_model_set("scenes", _calibrate(folder, "scenes", 1e9, tmp_path / "b")))
+    assert domain_notice(passing.explain(probe_image("text", 0))) == ""
+
+
+def test_the_batch_cli_reports_out_of_domain_images(scene_set, tmp_path, capsys):
+    from PIL import Image
+
+    from attnviz.cli import main as cli_main
+
+    folder, _ = scene_set
+    weights = _calibrate(folder, "scenes", -1e9, tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(probe_image("lines", 0)).save(images / "drawing.png")
+    out = tmp_path / "out"
+    assert cli_main(["explain", str(images), "--set", "scenes", "--weights-dir", str(weights), "--out", str(out),
+                     "--models", "resnet50"]) == 0
+    assert "drawing.png" in capsys.readouterr().out.split("(out of domain")[0]
+    summary = json.loads(next(out.glob("*/summary.json")).read_text())
+    assert summary["out_of_domain"] is True and summary["models"]["resnet50"]["out_of_domain"] is True
+    pages = " ".join(p.read_text() for p in out.glob("report*.html"))
+    assert "unlike the scenes these models were trained on" in pages and "out-of-domain score" in pages

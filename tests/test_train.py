@@ -116,5 +116,7 @@ def test_cli_writes_weights_and_a_result_record(scenes, tmp_path, monkeypatch):
     assert code == 0
     record = json.loads((out / "resnet50.json").read_text())
     assert record["recipe"]["phases"] == [[128, 16], [224, 8]] and record["recipe"]["finetune"] == [224, 8, 0.0001]
-    assert main(["--register", "--out", str(out)]) == 0
-    assert Manifest(tmp_path / "weights").get("builtin").models["resnet50"].variant == "resnet50"
+    assert main(["--register", "--out", str(out), "--domain-scenes", "24", "12", "1", "--quiet"]) == 0
+    entry = Manifest(tmp_path / "weights").get("builtin").models["resnet50"]
+    assert entry.variant == "resnet50"
+    assert entry.extra["domain"]["file"] == "builtin/resnet50.domain.safetensors"  # refitted on registering
