@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TITLES = {"resnet50": "ResNet50", "se": "ResNet50 + SE", "cbam": "ResNet50 + CBAM", "three": "all three"}
+TITLES = {"resnet50": "ResNet50", "se": "ResNet50 + SE", "cbam": "ResNet50 + CBAM", "eca": "ResNet50 + ECA",
+          "three": "all three"}
 
 
 def _load(folder: Path, name: str) -> dict | None:
@@ -134,6 +135,17 @@ def offline_import_section(data: dict) -> list[str]:
     return [*lines, ""]
 
 
+def domain_cost_section(data: dict) -> list[str]:
+    c = data["config"]
+    lines = [f"Machine: {_machine(data)}; set {c['set']}, image {c['image']}, {c['runs']} runs, round-robin.", "",
+             "| model | scorer | explain median ms | scoring step median ms | scoring / explain |",
+             "|---|---|---:|---:|---:|"]
+    for variant, e in data["models"].items():
+        lines.append(f"| {TITLES.get(variant, variant)} | {e['scorer']} | {e['explain_median_ms']:.1f} | "
+                     f"{e['score_median_ms']:.3f} | {e['score_over_explain']:.2%} |")
+    return [*lines, ""]
+
+
 SECTIONS = (
     ("Time per request", "explain.json", "python bench/bench_explain.py --random --runs 21", explain_section),
     ("Memory of a serving process", "memory.json", "python bench/bench_memory.py --random --requests 50",
@@ -143,6 +155,8 @@ SECTIONS = (
     ("bf16 against fp32", "bf16.json", "python bench/bench_bf16.py --set builtin --runs 21", bf16_section),
     ("An import without internet", "offline_import.json", "python bench/bench_offline_import.py --runs 7",
      offline_import_section),
+    ("The out-of-domain score's cost", "domain_cost.json", "python bench/bench_domain.py --set builtin --runs 21",
+     domain_cost_section),
 )
 
 
