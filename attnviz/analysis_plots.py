@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from attnviz.analyze import LOCALISATION, METRICS, PROFILE_CHANNELS, PROFILE_CLASSES, _label
+from attnviz.analyze import BASELINE, LOCALISATION, METRICS, PROFILE_CHANNELS, PROFILE_CLASSES, _label
 from attnviz.attention import family
 from attnviz.metrics import curve_auc
 from attnviz.models import TARGET_LAYERS
@@ -98,6 +98,33 @@ def _bars(ax, groups: dict[str, dict], variants: list[str], titles: dict, scale:
     ax.set_axisbelow(True)
 
 
+# The reference lines of the localisation plots: kind -> (legend label, line style)
+REFERENCES = {
+    "chance": ("chance: the mask's area share", {"color": "k", "ls": "--", "lw": 1}),
+    "baseline": ("RandomCAM (baseline), mean of the models", {"color": "0.45", "ls": "-.", "lw": 1.3}),
+}
+
+
+def reference_lines(result: dict, split: str, metric: str, group: dict) -> dict[str, float]:
+    """The levels a localisation metric of ``split`` is read against, by kind (``REFERENCES``), unscaled: for
+    energy in mask, chance (the measured scenes' mean mask area share); for every metric, RandomCAM's mean over
+    the models when the run measured it at layer4 (``group``: the metric's results by CAM config)."""
+    lines = {}
+    if metric.startswith("energy") and split in result.get("area_share", {}):
+        lines["chance"] = float(result["area_share"][split])
+    models = group.get(f"{BASELINE}@layer4", {}).get("models", {})
+    means = [models[v]["mean"] for v in result["variants"] if models.get(v, {}).get("mean") is not None]
+    if means:
+        lines["baseline"] = float(np.mean(means))
+    return lines
+
+
+def _draw_references(ax, lines: dict[str, float], scale: float = 1.0) -> None:
+    for kind, value in lines.items():
+        label, style = REFERENCES[kind]
+        ax.axhline(value * scale, label=label, **style)
+
+
 def _confidence(result: dict) -> int:
     return int(round(result["config"]["confidence"] * 100))
 
@@ -109,12 +136,11 @@ def _plot_localisation(result: dict, path: Path) -> bool:
     variants, titles = result["variants"], result["titles"]
     fig, axes = _figure(6.0, len(LOCALISATION), 1, sharex=True)
     for ax, metric in zip(axes[:, 0], LOCALISATION, strict=True):
-        groups = {k: g for k, g in test[metric].items() if k.endswith("@layer4")}
+        groups = {k: g for k, g in test[metric].items() if k.endswith("@layer4") and not k.startswith(f"{BASELINE}@")}
         label, _, percent = METRICS[metric]
         _bars(ax, groups, variants, titles, 100 if percent else 1)
         ax.set_ylabel(label + (" (%)" if percent else ""))
-        if metric == "energy" and "test" in result["area_share"]:
-            ax.axhline(result["area_share"]["test"], color="k", ls="--", lw=1, label="chance (mask area)")
+        _draw_references(ax, reference_lines(result, "test", metric, test[metric]), 100 if percent else 1)
         if metric == "iou":
             ax.set_ylabel(f"{label} at {result['threshold']['value']:.2f}")
     axes[-1][0].tick_params(axis="x", labelrotation=20)
@@ -144,13 +170,17 @@ def _plot_layers(result: dict, path: Path) -> bool:
             high = np.array([np.nan if iv["high"] is None else iv["high"] for iv in ivs]) * scale
             ax.plot(xs, mean, "o-", ms=4, color=_colour(v), label=titles[v])
             ax.fill_between(xs, low, high, color=_colour(v), alpha=0.15)
-        if metric == "energy" and "test" in result["area_share"]:
-            ax.axhline(result["area_share"]["test"], color="k", ls="--", lw=1, label="chance")
+        if metric == "energy":
+            references = reference_lines(result, "test", metric, test[metric])
+            _draw_references(ax, {k: v for k, v in references.items() if k == "chance"})
+            if "baseline" in references and "layer4" in layers:  # measured at layer4 only: one point
+                ax.plot([layers.index("layer4")], [references["baseline"]], marker="*", ms=9, ls="none",
+                        color=REFERENCES["baseline"][1]["color"], label="RandomCAM at layer4 (baseline, mean)")
         ax.set_xticks(xs, [layer.removeprefix("layer") for layer in layers])
         ax.set_xlabel("layer")
         ax.set_title(label + (" (%)" if percent else ""))
         ax.grid(alpha=0.3)
-    _legend_below(fig, axes[0][1])
+    _legend_below(fig, axes[0][1], ncols=3 if len(axes[0][1].get_legend_handles_labels()[1]) <= 4 else 2)
     fig.suptitle(f"Grad-CAM, test scenes (bands: {_confidence(result)} % CIs)")
     _save(fig, path)
     return True
@@ -174,6 +204,7 @@ def _plot_pairs(result: dict, path: Path) -> bool:
                             [(iv["high"] or 0) * scale - m for m, iv in zip(mean, ivs, strict=True)]])
             ax.bar(xs + offset, mean, width, yerr=err, capsize=3, color=[_colour(v) for v in variants],
                    hatch=hatch, edgecolor="white" if hatch else None, alpha=0.55 if hatch else 1.0)
+        _draw_references(ax, reference_lines(result, "pairs", metric, pairs[metric]), scale)
         ax.set_xticks(xs, [_short(v, titles) for v in variants])
         ax.set_title("pointing game (%)" if metric == "pointing" else "energy on the object")
         ax.grid(axis="y", alpha=0.3)
@@ -184,6 +215,7 @@ def _plot_pairs(result: dict, path: Path) -> bool:
         Patch(facecolor="0.35", label="on its own object"),
         Patch(facecolor="0.35", alpha=0.55, hatch="//", edgecolor="white", label="on the other object"),
     ]
+    handles += axes[0][1].get_legend_handles_labels()[0]  # the energy panel's reference lines
     fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
     n = result["accuracy"]["pairs_top2"]["n"]
     fig.suptitle(f"{n} two-object scenes: Grad-CAM at layer4 for each class")

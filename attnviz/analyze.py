@@ -7,7 +7,8 @@ that a real difference between the models can be told from noise:
 
 * top-1 accuracy, the pointing game, energy in the mask and mask IoU for every
   model x CAM method at layer4 and for Grad-CAM at every layer, on the test,
-  unseen-glyph and two-object scenes (each CAM explains the true class);
+  unseen-glyph and two-object scenes (each CAM explains the true class), with
+  RandomCAM at layer4 as the baseline and the masks' area share as chance;
 * faithfulness (deletion / insertion AUC against a blurred image, ROAD) on the
   first scenes of the test sample; Score-CAM, which needs one forward pass per
   channel of layer4, only on the first test scenes when asked for (--scorecam N);
@@ -86,6 +87,9 @@ SCENE_SEED = 0  # the built-in dataset's seed (python -m attnviz.scenes generate
 # The methods the shipped analysis was run with; methods added to the table since (Grad-CAM element-wise,
 # KPCA-CAM, FEM) join the default when the analysis is re-run for them (``--methods`` adds them to any run).
 DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigengradcam", "eigencam")
+# Measured for localisation at layer4 in every run beside the methods (not for faithfulness, unless --methods names
+# it): what a map of random channel weights on the real activations scores, a level above the area share's chance.
+BASELINE = "randomcam"
 PROFILE_CHANNELS = 64  # channels shown per block in the excitation figure
 PROFILE_CLASSES = ("dog", "fish", "aeroplane", "flower")  # four classes far apart, like the SE paper's figure
 
@@ -427,8 +431,11 @@ def _batches(split: str, count: int, ctx: _Context):
 
 
 def _main_configs(config: AnalysisConfig) -> list[CamConfig]:
-    """Every method at layer4 and Grad-CAM at every chosen layer: all served by one forward and one backward."""
+    """Every method and the baseline at layer4 and Grad-CAM at every chosen layer: all served by one forward and one
+    backward."""
     configs = [CamConfig(m, "layer4") for m in config.methods]
+    if BASELINE not in config.methods:
+        configs.append(CamConfig(BASELINE, "layer4"))
     configs += [CamConfig("gradcam", layer) for layer in config.layers if layer != "layer4"]
     if "layer4" in config.layers and "gradcam" not in config.methods:
         configs.append(CamConfig("gradcam", "layer4"))
@@ -468,7 +475,7 @@ def _localise(ctx: _Context, split: str, count: int) -> None:
     records = ctx.records[split]
     faith_keys = [CamConfig(m, "layer4").key for m in config.methods]
     position = 0
-    with ctx.bar(count, split) as bar:
+    with ctx.bar(count, split) as bar, _numpy_seeded(config.seed, *split.encode()):
         for items, scenes in _batches(split, count, ctx):
             x = torch.stack([it.tensor for it in items])
             targets = np.array([it.target for it in items])
@@ -508,6 +515,18 @@ def _localise(ctx: _Context, split: str, count: int) -> None:
                 ctx.faith_items.extend(items[: max(0, config.faithfulness - position)])
             position += len(items)
             bar.update(scenes)
+
+
+@contextlib.contextmanager
+def _numpy_seeded(*seed: int):
+    """numpy's global generator seeded for the block, then put back: RandomCAM (pytorch-grad-cam's class) draws its
+    channel weights from it, and a run must give the same numbers every time."""
+    state = np.random.get_state()
+    np.random.seed(list(seed))
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _per_scene(values: np.ndarray) -> np.ndarray:

@@ -84,6 +84,7 @@ def test_quick_run_records_how_it_was_made(quick_run):
 def test_quick_run_measures_every_method_at_layer4_and_gradcam_at_every_layer(quick_run):
     _, _, result = quick_run
     expected = {f"{m}@layer4" for m in LAYER4_METHODS} | {f"gradcam@{layer}" for layer in TARGET_LAYERS}
+    expected.add(f"{analyze.BASELINE}@layer4")  # the baseline, for localisation only
     for split in ("test", "unseen"):
         for metric in analyze.LOCALISATION:
             assert set(result["localisation"][split][metric]) == expected
