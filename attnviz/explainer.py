@@ -196,11 +196,11 @@ class ModelExplainer:
             attention=attention,
             seconds=0.0,
             domain_score=domain_score,
+            domain_threshold=None if domain_score is None else self.domain.threshold,
             out_of_domain=None if domain_score is None else bool(self.domain.flags(np.array([domain_score]))[0]),
         )
         if settings.knockout:
             result.knockout = self._knockout(x, settings, result, progress, deadline, knockout_gates)
-            domain_threshold=None if domain_score is None else self.domain.threshold,
         result.seconds = time.perf_counter() - started
         return result
 
