@@ -6,8 +6,9 @@ methods backpropagate from the target logit only as far as the target layer,
 with no parameter gradients, and then hand the activations and gradients to
 pytorch-grad-cam's own method classes (``attnviz.pgc_adapter``), so the maps
 are pytorch-grad-cam's. Score-CAM and augmentation smoothing run extra
-passes on altered copies of the image; the attention shown always comes from
-the first pass on the image itself.
+passes on altered copies of the image, and the methods that need more than
+that pass (``own_call`` in ``attnviz.methods``) run pytorch-grad-cam's own
+call; the attention shown always comes from the first pass on the image itself.
 
     from attnviz import explain, load_model_set
     result = explain("scene.png")              # the built-in set
@@ -79,6 +80,9 @@ class ExplainSettings:
     def validate(self, classes: list[str]) -> None:
         if self.method not in CAM_METHODS:
             raise AttnvizError(f"unknown CAM method {self.method!r}; choose one of {', '.join(CAM_METHODS)}")
+        refusal = CAM_METHODS[self.method].refusal(self.aug_smooth, self.eigen_smooth)
+        if refusal:
+            raise AttnvizError(refusal)
         if not any(self.layer in _valid_layers(v) for v in VARIANTS):
             raise AttnvizError(f"unknown target layer {self.layer!r}; choose {target_layer_help()}")
         if self.target is not None and not 0 <= self.target < len(classes):
@@ -214,7 +218,7 @@ class ModelExplainer:
         """Probabilities, the heatmap of ``target`` (None: the top-1), the records of one capture and, with
         ``score_domain`` and a fitted scorer, the out-of-domain score from the same pass (else None)."""
         method = CAM_METHODS[settings.method]
-        needs_grad = method.kind == "gradient" and not settings.aug_smooth
+        needs_grad = method.pass_gradient and not settings.aug_smooth  # own-call methods make their own passes
         scoring = score_domain and self.domain is not None
         with Capture(self.model, [settings.layer], needs_grad=needs_grad, replace=replace, gates=self.gates,
                      features=scoring) as capture:
@@ -273,7 +277,7 @@ class ModelExplainer:
             raise AttnvizError(f"{CAM_METHODS[slow[0]].label} needs passes of its own for every class and layer; "
                                f"explain with it one class and layer at a time")
         started = time.perf_counter()
-        needs_grad = any(CAM_METHODS[m].kind == "gradient" for m in methods)
+        needs_grad = any(CAM_METHODS[m].pass_gradient for m in methods)
         with Capture(self.model, layers, needs_grad=needs_grad, gates=self.gates) as capture:
             logits = capture.run(x, precision)
             probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
@@ -299,7 +303,7 @@ class ModelExplainer:
         map from those activations and gradients, and every block's records. Score-CAM runs its own passes
         quietly (no progress bar per image). ``replace``: gates switched off (gate key -> output; knock-out)."""
         layers = list(dict.fromkeys(layer for _, layer in configs))
-        needs_grad = any(CAM_METHODS[m].kind == "gradient" for m, _ in configs)
+        needs_grad = any(CAM_METHODS[m].pass_gradient for m, _ in configs)
         with Capture(self.model, layers, needs_grad=needs_grad, replace=replace, gates=self.gates) as capture:
             logits = capture.run(x, precision)
             gradients = capture.gradients(logits, targets) if needs_grad else {}

@@ -4,6 +4,10 @@ attnviz computes the activations and gradients once per pass (``attnviz.capture`
 pytorch-grad-cam's own method classes, so every map is pytorch-grad-cam's maths on that pass: the same maps
 as its default call (guarded by tests/test_explain_equivalence.py), without its full backward pass and
 parameter gradients. Callers hold the model's capture (and so its lock) around every function here.
+
+Methods whose maths needs more than that pass (``CamMethod.own_call``: FinerCAM, ShapleyCAM, RefineCAM,
+FullGrad, Guided Grad-CAM) run pytorch-grad-cam's own call (``library_call``), one image at a time; whatever
+its classes put on the model (hooks, Guided backprop's ReLUs) comes off again, after success or failure.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnviz.errors import AttnvizError
 from attnviz.methods import CAM_METHODS
+from attnviz.models import TARGET_LAYERS
 
 
 def cam_class(key: str) -> type:
@@ -37,6 +43,9 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
     Perturbation methods still run their own passes on ``x`` (in batches of ``batch_size``), through
     ``passes`` when given (e.g. a model that reports progress and keeps a deadline) instead of ``model``.
     """
+    if CAM_METHODS[method].own_call:  # its own passes, one image at a time (the one pass is not enough)
+        return np.stack([library_call(model, method, layer, x[i : i + 1], target, eigen_smooth=eigen_smooth)
+                         for i, target in enumerate(targets)])
     cam = _make_cam(method, passes if passes is not None else model, layer)
     recorder = cam.activations_and_grads
     try:
@@ -70,7 +79,26 @@ def _make_cam(method: str, model: nn.Module, layer: nn.Module):
         from pytorch_grad_cam.ablation_layer import AblationLayer
 
         return cls(model, target_layers=[layer], ablation_layer=AblationLayer())
+    if method == "fullgrad":  # every bias layer is its target (given one, it says it ignores it)
+        return cls(model, target_layers=[])
+    if method == "refinecam":
+        return cls(model, target_layers=refine_layers(model, layer))
     return cls(model, target_layers=[layer])
+
+
+def refine_layers(model: nn.Module, layer: nn.Module) -> list[nn.Module]:
+    """RefineCAM's layers: the target layer and the output of every stage after the one it is in (at layer2:
+    layer2, layer3, layer4; at layer4 only layer4, and the map is Grad-CAM++'s)."""
+    name = next((n for n, module in model.named_modules() if module is layer), "")
+    stage = name.split(".")[0]
+    later = TARGET_LAYERS[TARGET_LAYERS.index(stage) + 1 :] if stage in TARGET_LAYERS else ()
+    return [layer, *(model.get_submodule(s) for s in later)]
+
+
+def _release(cam) -> None:
+    """Take the hooks of ``cam`` (and of the CAMs a meta-method holds) off the model."""
+    for inner in getattr(cam, "base_cam_per_layer", None) or [getattr(cam, "base_cam", cam)]:
+        inner.activations_and_grads.release()
 
 
 def _put_back(model: nn.Module, layer: nn.Module) -> None:
@@ -88,14 +116,66 @@ def _put_back(model: nn.Module, layer: nn.Module) -> None:
 def library_call(model: nn.Module, method: str, layer: nn.Module, x: torch.Tensor, target: int,
                  aug_smooth: bool = False, eigen_smooth: bool = False) -> np.ndarray:
     """pytorch-grad-cam's own call (its own passes, e.g. test-time augmentation smoothing): one (H, W) map."""
+    refusal = CAM_METHODS[method].refusal(aug_smooth, eigen_smooth)
+    if refusal:
+        raise AttnvizError(refusal)
+    if method == "guidedgradcam":
+        return guided_grad_cam(model, layer, x, target, aug_smooth, eigen_smooth)
     # no weight gradients needed; the baseline's class backpropagates too, though it uses only the gradient's shape
     inputs = x.clone().requires_grad_(CAM_METHODS[method].kind in ("gradient", "baseline"))
     cam = _make_cam(method, model, layer)
+    # ShapleyCAM differentiates the gradient again: where it does not depend on the activations (e.g. layer4,
+    # before a linear head) its graph must still exist, as it does when parameters need gradients (its users'
+    # case); autograd.grad fills no parameter's .grad, and every flag is put back
+    frozen = [p for p in model.parameters() if not p.requires_grad] if method == "shapleycam" else []
     try:
+        for p in frozen:
+            p.requires_grad_(True)
         with torch.enable_grad():
-            return np.asarray(cam(inputs, _targets([target]), aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)[0],
-                              np.float32)
+            if method == "finercam":  # no target object: the target index, compared with its nearest classes
+                maps = cam(inputs, None, eigen_smooth=eigen_smooth, target_idx=int(target))
+            elif method == "refinecam":  # no smoothing options (see its row in attnviz.methods)
+                maps = cam(inputs, _targets([target]))
+            else:
+                maps = cam(inputs, _targets([target]), aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+            return np.asarray(maps[0], np.float32)
     finally:
+        for p in frozen:
+            p.requires_grad_(False)
         if method == "ablationcam":
             _put_back(model, layer)
-        cam.activations_and_grads.release()  # its hooks come off the model
+        _release(cam)  # its hooks come off the model
+
+
+def guided_backprop(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    """pytorch-grad-cam's GuidedBackpropReLUModel on one image: the (H, W, 3) gradient of the target logit with
+    respect to the image, every ReLU's backward passing only positive gradients of positive inputs.
+
+    The class swaps every ``nn.ReLU`` for its guided one and then for new ``nn.ReLU()``s (not in-place, not the
+    model's own modules) and sets the model to eval mode; the model's own ReLU modules and every module's mode
+    are put back here, after any failure too."""
+    from pytorch_grad_cam import GuidedBackpropReLUModel
+
+    relus = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if isinstance(child, nn.ReLU)]
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        with torch.enable_grad():
+            return np.asarray(GuidedBackpropReLUModel(model)(x.detach().clone(), int(target)), np.float32)
+    finally:
+        for parent, name, child in relus:
+            parent._modules[name] = child
+        for module, training in modes:
+            module.training = training
+
+
+def guided_grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int, aug_smooth: bool = False,
+                    eigen_smooth: bool = False) -> np.ndarray:
+    """Guided Grad-CAM as pytorch-grad-cam's README combines it (guided backprop times the Grad-CAM map on every
+    colour channel), made an (H, W) map in [0, 1]: the absolute value, its maximum over the colour channels,
+    min-max scaled."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    cam = library_call(model, "gradcam", layer, x, target, aug_smooth, eigen_smooth)
+    pixels = np.abs(guided_backprop(model, x, target) * cam[:, :, None]).max(axis=2)
+    return np.asarray(scale_cam_image(pixels[None])[0], np.float32)

@@ -7,15 +7,18 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CLASSES, randomise
 from model_state import tensors_kept_on
 
 from attnviz.attention import family
 from attnviz.errors import AttnvizError
-from attnviz.explainer import CAM_METHODS, ExplainSettings
-from attnviz.models import VARIANTS
+from attnviz.explainer import CAM_METHODS, ExplainSettings, ModelExplainer
+from attnviz.models import VARIANTS, ModelSpec, build_model
 from attnviz.pgc_adapter import cam_class
 
-GRADIENT_METHODS = [key for key, method in CAM_METHODS.items() if method.kind == "gradient"]
+# the methods on the one pass; those that run pytorch-grad-cam's own call are compared further down
+GRADIENT_METHODS = [key for key, method in CAM_METHODS.items() if method.kind == "gradient" and not method.own_call]
+OWN_CALL_METHODS = [key for key, method in CAM_METHODS.items() if method.own_call]
 ACTIVATION_METHODS = [key for key, method in CAM_METHODS.items() if method.kind == "activation"]
 BASELINE_METHODS = [key for key, method in CAM_METHODS.items() if method.kind == "baseline"]
 COMPARED_METHODS = GRADIENT_METHODS + ACTIVATION_METHODS + BASELINE_METHODS
@@ -236,3 +239,120 @@ def test_ablation_cam_stopped_by_the_time_limit_leaves_the_model_whole(tiny_expl
     assert leftovers(explainer.model, before) == []
     again = explainer.explain(image_tensor, ExplainSettings(target=0))  # and it still explains
     assert again.heatmap.shape == (64, 64)
+
+
+# --------------------------------------------------------------------------- methods on pytorch-grad-cam's own call
+# They run their own passes (FullGrad hooks every bias layer, ShapleyCAM backpropagates twice), so they are
+# compared on shallow networks of every family: one bottleneck per stage, the same modules and channel counts.
+
+REFINE_LAYERS = {"layer2": ("layer2", "layer3", "layer4")}  # RefineCAM at layer2 multiplies with every later stage
+
+
+@pytest.fixture(scope="module")
+def shallow() -> dict[str, tuple[ModelExplainer, torch.nn.Module]]:
+    """Per family: an explainer of a random one-block-per-stage network, and a copy as a user holds it."""
+    found = {}
+    for i, variant in enumerate(VARIANTS):
+        with torch.random.fork_rng():
+            torch.manual_seed(i)
+            model = randomise(build_model(ModelSpec(variant, len(TINY_CLASSES), layers=(1, 1, 1, 1))), seed=i).eval()
+        user = copy.deepcopy(model)
+        for p in user.parameters():
+            p.requires_grad_(True)
+        found[variant] = (ModelExplainer(variant, model, TINY_CLASSES), user)
+    return found
+
+
+def own_reference(model: torch.nn.Module, method: str, layer: str, x: torch.Tensor, target: int) -> np.ndarray:
+    """pytorch-grad-cam's own call of each such method, as its README and sources use it."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets, module = [ClassifierOutputTarget(target)], model.get_submodule(layer)
+    if method == "finercam":  # the target index, compared with the classes whose logits are nearest
+        with pgc.FinerCAM(model, [module]) as cam:
+            heatmap = cam(x, None, target_idx=target)[0]
+    elif method == "refinecam":
+        cam = pgc.RefineCAM(model, [model.get_submodule(name) for name in REFINE_LAYERS[layer]])
+        heatmap = cam(x, targets)[0]
+        for base in cam.base_cam_per_layer:
+            base.activations_and_grads.release()
+    elif method == "fullgrad":
+        with pgc.FullGrad(model, []) as cam:
+            heatmap = cam(x, targets)[0]
+    elif method == "shapleycam":
+        with pgc.ShapleyCAM(model, [module]) as cam:
+            heatmap = cam(x, targets)[0]
+    else:  # Guided Grad-CAM: the README's cam_mask * gb, then |.|, the maximum over colour channels, min-max
+        with pgc.GradCAM(model, [module]) as cam:
+            grayscale = cam(x, targets)[0]
+        guided = pgc.GuidedBackpropReLUModel(copy.deepcopy(model))(x.clone(), target)  # it swaps the ReLUs
+        pixels = np.abs(np.stack([grayscale] * 3, axis=-1) * guided).max(axis=-1)
+        heatmap = (pixels - pixels.min()) / (pixels.max() - pixels.min() + 1e-7)
+    model.zero_grad(set_to_none=True)
+    return heatmap
+
+
+def _own_call_grid() -> list:
+    """Each method at layer2 for every family, and ShapleyCAM at layer4 too (before the linear head its gradient
+    does not depend on the activations: the second derivative is there but zero)."""
+    cases = [(method, variant, "layer2") for method in OWN_CALL_METHODS for variant in VARIANTS]
+    cases += [("shapleycam", variant, "layer4") for variant in VARIANTS]
+    return [pytest.param(*case, marks=() if case[:2] == ("guidedgradcam", "cbam") else (pytest.mark.slow,),
+                         id="-".join(case)) for case in cases]
+
+
+@pytest.mark.parametrize(("method", "variant", "layer"), _own_call_grid())
+def test_own_call_method_equals_pytorch_grad_cams_own_call(shallow, image_tensor, method, variant, layer):
+    explainer, user = shallow[variant]
+    ranges = []
+    for target in range(len(TINY_CLASSES)):
+        expected = own_reference(user, method, layer, image_tensor, target)
+        result = explainer.explain(image_tensor, ExplainSettings(method=method, layer=layer, target=target))
+        assert result.heatmap.shape == expected.shape == tuple(image_tensor.shape[-2:])
+        assert np.abs(result.heatmap - expected).max() <= TOLERANCE, f"class {target}"
+        ranges.append(expected.max() - expected.min())
+    assert max(ranges) > 0.5, "every reference map is flat: the comparison would prove nothing"
+
+
+def module_objects(model: torch.nn.Module) -> list[tuple[str, int]]:
+    """Every module by name and identity: a module swapped for another, even an equal one, shows."""
+    return [(name, id(module)) for name, module in model.named_modules()]
+
+
+@pytest.mark.parametrize("method", OWN_CALL_METHODS)
+def test_own_call_method_leaves_the_model_as_found(shallow, image_tensor, method):
+    explainer = shallow["cbam"][0]
+    before, modules = snapshot(explainer.model), module_objects(explainer.model)
+    explainer.explain(image_tensor, ExplainSettings(method=method, layer="layer2", target=1))
+    assert leftovers(explainer.model, before) == []
+    assert module_objects(explainer.model) == modules
+
+
+def test_guided_backprop_stopped_half_way_puts_the_models_relus_back(shallow, image_tensor, monkeypatch):
+    """GuidedBackpropReLUModel swaps every ReLU for its own and back only when its pass ends (and then for new
+    ReLUs, not the model's): a failure in its backward must still leave the model's own modules."""
+    from pytorch_grad_cam.guided_backprop import GuidedBackpropReLU
+
+    explainer = shallow["cbam"][0]
+    before, modules = snapshot(explainer.model), module_objects(explainer.model)
+
+    def failing_backward(ctx, grad_output):
+        raise RuntimeError("guided backward failed")
+
+    monkeypatch.setattr(GuidedBackpropReLU, "backward", staticmethod(failing_backward))
+    with pytest.raises(RuntimeError, match="guided backward failed"):
+        explainer.explain(image_tensor, ExplainSettings(method="guidedgradcam", layer="layer2", target=0))
+    assert module_objects(explainer.model) == modules
+    assert leftovers(explainer.model, before) == []
+
+
+@pytest.mark.slow
+def test_a_batch_runs_own_call_methods_image_by_image(shallow, image_tensor):
+    """The analysis' batch path: each image of the batch gets its own call with its own target class."""
+    explainer = shallow["se"][0]
+    x = torch.cat([image_tensor, image_tensor.flip(-1)])
+    maps = explainer.explain_batch(x, [0, 2], [("finercam", "layer2")]).maps[("finercam", "layer2")]
+    for i, target in enumerate([0, 2]):
+        single = explainer.explain(x[i : i + 1], ExplainSettings(method="finercam", layer="layer2", target=target))
+        assert np.abs(maps[i] - single.heatmap).max() <= TOLERANCE
