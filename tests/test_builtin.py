@@ -49,3 +49,22 @@ def test_shipped_models_classify_the_single_object_examples_correctly(builtin):
             f"{path.name}: {v} says {r.top[0].name}" for v, r in result.results.items() if r.top[0].name != expected
         ]
     assert wrong == []
+
+
+@pytest.mark.slow
+def test_shipped_out_of_domain_score_passes_the_example_scenes_and_flags_a_cat_photo(builtin):
+    """The shipped statistics on real inputs: the single-object examples are scenes (no model flags one), and
+    scikit-image's photo of a cat (which the SE model calls a horse) is flagged."""
+    import numpy as np
+    from skimage import data
+
+    from attnviz.explainer import Explainer
+    from attnviz.weights import load_model_set
+
+    explainer = Explainer(load_model_set("builtin"))
+    for path in sorted(EXAMPLES.glob("scene_*.png")):
+        explanation = explainer.explain(path)
+        assert explanation.out_of_domain is False, (path.name, explanation.summary()["models"])
+    photo = explainer.explain(np.asarray(data.chelsea()))
+    assert photo.out_of_domain is True
+    assert all(isinstance(r.domain_score, float) for r in photo.results.values())
