@@ -368,6 +368,8 @@ PLOTTERS: dict[str, Callable[[dict, Path], bool]] = {
     "specificity": _plot_specificity,
     "spatial": _plot_spatial,
     "knockout": lambda result, path: _plot_knockout(result, path),
+    "sanity": lambda result, path: _plot_sanity(result, path, "cascade"),
+    "sanity_independent": lambda result, path: _plot_sanity(result, path, "independent"),
 }
 
 
@@ -375,6 +377,12 @@ def _plot_knockout(result: dict, path: Path) -> bool:
     from attnviz.analysis_knockout import plot
 
     return plot(result, path)
+
+
+def _plot_sanity(result: dict, path: Path, test: str) -> bool:
+    from attnviz.analysis_sanity import plot
+
+    return plot(result, path, test)
 
 
 def draw_plot(name: str, result: dict, path: Path) -> bool:

@@ -58,6 +58,8 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
         "analysis_specificity": "How class-specific each block's channel attention is",
         "analysis_spatial": "Spatial attention on the object, per block",
         "analysis_knockout": "Each stage's attention switched off: change in accuracy and in energy in mask",
+        "analysis_sanity": "Sanity check: each map against the original as the model is randomised from the top",
+        "analysis_sanity_independent": "Sanity check: each map against the original with one step randomised",
     },
     "zh-CN": {
         "analysis_tab": "分析",
@@ -84,6 +86,8 @@ ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
         "analysis_specificity": "每个模块的通道注意力有多大的类别特异性",
         "analysis_spatial": "空间注意力落在物体上的比例（逐模块）",
         "analysis_knockout": "逐阶段关闭注意力：准确率和掩码内能量的变化",
+        "analysis_sanity": "合理性检验：从顶层起逐步随机化模型后，每张图与原图的相似度",
+        "analysis_sanity_independent": "合理性检验：每次只随机化一步时，每张图与原图的相似度",
     },
 }
 ANALYSIS_TRANSLATIONS["zh"] = ANALYSIS_TRANSLATIONS["zh-CN"]

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from attnviz.analysis_sanity import SANITY_METHODS, SANITY_SCENES
 from attnviz.attention import family
 from attnviz.errors import AttnvizError
 from attnviz.explainer import CAM_METHODS, ModelExplainer
@@ -73,6 +74,7 @@ from attnviz.metrics import (
     target_probability,
 )
 from attnviz.models import TARGET_LAYERS, VARIANTS
+from attnviz.sanity import check_methods
 from attnviz.scene_lab import view_mask as _view_mask
 from attnviz.scenes import CLASSES, make_scene
 from attnviz.weights import LoadedSet, Manifest, Preprocessing, load_model_set
@@ -109,17 +111,18 @@ METRICS = {
 LOCALISATION = ("pointing", "energy", "iou")
 FAITHFULNESS = ("deletion", "insertion", "road_morf", "road_lerf", "road_combined")
 PLOTS_BEFORE_EXCITATION = ("localisation", "layers", "pairs", "faithfulness", "curves")
-PLOTS_AFTER_EXCITATION = ("specificity", "spatial", "knockout")
+PLOTS_AFTER_EXCITATION = ("specificity", "spatial", "knockout", "sanity", "sanity_independent")
+SECTION_PLOTS = {"sanity": "sanity", "sanity_independent": "sanity"}  # plot -> the section it needs in the result
 # Sections that can also run on their own over an existing analysis (--sections): name -> its function of the
 # run's context. Each writes result[name]; the report reads it.
-SECTIONS = ("knockout",)
+SECTIONS = ("knockout", "sanity")
 
 
 def plot_files(result: dict) -> dict[str, str]:
     """Plot name -> file name, in the order the report shows them: one excitation plot per model that has
     channel attention (``excitation_<variant>``), the others once."""
     names = [*PLOTS_BEFORE_EXCITATION, *(f"excitation_{v}" for v in result.get("excitation", {})),
-             *PLOTS_AFTER_EXCITATION]
+             *(n for n in PLOTS_AFTER_EXCITATION if n not in SECTION_PLOTS or result.get(SECTION_PLOTS[n]))]
     return {name: f"{name}.png" for name in names}
 
 
@@ -155,6 +158,8 @@ class AnalysisConfig:
     variants: tuple[str, ...] | None = None  # None: every model of the set
     knockout_scenes: int = 200  # test scenes of the knock-out section (every stage of every gated model)
     knockout_value: str = "mean"  # what a switched-off gate outputs there: its mean, or 1 ("identity")
+    sanity_scenes: int = SANITY_SCENES  # test scenes of the sanity section (randomisation test, every model)
+    sanity_methods: tuple[str, ...] = SANITY_METHODS  # CAM methods it checks, at layer4
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in CAM_METHODS or CAM_METHODS[m].kind == "perturbation"]
@@ -178,6 +183,8 @@ class AnalysisConfig:
             "scorecam": self.scorecam,
         }
         counts["knockout-scenes"] = self.knockout_scenes
+        counts["sanity-scenes"] = self.sanity_scenes
+        check_methods(self.sanity_methods)
         if self.knockout_value not in KNOCKOUT_VALUES:
             raise AttnvizError(f"--knockout-value must be one of {', '.join(KNOCKOUT_VALUES)}")
         negative = [k for k, v in counts.items() if v < 0]
@@ -212,6 +219,7 @@ QUICK = {
     "faithfulness": 2,
     "scorecam": 0,
     "knockout_scenes": 3,
+    "sanity_scenes": 2,
     "steps": 4,
     "resamples": 200,
     "workers": 0,
@@ -732,6 +740,10 @@ def _section(name: str):
         from attnviz.analysis_knockout import run_section
 
         return run_section
+    if name == "sanity":
+        from attnviz.analysis_sanity import run_section as run_sanity
+
+        return run_sanity
     raise AttnvizError(f"unknown analysis section {name!r}; choose from {', '.join(SECTIONS)}")
 
 
@@ -1207,6 +1219,9 @@ def render_markdown(result: dict) -> str:
     from attnviz.analysis_knockout import markdown as knockout_markdown
 
     lines += knockout_markdown(result, titles)
+    from attnviz.analysis_sanity import markdown as sanity_markdown
+
+    lines += sanity_markdown(result, titles)
     lines += [
         "## Definitions",
         "",
@@ -1351,6 +1366,10 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"test scenes of the knock-out section (default {defaults.knockout_scenes}; 0: skip it)")
     how.add_argument("--knockout-value", choices=KNOCKOUT_VALUES,
                      help=f"what a switched-off gate outputs in that section (default {defaults.knockout_value})")
+    how.add_argument("--sanity-scenes", type=int,
+                     help=f"test scenes of the sanity section (default {defaults.sanity_scenes}; 0: skip it)")
+    how.add_argument("--sanity-methods", nargs="+",
+                     help=f"CAM methods the sanity section checks (default: {' '.join(defaults.sanity_methods)})")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, metavar="SECTION",
                         help=f"run only these sections ({', '.join(SECTIONS)}) over the analysis already in the "
                              f"output folder, and rewrite its report")
@@ -1389,11 +1408,12 @@ def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
         "workers",
         "knockout_scenes",
         "knockout_value",
+        "sanity_scenes",
     ):
         value = getattr(args, name)
         if value is not None:
             values[name] = value
-    for name in ("methods", "layers", "road_methods", "road_percentiles"):
+    for name in ("methods", "layers", "road_methods", "road_percentiles", "sanity_methods"):
         value = getattr(args, name)
         if value is not None:
             values[name] = tuple(value)
@@ -1409,10 +1429,11 @@ def measures_less(config: AnalysisConfig, models: Iterable[str]) -> bool:
     """Whether a run measures less than the default one: fewer scenes, steps, resamples or ROAD percentiles, or
     fewer CAM methods, layers or models. Its numbers are not the default run's and must not replace them."""
     full = AnalysisConfig()
-    sizes = ("val", "test", "unseen", "pairs", "faithfulness", "steps", "resamples", "knockout_scenes")
+    sizes = ("val", "test", "unseen", "pairs", "faithfulness", "steps", "resamples", "knockout_scenes",
+             "sanity_scenes")
     if any(getattr(config, name) < getattr(full, name) for name in sizes):
         return True
-    for name in ("methods", "layers", "road_methods", "road_percentiles"):
+    for name in ("methods", "layers", "road_methods", "road_percentiles", "sanity_methods"):
         if not set(getattr(full, name)) <= set(getattr(config, name)):
             return True
     return config.variants is not None and not set(models) <= set(config.variants)

@@ -181,12 +181,33 @@ def _attention(w: _Writer) -> list[str]:
     return lines
 
 
+def _sanity(w: _Writer) -> list[str]:
+    """One sentence on the sanity section: the methods that pass on every model, those that fail on some, and
+    the edge map (which must fail)."""
+    section = w.result.get("sanity") or {}
+    models = section.get("models") or {}
+    if not models:
+        return []
+    from attnviz.methods import CAM_METHODS
+    from attnviz.sanity import EDGES
+
+    def failing(kind: str) -> list[str]:
+        return [w.titles.get(v, v) for v, m in models.items() if not m["verdict"][kind]["passes"]]
+
+    passed = [CAM_METHODS[k].label for k in section["methods"] if not failing(k)]
+    parts = [w.t("sanity_pass", methods=w.join(passed))] if passed else []
+    parts += [w.t("sanity_fail", method=CAM_METHODS[k].label, models=w.join(failing(k)))
+              for k in section["methods"] if failing(k)]
+    edges = w.t("sanity_edges_fail" if len(failing(EDGES)) == len(models) else "sanity_edges_pass")
+    return [w.t("sanity", n=section["scenes"], parts=w.t("semicolon").join(parts), edges=edges)]
+
+
 def findings(result: dict, language: str = "en") -> list[str]:
     """The plain-language findings of one analysis.json, as markdown sentences (empty when nothing fits)."""
     w = _Writer(result, language)
     if not w.groups or len(w.variants) < 2:
         return []
-    return [*_accuracy(w), *_localisation(w), *_faithfulness(w), *_attention(w)]
+    return [*_accuracy(w), *_localisation(w), *_faithfulness(w), *_attention(w), *_sanity(w)]
 
 
 def findings_markdown(result: dict, language: str = "en") -> str:
