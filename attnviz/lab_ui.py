@@ -15,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from attnviz import sanity_ui
 from attnviz.attention import family
 from attnviz.errors import AttnvizError
 from attnviz.knockout import KNOCKOUT_VALUES
@@ -57,6 +58,7 @@ def build_controls(c: dict, tr: Callable) -> None:
         c["excitation_block"] = gr.Dropdown([(tr("excitation_none"), NO_BLOCK), *((b, b) for b in SE_PAPER_BLOCKS)],
                                             value=NO_BLOCK, label=tr("excitation_block"),
                                             info=tr("excitation_block_info"), elem_id="excitation-block")
+        sanity_ui.build_control(c, tr)
 
 
 def build_model_parts(c: dict, variant: str, tr: Callable, figure: Callable, label: Callable) -> None:

@@ -34,7 +34,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from attnviz import lab_ui  # noqa: E402
+from attnviz import lab_ui, sanity_ui  # noqa: E402
 from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab  # noqa: E402
 from attnviz.attention import RECORD_KINDS, family  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
@@ -327,6 +327,7 @@ class Analysis:
     request: tuple | None = None  # what the models ran on (request_key): the same again shows this result
     drawing: tuple | None = None  # (opacity, colormap, excitation block): a change redraws without the models
     excitation: dict = field(default_factory=dict)  # variant -> the live excitation figure (None: no profile)
+    sanity: object | None = None  # the sanity check of this image (attnviz.sanity.ImageSanity), when asked for
 
     def directory(self) -> Path:
         if self.folder is None:
@@ -453,7 +454,7 @@ class AttnvizApp:
                 method: str = DEFAULT_METHOD, target: str | None = OWN_TOP1, layer: str = DEFAULT_LAYER,
                 opacity: float = DEFAULT_OPACITY, colormap: str = DEFAULT_COLORMAP, aug_smooth: bool = False,
                 eigen_smooth: bool = False, progress=None, archive: bool = False, precision: str = "fp32",
-                knockout: str | None = None, knockout_value: str = "identity") -> Analysis:
+                knockout: str | None = None, knockout_value: str = "identity", sanity: bool = False) -> Analysis:
         """Explain one image with the chosen models and draw every picture; write the zip only with ``archive``
         (it costs about as much as the three models' explanations, and most requests never download it)."""
         if image is None or (isinstance(image, str) and not image):
@@ -479,11 +480,14 @@ class AttnvizApp:
                                    knockout=(knockout or "").strip() or None,
                                    knockout_value=knockout_value or "identity")
         report = None if progress is None else (lambda fraction, message: progress(fraction, desc=message))
+        if sanity:
+            sanity_ui.check_method(method)  # one line before any model runs
         explanation = explainer.explain(image, settings, progress=report)
+        checked = sanity_ui.run(explainer, image, method, chosen, report) if sanity else None
         if progress is not None:
             progress(1.0, desc="drawing")
         rendered = render_explanation(explanation, colormap=colormap, opacity=float(opacity))
-        analysis = Analysis(explanation, rendered)
+        analysis = Analysis(explanation, rendered, sanity=checked)
         if archive:
             self.write_archive(analysis)
         return analysis
@@ -501,7 +505,7 @@ class AttnvizApp:
 
     def explain_page(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
                      eigen_smooth, precision="fp32", knockout="", knockout_value="identity",
-                     excitation_block=lab_ui.NO_BLOCK, last: Analysis | None = None,
+                     excitation_block=lab_ui.NO_BLOCK, sanity=False, last: Analysis | None = None,
                      progress=gr.Progress()) -> dict:  # noqa: B008 - gradio injects it
         """The page's handler: every output component's new value; a user's error clears them and says why.
 
@@ -509,7 +513,7 @@ class AttnvizApp:
         it is (clicking Explain after an upload, which already explained the image), or redraw it when only the
         opacity, the colormap or the excitation block changed; any other change runs the models again."""
         request = request_key(image, model_set, models, method, target, layer, aug_smooth, eigen_smooth, precision,
-                              (knockout or "").strip(), knockout_value)
+                              (knockout or "").strip(), knockout_value, bool(sanity))
         drawing = (float(opacity), colormap, excitation_block)
         try:
             if last is not None and request is not None and last.request == request:
@@ -518,12 +522,12 @@ class AttnvizApp:
                 if last.drawing == drawing:
                     return self._page_values(last, again="done_again")
                 rendered = render_explanation(last.explanation, colormap=colormap, opacity=float(opacity))
-                redrawn = Analysis(last.explanation, rendered, request=request, drawing=drawing,
+                redrawn = Analysis(last.explanation, rendered, request=request, drawing=drawing, sanity=last.sanity,
                                    excitation=self._excitation(last.explanation, excitation_block))
                 return self._page_values(redrawn, again="done_redrawn")
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
                                     aug_smooth, eigen_smooth, progress, precision=precision, knockout=knockout,
-                                    knockout_value=knockout_value)
+                                    knockout_value=knockout_value, sanity=bool(sanity))
             analysis.excitation = self._excitation(analysis.explanation, excitation_block)
         except AttnvizError as exc:
             gr.Warning(str(exc), title="attnviz")  # toasts show text as it is: the library's English line
@@ -544,26 +548,33 @@ class AttnvizApp:
 
     def explain_api(self, image, model_set, models, method, target, layer, opacity, colormap, aug_smooth,
                     eigen_smooth, precision="fp32", archive=False, knockout="", knockout_value="identity",
-                    excitation_block=lab_ui.NO_BLOCK, progress=gr.Progress()):  # noqa: B008 - gradio injects it
+                    excitation_block=lab_ui.NO_BLOCK, sanity=False,
+                    progress=gr.Progress()):  # noqa: B008 - gradio injects it
         """Explain an image: returns the summary (predictions, agreement, settings; with ``knockout``, each
         model's answer with those gates off), the view and every model's CAM overlay as captioned images (and
         its overlay with the gates off; with ``excitation_block``, each channel-gated model's excitation of that
-        block against the set's class means), and, when ``archive`` is true, the zip of everything (else None)."""
+        block against the set's class means; with ``sanity``, the sanity check of the image at layer4: its plot,
+        and per model the similarity at each randomisation depth and the verdict under the summary's
+        ``sanity``), and, when ``archive`` is true, the zip of everything (else None)."""
         try:
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
                                     aug_smooth, eigen_smooth, progress, archive=bool(archive),
-                                    precision=precision, knockout=knockout, knockout_value=knockout_value)
+                                    precision=precision, knockout=knockout, knockout_value=knockout_value,
+                                    sanity=bool(sanity))
         except AttnvizError as exc:
             raise gr.Error(str(exc), title="attnviz", print_exception=False) from None
         summary = analysis.explanation.summary()
         summary["classes"] = list(analysis.explanation.classes)
         summary["render"] = {"colormap": colormap, "opacity": float(opacity)}
+        summary["sanity"] = sanity_ui.summary(analysis.sanity)
         images = [(analysis.image_file("view", analysis.rendered.view), "view")]
         images += [(analysis.image_file(f"{variant}_overlay", m.overlay), f"{variant}: {family(variant).title}")
                    for variant, m in analysis.rendered.models.items()]
         images += [(analysis.image_file(f"{variant}_knockout_overlay", m.knockout_overlay),
                     f"{variant}: {family(variant).title}, {analysis.explanation.settings.knockout} off")
                    for variant, m in analysis.rendered.models.items() if m.knockout_overlay is not None]
+        if analysis.sanity is not None:
+            images.append((analysis.image_file("sanity_check", sanity_ui.figure(analysis.sanity)), "sanity check"))
         excitation = self._excitation(analysis.explanation, excitation_block)
         missing = [variant for variant, image in excitation.items() if image is None]
         if missing:
@@ -620,6 +631,7 @@ class AttnvizApp:
                 values[c[f"{variant}_{kind.key}"]] = (
                     analysis.image_file(f"{variant}_{kind.figure}", image) if image is not None else None)
             values.update(lab_ui.values(c, variant, analysis, t))
+        values.update(sanity_ui.values(c, analysis, t))
         difference = analysis.rendered.difference if analysis else None
         values[c["difference_column"]] = gr.Column(visible=difference is not None) if analysis else gr.skip()
         values[c["difference"]] = analysis.image_file("difference_maps", difference) if analysis else None
@@ -672,7 +684,7 @@ class AttnvizApp:
             lab = [c["knockout"], c["knockout_value"]]
             outputs = [c[name] for name in self._page_output_names()]
             # The page's events also read the result on show: unchanged inputs show it again (see explain_page).
-            page = {"fn": self.explain_page, "inputs": [*inputs, *lab, c["excitation_block"], c["last"]],
+            page = {"fn": self.explain_page, "inputs": [*inputs, *lab, c["excitation_block"], c["sanity"], c["last"]],
                     "outputs": outputs,
                     "api_visibility": "private", "concurrency_id": "explain"}
             c["explain"].click(**page)
@@ -681,7 +693,8 @@ class AttnvizApp:
                 c["examples"].load_input_event.then(**page)
             c["zip_button"].click(self.archive_page, inputs=c["last"], outputs=[c["download"], c["status"]],
                                   api_visibility="private", concurrency_id="archive")
-            gr.on([], self.explain_api, inputs=[*inputs, c["api_archive_flag"], *lab, c["excitation_block"]],
+            gr.on([], self.explain_api, inputs=[*inputs, c["api_archive_flag"], *lab, c["excitation_block"],
+                                                c["sanity"]],
                   outputs=[c["api_summary"], c["api_images"], c["api_archive"]], api_name="explain",
                   concurrency_id="explain")
             c["model_set"].change(self.set_changed, inputs=c["model_set"],
@@ -757,6 +770,7 @@ class AttnvizApp:
             c["difference"] = figure("difference")
         gr.Markdown(tr("agreement"), elem_classes=["attnviz-caption"])
         c["agreement"] = figure("agreement")
+        sanity_ui.build_outputs(c, tr, figure)
         c["last"] = gr.State(None, time_to_live=DELETE_CACHE[1])  # the results on show, for the zip
         with gr.Row(equal_height=True):
             c["zip_button"] = gr.Button(tr("zip_button"), variant="secondary", elem_id="zip-button", scale=1)
@@ -771,6 +785,7 @@ class AttnvizApp:
             names += [f"{variant}_column", f"{variant}_info", f"{variant}_overlay", f"{variant}_top"]
             names += [f"{variant}_{kind.key}" for kind in family_kinds(variant)]
             names += lab_ui.output_names(variant)
+        names += sanity_ui.output_names()
         return names + ["difference_column", "difference", "agreement", "download", "last", "status"]
 
 

@@ -78,6 +78,21 @@ def test_explain_endpoint_follows_the_options(client, tmp_path):
 
 
 @pytest.mark.slow
+def test_explain_endpoint_runs_the_sanity_check_when_asked(client, tmp_path):
+    from gradio_client import handle_file
+
+    summary, images, _ = client.predict(handle_file(str(solid_image(tmp_path / "s.png", (40, 90, 200)))),
+                                        models=["resnet50"], sanity=True, api_name="/explain")
+    check = summary["sanity"]
+    assert check["method"] == "gradcam" and check["layer"] == "layer4" and check["steps"][:2] == ["original", "fc"]
+    model = check["models"]["resnet50"]
+    assert len(model["spearman"]) == len(model["ssim"]) == len(check["steps"]) and model["spearman"][0] == 1.0
+    assert model["edges"]["spearman"] == [1.0] * len(check["steps"])  # the edge map ignores the model
+    assert model["passes"] == (model["spearman"][-1] < 0.5)
+    assert images[-1]["caption"] == "sanity check"
+
+
+@pytest.mark.slow
 def test_explain_endpoint_takes_a_knockout_and_answers_with_the_gates_off(client, tmp_path):
     from gradio_client import handle_file
 

@@ -249,3 +249,70 @@ def test_the_findings_say_which_methods_pass_and_that_the_edge_map_fails():
     assert "the maps of Grad-CAM pass on every model" in sentence
     assert "those of EigenCAM fail on ResNet50 + SE" in sentence
     assert sentence.endswith("fails, as it must.")
+
+
+# --------------------------------------------------------------------------- the app
+
+
+@pytest.fixture(scope="module")
+def app(tiny_weights_dir):
+    from attnviz import ui
+
+    app = ui.AttnvizApp(tiny_weights_dir)
+    app.build()
+    return app
+
+
+def page(app, image, **options) -> dict:
+    from attnviz import ui
+
+    settings = {"model_set": "tiny", "models": ["resnet50"], "method": "gradcam", "target": ui.OWN_TOP1,
+                "layer": "layer4", "opacity": 0.5, "colormap": "jet", "aug_smooth": False, "eigen_smooth": False,
+                **options}
+    out = app.explain_page(image, **settings)
+    return {name: out[app.components[name]] for name in app._page_output_names()}
+
+
+@pytest.fixture
+def scene_file(scene_image, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene_image).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_the_page_checks_the_image_and_gives_each_shown_model_its_verdict(app, scene_file):
+    from PIL import Image
+
+    out = page(app, scene_file, models=["resnet50", "se"], sanity=True)
+    assert out["sanity_column"].visible is True and "sanity_done" in str(out["sanity_status"])
+    assert np.asarray(Image.open(out["sanity_plot"])).ndim == 3
+    for variant in ("resnet50", "se"):
+        line = str(out[f"sanity_{variant}"])
+        assert ("sanity_passes" in line) != ("sanity_fails" in line) and "Spearman" in line
+    assert out["sanity_cbam"] == "" and list(out["last"].sanity.models) == ["resnet50", "se"]
+
+
+def test_without_the_option_no_sanity_check_runs(app, scene_file):
+    out = page(app, scene_file)
+    assert out["sanity_column"].visible is False and out["last"].sanity is None
+
+
+def test_a_method_with_passes_of_its_own_and_the_sanity_check_is_one_line_before_any_model_runs(app, scene_file):
+    out = page(app, scene_file, method="scorecam", sanity=True)
+    assert out["status"].startswith("⚠️") and "cannot run CAM method 'scorecam'" in out["status"]
+    assert out["last"] is None
+
+
+def test_the_page_refuses_a_method_that_runs_pytorch_grad_cams_own_call(monkeypatch):
+    from types import SimpleNamespace
+
+    from attnviz import sanity_ui
+    from attnviz.methods import CAM_METHODS
+
+    fake = SimpleNamespace(key="ownpass", label="Own-CAM", kind="gradient", own_call="several passes of its own")
+    monkeypatch.setitem(CAM_METHODS, "ownpass", fake)
+    with pytest.raises(AttnvizError, match="Own-CAM runs pytorch-grad-cam's own call"):
+        sanity_ui.check_method("ownpass")
