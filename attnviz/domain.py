@@ -1,6 +1,6 @@
 """How far an image is from what a model was trained on: an out-of-domain score from the image's own pass.
 
-A model of the built-in set knows 15 classes of emoji scenes; shown a photo of a cat, it still answers one of
+A model of the built-in set knows 12 classes of emoji scenes; shown a photo of a cat, it still answers one of
 them, often with high confidence. The score says when to distrust the answer. It is computed from the pooled
 layer4 features and the logits of the pass that explains the image (``Capture(..., features=True)``), so it
 costs no extra pass: a few small matrix products.

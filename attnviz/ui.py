@@ -78,6 +78,7 @@ CSS = """
 .attnviz-overlay img { width: 100%; height: 100%; object-fit: contain; }
 .attnviz-figure img { max-width: 100%; height: auto; object-fit: contain; }
 #status { font-size: 1.05em; }
+.attnviz-notice { border-left: 4px solid #d97706; background: rgba(217, 119, 6, 0.08); padding: 0.4em 0.8em; }
 """
 
 _MINUTES = DELETE_CACHE[1] // 60
@@ -285,6 +286,16 @@ def tr(key: str) -> gr.i18n.I18nData:
 def t(key: str) -> str:
     """A translated text inside a longer string (at most one per string): the page replaces the marker."""
     return str(tr(key))
+
+
+def domain_notice(explanation: Explanation) -> str:
+    """The notice above the result columns when a shown model finds the image far from its training scenes (one
+    line per such model: its score and threshold); empty when the image is in domain or no model is calibrated."""
+    if not explanation.out_of_domain:
+        return ""
+    lines = [f"- {family(v).title}: **{r.domain_score:.3g}** > {r.domain_threshold:.3g}"
+             for v, r in explanation.results.items() if r.out_of_domain]
+    return t("ood_notice") + "\n\n" + "\n".join(lines)
 
 
 def error_text(exc: AttnvizError) -> str:
@@ -644,6 +655,8 @@ class AttnvizApp:
             titles = ", ".join(family(v).title for v in results)
             status = f"{t(again)} {CAM_METHODS[settings.method].label} · {settings.layer} · {titles} · {total:.1f} s"
         values[c["status"]] = status
+        notice = domain_notice(analysis.explanation) if analysis else ""
+        values[c["domain_notice"]] = gr.Markdown(notice, visible=bool(notice))
         return values
 
     # ------------------------------------------------------------------ the page
@@ -743,6 +756,7 @@ class AttnvizApp:
                 c["classes"] = gr.Markdown(self._classes_text(classes), elem_id="classes")
                 c["builtin_note"] = gr.Markdown(tr("builtin_note"), visible=self.default_set == BUILTIN_SET)
         c["status"] = gr.Markdown("", elem_id="status")
+        c["domain_notice"] = gr.Markdown("", visible=False, elem_id="domain-notice", elem_classes=["attnviz-notice"])
         with gr.Row(equal_height=False):
             for variant in VARIANTS:
                 with gr.Column(min_width=300, elem_id=f"column-{variant}", visible=variant in variants) as column:
@@ -786,7 +800,8 @@ class AttnvizApp:
             names += [f"{variant}_{kind.key}" for kind in family_kinds(variant)]
             names += lab_ui.output_names(variant)
         names += sanity_ui.output_names()
-        return names + ["difference_column", "difference", "agreement", "download", "last", "status"]
+        return names + ["difference_column", "difference", "agreement", "download", "last", "status",
+                        "domain_notice"]
 
 
 def theme() -> gr.themes.Base:

@@ -70,6 +70,25 @@ def make_model_set(
     return weights_dir
 
 
+def with_domain_threshold(folder: Path, set_name: str, threshold: float, dest: Path) -> Path:
+    """A copy of weights ``folder`` in which every model of ``set_name`` keeps its fitted out-of-domain statistics
+    but gets ``threshold`` (files re-hashed in the manifest): -1e9 flags every image, 1e9 none."""
+    import shutil
+
+    from attnviz.weights import read_domain_model
+
+    copy = dest / "calibrated"
+    shutil.copytree(folder, copy)
+    manifest = Manifest(copy)
+    for entry in manifest.data["sets"][set_name]["models"].values():
+        domain = read_domain_model(entry["domain"], copy)
+        domain.threshold = threshold
+        entry["domain"]["sha256"] = write_safetensors(domain.to_tensors(), copy / entry["domain"]["file"])
+        entry["domain"]["threshold"] = threshold
+    manifest.save()
+    return copy
+
+
 @pytest.fixture(scope="session")
 def tiny_weights_dir(tmp_path_factory) -> Path:
     """A weights folder holding one random three-model set, "tiny", as the default set."""

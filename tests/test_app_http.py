@@ -58,6 +58,9 @@ def test_explain_endpoint_answers_with_only_the_image(client, tmp_path):
     assert summary["set"] == "tiny"
     assert list(summary["models"]) == list(VARIANTS)
     assert summary["settings"]["method"] == "gradcam" and summary["settings"]["layer"] == "layer4"
+    # the tiny set has no out-of-domain statistics: both levels say "not calibrated"
+    assert summary["out_of_domain"] is None
+    assert all(m["domain_score"] is None and m["out_of_domain"] is None for m in summary["models"].values())
     assert [item["caption"] for item in images] == ["view", *(f"{v}: {family(v).title}" for v in VARIANTS)]
     with zipfile.ZipFile(archive) as opened:
         assert "heatmaps.npz" in opened.namelist() and "summary.json" in opened.namelist()

@@ -91,6 +91,7 @@ def test_uploaded_example_shows_three_overlays_and_top5(browser, app_url, exampl
         page.locator(f"#{figure}").scroll_into_view_if_needed()
         expect(page.locator(f"#{figure} img")).to_be_visible()
     expect(page.locator("#status")).to_contain_text("Done")
+    expect(page.locator("#domain-notice")).to_be_hidden()  # a set without statistics: no notice
     expect(page.locator("body")).not_to_contain_text("[object Object]")  # every translated label resolved
     page.screenshot(path=str(artifacts_dir / "app.png"), full_page=True)
     expect(page.locator("#download")).not_to_contain_text(".zip")  # written only when asked for
@@ -309,5 +310,41 @@ def test_scene_lab_draws_explains_and_measures_a_scene(browser, two_set_url, art
     page.locator("#scene-move").click()
     expect(page.locator("#scene-status")).to_contain_text("Done")
     page.screenshot(path=str(artifacts_dir / "scene_lab.png"), full_page=True)
+    assert outside == []
+    page.context.close()
+
+
+@pytest.fixture(scope="module")
+def flagging_url(tmp_path_factory) -> Iterator[str]:
+    """An app whose set has fitted out-of-domain statistics and a threshold that flags every image."""
+    from conftest import make_model_set, with_domain_threshold
+
+    from attnviz.domain_fit import fit_set
+    from attnviz.scenes import CLASSES
+
+    folder = make_model_set(tmp_path_factory.mktemp("ood"), "scenes", classes=list(CLASSES), crop=32,
+                            variants=("resnet50", "cbam"))
+    fit_set("scenes", folder, train=24, val=12, probes=1, progress=False)
+    with running_app(with_domain_threshold(folder, "scenes", -1e9, tmp_path_factory.mktemp("ood-flag"))) as url:
+        yield url
+
+
+def test_an_out_of_domain_image_gets_the_notice_above_the_results(browser, flagging_url, tmp_path, artifacts_dir):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from attnviz.probes import probe_image
+
+    photo = tmp_path / "drawing.png"
+    Image.fromarray(probe_image("lines", 0)).save(photo)
+    page, outside = open_page(browser, flagging_url)
+    upload(page, photo)
+    notice = page.locator("#domain-notice")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("unlike the scenes these models were trained on")
+    expect(notice).to_contain_text("ResNet50 + CBAM")
+    notice_box, column_box = notice.bounding_box(), page.locator("#column-resnet50").bounding_box()
+    assert notice_box["y"] + notice_box["height"] <= column_box["y"] + 1  # right above the result columns
+    page.screenshot(path=str(artifacts_dir / "app_out_of_domain.png"), full_page=True)
     assert outside == []
     page.context.close()

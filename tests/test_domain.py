@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_model_set
+from conftest import make_model_set, with_domain_threshold
 
 from attnviz.capture import Capture
 from attnviz.domain import SCORERS, DomainModel, fit_statistics, raw_score
@@ -152,34 +152,16 @@ def test_fitting_a_set_not_trained_on_scenes_is_one_line(tiny_weights_dir, capsy
     assert err.startswith("error: model set 'tiny' was not trained on attnviz's scenes") and "\n" not in err
 
 
-def _calibrate(folder, set_name: str, threshold: float, tmp_path):
-    """A copy of ``folder`` whose models all carry ``threshold`` (their statistics as fitted, files re-hashed)."""
-    import shutil
-
-    from attnviz.weights import read_domain_model, write_safetensors
-
-    copy = tmp_path / "calibrated"
-    shutil.copytree(folder, copy)
-    manifest = Manifest(copy)
-    for entry in manifest.data["sets"][set_name]["models"].values():
-        domain = read_domain_model(entry["domain"], copy)
-        domain.threshold = threshold
-        entry["domain"]["sha256"] = write_safetensors(domain.to_tensors(), copy / entry["domain"]["file"])
-        entry["domain"]["threshold"] = threshold
-    manifest.save()
-    return copy
-
-
 def test_the_page_notice_names_each_flagging_model_and_is_empty_in_domain(scene_set, tmp_path):
     from attnviz.ui import domain_notice
 
     folder, _ = scene_set
-    flagging = Explainer(load_model_set("scenes", _calibrate(folder, "scenes", -1e9, tmp_path / "a")))
+    flagging = Explainer(load_model_set("scenes", with_domain_threshold(folder, "scenes", -1e9, tmp_path / "a")))
     explanation = flagging.explain(probe_image("text", 0), variants=("se", "cbam"))
     notice = domain_notice(explanation)
     assert "ood_notice" in notice  # the translated headline's marker, replaced by the page
     assert "ResNet50 + SE" in notice and "ResNet50 + CBAM" in notice and "ECA" not in notice
-    passing = Explainer(load_model_set("scenes", _calibrate(folder, "scenes", 1e9, tmp_path / "b")))
+    passing = Explainer(load_model_set("scenes", with_domain_threshold(folder, "scenes", 1e9, tmp_path / "b")))
     assert domain_notice(passing.explain(probe_image("text", 0))) == ""
 
 
@@ -189,7 +171,7 @@ def test_the_batch_cli_reports_out_of_domain_images(scene_set, tmp_path, capsys)
     from attnviz.cli import main as cli_main
 
     folder, _ = scene_set
-    weights = _calibrate(folder, "scenes", -1e9, tmp_path)
+    weights = with_domain_threshold(folder, "scenes", -1e9, tmp_path)
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(probe_image("lines", 0)).save(images / "drawing.png")
