@@ -66,7 +66,8 @@ def measure(runs: int, warmup: int) -> dict:
         for round_ in range(warmup + runs):
             order = names[round_ % len(names):] + names[:round_ % len(names)]
             for name in order:
-                seconds = timed(*jobs[name], env)
+                args, expect_rc = jobs[name]
+                seconds = timed(args, env, expect_rc)
                 if round_ >= warmup:
                     times[name].append(seconds)
     baseline = times["baseline"]
