@@ -126,7 +126,8 @@ def plot(result: dict, path, test: str = "cascade") -> bool:
     from attnviz.analysis_plots import _figure, _legend_below, _save
 
     models = list(section["models"])
-    fig, axes = _figure(1.2 + 1.75 * len(models), len(models), 2, sharex=True, sharey=True)
+    row_height = min(1.75, 6.6 / len(models))  # four models or more: rows shrink, the page's plots stay <= 1600 px
+    fig, axes = _figure(1.2 + row_height * len(models), len(models), 2, sharex=True, sharey=True)
     kinds = [*section["methods"], EDGES]
     colours = {kind: f"C{i}" for i, kind in enumerate(section["methods"])} | {EDGES: "black"}
     for row, variant in enumerate(models):
