@@ -8,7 +8,7 @@ import torch
 
 from attnviz.designs import TRAINING_DESIGNS
 from attnviz.scenes import CLASSES, generate_split
-from attnviz.train import Recipe, batch_indices, main, register, train
+from attnviz.train import RECIPES, Recipe, augment, batch_indices, main, recipe_named, register, train
 from attnviz.weights import Manifest, load_model_set, sha256_of
 
 pytestmark = pytest.mark.slow
@@ -78,6 +78,51 @@ def test_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(scenes, 
 def test_every_epoch_visits_each_scene_once():
     seen = [i for step in range(5) for i in batch_indices(20, 4, step, seed=0)]
     assert sorted(seen) == list(range(20))
+
+
+def _batch(seed: int) -> torch.Tensor:
+    """Four 32 px images in [0, 1]: a saturated colour square on a grey ramp each, seeded here."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.linspace(0.2, 0.8, 32).view(1, 1, 1, 32).expand(4, 3, 32, 32).clone()
+    x[:, :, 8:24, 8:24] = torch.rand(4, 3, 1, 1, generator=generator)
+    return x
+
+
+def test_augmentation_is_off_in_v1_and_fixed_by_seed_and_step_in_v2():
+    x = _batch(0)
+    assert torch.equal(augment(x, recipe_named("v1"), step=3), x)
+    v2 = recipe_named("v2")
+    a, b = augment(x, v2, step=3), augment(x, v2, step=3)
+    assert torch.equal(a, b) and a.shape == x.shape and 0 <= float(a.min()) and float(a.max()) <= 1
+    assert not torch.allclose(a, augment(x, v2, step=4))  # another step, another draw
+    assert not torch.allclose(a, x)
+
+
+def test_each_augmentation_does_what_it_says():
+    x = _batch(1)
+    grey = augment(x, Recipe(grayscale=1.0), step=0)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    zoomed = augment(x, Recipe(crop_min=0.5), step=0)
+    # A zoom-in crop inside the image: the square covers at least as many pixels as before, more
+    # for most images; nothing outside the image is padded in (the ramp's range is kept).
+    def square_pixels(batch: torch.Tensor) -> list[int]:
+        colour = x[:, :, 16:17, 16:17]
+        return [int(n) for n in ((batch - colour).abs().amax(1) < 1e-4).sum((1, 2))]
+
+    assert all(z >= 0.9 * o for z, o in zip(square_pixels(zoomed), square_pixels(x), strict=True))
+    assert sum(square_pixels(zoomed)) > 1.2 * sum(square_pixels(x))
+    assert float(zoomed.min()) >= min(0.2, float(x.min())) - 1e-6
+    jittered = augment(x, Recipe(jitter=0.3), step=0)
+    assert not torch.allclose(jittered, x) and float((jittered - x).abs().max()) < 0.8
+
+
+def test_v2_recipe_trains_longer_than_v1_and_only_differs_where_it_says():
+    v1, v2 = recipe_named("v1"), recipe_named("v2", batch_size=32)
+    assert v1 == Recipe() and not v1.augments and v2.augments and v2.batch_size == 32
+    assert sum(n for _, n in v2.phases) > 2.5 * sum(n for _, n in v1.phases)
+    assert {k for k in vars(v1) if getattr(v1, k) != getattr(v2, k)} == set(RECIPES["v2"]) | {"batch_size"}
+    with pytest.raises(ValueError, match="choose from v1, v2"):
+        recipe_named("v3")
 
 
 def test_schedule_warms_up_then_decays_and_ends_at_full_resolution():
