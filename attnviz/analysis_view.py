@@ -17,84 +17,17 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from attnviz.analyze import (
-    JSON_NAME,
-    MARKDOWN_NAME,
-    analysis_dir,
-    plot_files,
-    read_result,
-    regenerate_command,
-    render_summary,
-)
+from attnviz.analysis.config import JSON_NAME, MARKDOWN_NAME, plot_files
+from attnviz.analysis.findings import findings_markdown
+from attnviz.analysis.report import render_summary
+from attnviz.analysis.results import analysis_dir, read_result, regenerate_command
 from attnviz.errors import AttnvizError
-from attnviz.findings import findings_markdown
+from attnviz.texts import text
 from attnviz.weights import Manifest, default_weights_dir
-
-ANALYSIS_TRANSLATIONS: dict[str, dict[str, str]] = {
-    "en": {
-        "analysis_tab": "Analysis",
-        "analysis_title": "## How the three models compare, measured",
-        "analysis_intro": (
-            "The scenes come with true object masks, so attnviz measures what the CBAM paper only shows in "
-            "pictures: how well each model's CAM finds the object (pointing game, energy in the mask, mask IoU), "
-            "how faithful the CAM is to the model (deletion, insertion, ROAD), and what SE's and CBAM's attention "
-            "does in every block (the SE paper's excitation analysis). Every number comes with a 95 % paired "
-            "bootstrap interval over the same scenes; a difference in **bold** is one the sample can tell from noise."
-        ),
-        "analysis_command": "Regenerate these results (about half an hour on 2 CPU cores):",
-        "analysis_missing": "No analysis for this model set yet. Make it with this command (about half an hour on "
-        "2 CPU cores), then restart the app:",
-        "analysis_unreadable": "The analysis files of this model set cannot be read. Make them again with:",
-        "analysis_summary": "### Summary: test scenes, Grad-CAM at layer4",
-        "analysis_findings": "### What these numbers show",
-        "analysis_plots": "### Plots",
-        "analysis_tables": "Every table, with its intervals",
-        "analysis_localisation": "Localisation at layer4, per model and CAM method",
-        "analysis_layers": "Grad-CAM at each layer",
-        "analysis_pairs": "Two-object scenes: each class's CAM on its own object and on the other",
-        "analysis_faithfulness": "Faithfulness: deletion, insertion and ROAD",
-        "analysis_curves": "Mean deletion and insertion curves",
-        "analysis_excitation": "mean excitation per class, after the SE paper's figure",
-        "analysis_specificity": "How class-specific each block's channel attention is",
-        "analysis_spatial": "Spatial attention on the object, per block",
-        "analysis_knockout": "Each stage's attention switched off: change in accuracy and in energy in mask",
-        "analysis_sanity": "Sanity check: each map against the original as the model is randomised from the top",
-        "analysis_sanity_independent": "Sanity check: each map against the original with one step randomised",
-    },
-    "zh-CN": {
-        "analysis_tab": "分析",
-        "analysis_title": "## 三个模型的定量比较",
-        "analysis_intro": (
-            "这些场景带有物体的真实掩码，所以 attnviz 可以测量 CBAM 论文只用图片展示的内容：每个模型的 CAM "
-            "找到物体的程度（指向游戏、掩码内能量、掩码 IoU），CAM 对模型的忠实度（删除、插入、ROAD），以及 SE 和 "
-            "CBAM 的注意力在每个模块中的作用（SE 论文的激励分析）。每个数值都附有在同一批场景上的 95 % 配对自助法"
-            "置信区间；**粗体**的差异表示样本足以将其与噪声区分开。"
-        ),
-        "analysis_command": "重新生成这些结果（在 2 个 CPU 核上约半小时）：",
-        "analysis_missing": "此模型集还没有分析结果。用下面的命令生成（在 2 个 CPU 核上约半小时），然后重启应用：",
-        "analysis_unreadable": "无法读取此模型集的分析文件。用下面的命令重新生成：",
-        "analysis_summary": "### 摘要：测试场景，layer4 的 Grad-CAM",
-        "analysis_findings": "### 这些数字说明了什么",
-        "analysis_plots": "### 图表",
-        "analysis_tables": "全部表格及其置信区间",
-        "analysis_localisation": "layer4 的定位效果：每个模型和每种 CAM 方法",
-        "analysis_layers": "各层的 Grad-CAM",
-        "analysis_pairs": "双物体场景：每个类别的 CAM 落在自己的物体上还是另一个物体上",
-        "analysis_faithfulness": "忠实度：删除、插入和 ROAD",
-        "analysis_curves": "删除和插入的平均曲线",
-        "analysis_excitation": "每个类别的平均激励（仿照 SE 论文的图）",
-        "analysis_specificity": "每个模块的通道注意力有多大的类别特异性",
-        "analysis_spatial": "空间注意力落在物体上的比例（逐模块）",
-        "analysis_knockout": "逐阶段关闭注意力：准确率和掩码内能量的变化",
-        "analysis_sanity": "合理性检验：从顶层起逐步随机化模型后，每张图与原图的相似度",
-        "analysis_sanity_independent": "合理性检验：每次只随机化一步时，每张图与原图的相似度",
-    },
-}
-ANALYSIS_TRANSLATIONS["zh"] = ANALYSIS_TRANSLATIONS["zh-CN"]
 
 
 def _english(key: str) -> str:
-    return ANALYSIS_TRANSLATIONS["en"][key]
+    return text(key)
 
 
 def _command(weights_dir: Path | str | None, set_name: str) -> str:
@@ -112,10 +45,10 @@ def build_analysis_tab(
 ) -> dict[str, Any]:
     """Create the tab's components inside an open ``gr.Tab`` (or any Blocks context); returns them by name.
 
-    ``translate`` gives a component's text for a key of ``ANALYSIS_TRANSLATIONS`` (the app's ``ui.tr`` once
-    they are merged into its translations); by default the English text. ``keyed`` gives every component a key
-    of this set's own, for ``gr.render``: drawn again for another set, no component of the old one is reused
-    (gradio would otherwise keep an old component's elem_id on a new one). ``language`` is that of the
+    ``translate`` gives a component's text for a key of the locale files (the app's ``ui.tr``); by default the
+    English text. ``keyed`` gives every component a key of this set's own, for ``gr.render``: drawn again for
+    another set, no component of the old one is reused (gradio would otherwise keep an old component's elem_id
+    on a new one). ``language`` is that of the
     findings, which are computed here from the JSON rather than looked up by key.
     """
     count = 0

@@ -31,7 +31,7 @@ _PROFILES_LOCK = threading.Lock()
 
 def excitation_profiles(weights_dir: Path, set_name: str) -> dict | None:
     """variant -> block -> profile, from the set's analysis.json (read once per set); None when it has none."""
-    from attnviz.analyze import analysis_dir, read_result
+    from attnviz.analysis.results import analysis_dir, read_result
 
     key = (str(weights_dir), set_name)
     with _PROFILES_LOCK:

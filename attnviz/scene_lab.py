@@ -351,7 +351,7 @@ def new_background(options: SceneOptions) -> SceneOptions:
 # --------------------------------------------------------------------------- one image's localisation
 
 
-FALLBACK_THRESHOLD = 0.5  # the analysis' IoU threshold before its val scenes choose one (analyze._Context)
+FALLBACK_THRESHOLD = 0.5  # the analysis' IoU threshold before its val scenes choose one (attnviz.analysis.run._Context)
 
 
 @dataclass(frozen=True)
@@ -381,7 +381,8 @@ class SceneMetrics:
 
 def localisation_settings(set_name: str | None = None, weights_dir: Path | str | None = None) -> LocalisationSettings:
     """The threshold and tolerance of the set's analysis (its analysis.json), else the analysis' defaults."""
-    from attnviz.analyze import AnalysisConfig, analysis_dir, read_result
+    from attnviz.analysis.config import AnalysisConfig
+    from attnviz.analysis.results import analysis_dir, read_result
 
     folder = analysis_dir(weights_dir, set_name)
     defaults = f"the analysis' defaults (IoU threshold {FALLBACK_THRESHOLD:g}, tolerance {{:g}} px)"

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,155 +25,16 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from attnviz.models import VARIANTS, ModelSpec, build_model
+from attnviz.recipe import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RECIPES,
+    Recipe,
+    batch_indices,
+    normalise,
+    recipe_named,
+)
 from attnviz.scenes import SceneSplit
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class Recipe:
-    """Everything that defines a training run except the variant; shared by every variant."""
-
-    seed: int = 0
-    batch_size: int = 64
-    # (resolution, samples) phases, run in order (progressive resizing): most of the budget at
-    # low resolution, then the app's own resolution so the network sees it before the end.
-    phases: list[tuple[int, int]] = field(default_factory=lambda: [(96, 40000), (128, 60000), (224, 10000)])
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.04
-    label_smoothing: float = 0.1
-    hflip: float = 0.5
-    bf16: bool = True
-    channels_last: bool = True
-    # After the main cosine schedule: a second, short cosine cycle at the app's resolution
-    # (resolution, samples, peak lr); the main run alone ended 1-2 points short at 224 px.
-    finetune: tuple[int, int, float] | None = (224, 10000, 2e-4)
-    # Per-image augmentation after resizing (v1 ran without): a zoom-in crop whose side is at
-    # least crop_min of the image's, brightness / contrast / saturation each scaled by up to
-    # 1 +- jitter, and a share of images turned grey, so that colour alone does not name a class.
-    crop_min: float = 1.0
-    jitter: float = 0.0
-    grayscale: float = 0.0
-
-    @property
-    def augments(self) -> bool:
-        return self.crop_min < 1 or self.jitter > 0 or self.grayscale > 0
-
-    @property
-    def main_steps(self) -> int:
-        return sum(math.ceil(samples / self.batch_size) for _, samples in self.phases)
-
-    @property
-    def finetune_steps(self) -> int:
-        return 0 if self.finetune is None else math.ceil(self.finetune[1] / self.batch_size)
-
-    @property
-    def total_steps(self) -> int:
-        return self.main_steps + self.finetune_steps
-
-    def resolution_at(self, step: int) -> int:
-        end = 0
-        for resolution, samples in self.phases:
-            end += math.ceil(samples / self.batch_size)
-            if step < end:
-                return resolution
-        return self.finetune[0] if self.finetune is not None else self.phases[-1][0]
-
-    def lr_at(self, step: int) -> float:
-        if step >= self.main_steps:  # the fine-tuning cycle: cosine from its own peak, no warm-up
-            progress = (step - self.main_steps) / max(1, self.finetune_steps)
-            return self.finetune[2] * 0.5 * (1 + math.cos(math.pi * progress))
-        warmup = max(1, int(self.warmup_fraction * self.main_steps))
-        if step < warmup:
-            return self.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, self.main_steps - warmup)
-        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# The recipes by name. v1 trained the shipped v1 set (one emoji design); v2 is for the
-# five-design v2 scenes, where v1's recipe underfit (bench/results/v2_trial_resnet50.json: train
-# accuracy still rising, test 74.7 %): about 2.7x the samples, most of them at low resolution,
-# and the augmentation above against learning one design's colours.
-RECIPES = {
-    "v1": {},
-    "v2": {
-        "phases": [(96, 140000), (128, 150000), (224, 10000)],
-        "crop_min": 0.85,
-        "jitter": 0.2,
-        "grayscale": 0.1,
-    },
-}
-
-
-def recipe_named(name: str, **overrides) -> Recipe:
-    """The recipe ``name`` of RECIPES, with ``overrides`` (e.g. batch_size) on top."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}: choose from {', '.join(RECIPES)}")
-    return Recipe(**{**RECIPES[name], **overrides})
-
-
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
-
-
-def augment(x: torch.Tensor, recipe: Recipe, step: int) -> torch.Tensor:
-    """The recipe's per-image augmentation of a (B, 3, r, r) batch in [0, 1]; fixed by seed and step."""
-    if not recipe.augments:
-        return x
-    draw = np.random.default_rng([recipe.seed, 2 * 10**6 + step]).integers(2**62)
-    generator = torch.Generator().manual_seed(int(draw))
-    b = x.shape[0]
-
-    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
-        return low + (high - low) * torch.rand(b, *shape, generator=generator)
-
-    if recipe.crop_min < 1:  # zoom in only (no upsampled blur beyond 1/crop_min, no border fill)
-        side = uniform(recipe.crop_min, 1.0)
-        theta = torch.zeros(b, 2, 3)
-        theta[:, 0, 0] = theta[:, 1, 1] = side
-        theta[:, :, 2] = (1 - side)[:, None] * uniform(-1.0, 1.0, 2)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if recipe.jitter > 0:
-        j = recipe.jitter
-        x = x * uniform(1 - j, 1 + j)[:, None, None, None]
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * uniform(1 - j, 1 + j)[:, None, None, None] + mean
-        grey = _grey(x)
-        x = (x - grey) * uniform(1 - j, 1 + j)[:, None, None, None] + grey
-        x = x.clamp(0, 1)
-    if recipe.grayscale > 0:
-        turn = torch.rand(b, generator=generator) < recipe.grayscale
-        x = torch.where(turn[:, None, None, None], _grey(x), x)
-    return x
-
-
-def normalise(
-    images_uint8: torch.Tensor,
-    resolution: int,
-    recipe: Recipe | None = None,
-    step: int = 0,
-) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, r, r) float, ImageNet-normalised, resized with antialias;
-    with ``recipe``, augmented by it (training) between resizing and normalising."""
-    x = images_uint8.permute(0, 3, 1, 2).float().div_(255)
-    if x.shape[-1] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-    if recipe is not None:
-        x = augment(x, recipe, step)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    """Indices of step ``step``: a fresh permutation each epoch, fixed by the seed."""
-    per_epoch = n // batch_size
-    epoch, position = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return np.sort(order[position * batch_size : (position + 1) * batch_size])
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -223,6 +83,46 @@ def _save_state(path: Path, model, optimizer, step: int, elapsed: float, history
     tmp.replace(path)
 
 
+def _step(model, optimizer, train_split: SceneSplit, recipe: Recipe, step: int, device: torch.device):
+    """Optimisation step ``step`` of the recipe; returns (loss, accuracy, images, resolution)."""
+    resolution = recipe.resolution_at(step)
+    idx = batch_indices(len(train_split), recipe.batch_size, step, recipe.seed)
+    images = torch.from_numpy(train_split.images[idx])
+    flip = torch.from_numpy(np.random.default_rng([recipe.seed, 10**6 + step]).random(len(idx)) < recipe.hflip)
+    images[flip] = images[flip].flip(2)
+    x = normalise(images, resolution, recipe, step).to(device)
+    if recipe.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(train_split.labels[idx, 0]).to(device)
+    for group in optimizer.param_groups:
+        group["lr"] = recipe.lr_at(step)
+    with _autocast(device, recipe.bf16):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    acc = float((logits.detach().argmax(1) == y).float().mean())
+    return loss.item(), acc, len(idx), resolution
+
+
+def _start(spec: ModelSpec, recipe: Recipe, device: torch.device, state_path: Path):
+    """The model and optimiser, fresh from the recipe's seed or as the saved state left them; with the step,
+    minutes and history so far."""
+    torch.manual_seed(recipe.seed)
+    model = build_model(spec).to(device)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if not state_path.exists():
+        return model, optimizer, 0, 0.0, []
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    print(f"resuming {spec.variant} from step {state['step']} ({state['elapsed'] / 60:.1f} min done)", flush=True)
+    return model, optimizer, state["step"], state["elapsed"], state["history"]
+
+
 def train(
     variant: str,
     data: Path,
@@ -243,21 +143,10 @@ def train(
     """
     from tqdm import tqdm
 
-    torch.manual_seed(recipe.seed)
     train_split = SceneSplit(data / "train")
     classes = train_split.classes
     spec = ModelSpec(variant=variant, num_classes=len(classes))
-    model = build_model(spec).to(device)
-    if recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    step, elapsed, history = 0, 0.0, []
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed, history = state["step"], state["elapsed"], state["history"]
-        print(f"resuming {variant} from step {step} ({elapsed / 60:.1f} min done)", flush=True)
+    model, optimizer, step, elapsed, history = _start(spec, recipe, device, state_path)
 
     stop = {"now": False}
 
@@ -284,25 +173,7 @@ def train(
             if max_minutes is not None and time.perf_counter() - wall_start > 60 * max_minutes:
                 break
             started = time.perf_counter()
-            resolution = recipe.resolution_at(step)
-            idx = batch_indices(len(train_split), recipe.batch_size, step, recipe.seed)
-            images = torch.from_numpy(train_split.images[idx])
-            flip = torch.from_numpy(np.random.default_rng([recipe.seed, 10**6 + step]).random(len(idx)) < recipe.hflip)
-            images[flip] = images[flip].flip(2)
-            x = normalise(images, resolution, recipe, step).to(device)
-            if recipe.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.from_numpy(train_split.labels[idx, 0]).to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr_at(step)
-            with _autocast(device, recipe.bf16):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            acc = float((logits.detach().argmax(1) == y).float().mean())
-            loss_value = loss.item()
+            loss_value, acc, images, resolution = _step(model, optimizer, train_split, recipe, step, device)
             ema_loss = loss_value if ema_loss is None else 0.95 * ema_loss + 0.05 * loss_value
             ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
             step += 1
@@ -312,18 +183,11 @@ def train(
                 loss=f"{ema_loss:.3f}",
                 acc=f"{ema_acc:.3f}",
                 px=resolution,
-                img_s=f"{len(idx) / (time.perf_counter() - started):.1f}",
+                img_s=f"{images / (time.perf_counter() - started):.1f}",
             )
             if step % log_every == 0:
-                history.append(
-                    {
-                        "step": step,
-                        "loss": round(ema_loss, 4),
-                        "acc": round(ema_acc, 4),
-                        "step_loss": round(loss_value, 4),
-                        "minutes": round(elapsed / 60, 2),
-                    }
-                )
+                history.append({"step": step, "loss": round(ema_loss, 4), "acc": round(ema_acc, 4),
+                                "step_loss": round(loss_value, 4), "minutes": round(elapsed / 60, 2)})
             if step % save_every == 0 or step == recipe.total_steps:
                 _save_state(state_path, model, optimizer, step, elapsed, history)
     except KeyboardInterrupt:
@@ -462,6 +326,26 @@ def register(out: Path, weights_dir: Path | None = None, set_name: str = "builti
     return registered
 
 
+def _recipe_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Recipe:
+    """The named recipe with the command line's --phases, --finetune, --batch-size and --no-bf16 on top."""
+    recipe = recipe_named(args.recipe, batch_size=args.batch_size, bf16=not args.no_bf16)
+    if args.phases:
+        try:
+            recipe.phases = [(int(px), int(n)) for px, n in (p.split(":") for p in args.phases)]
+        except ValueError:
+            parser.error("--phases takes PX:SAMPLES pairs, e.g. 128:40000 224:4800")
+    if args.finetune:
+        if args.finetune == "none":
+            recipe.finetune = None
+        else:
+            try:
+                px, samples, lr = args.finetune.split(":")
+                recipe.finetune = (int(px), int(samples), float(lr))
+            except ValueError:
+                parser.error("--finetune takes PX:SAMPLES:LR, e.g. 224:10000:0.0002, or none")
+    return recipe
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnviz.train", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=VARIANTS, help="the model to train")
@@ -518,21 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.variant is None:
         parser.error("--variant is required unless --register is given")
-    recipe = recipe_named(args.recipe, batch_size=args.batch_size, bf16=not args.no_bf16)
-    if args.phases:
-        try:
-            recipe.phases = [(int(px), int(n)) for px, n in (p.split(":") for p in args.phases)]
-        except ValueError:
-            parser.error("--phases takes PX:SAMPLES pairs, e.g. 128:40000 224:4800")
-    if args.finetune:
-        if args.finetune == "none":
-            recipe.finetune = None
-        else:
-            try:
-                px, samples, lr = args.finetune.split(":")
-                recipe.finetune = (int(px), int(samples), float(lr))
-            except ValueError:
-                parser.error("--finetune takes PX:SAMPLES:LR, e.g. 224:10000:0.0002, or none")
+    recipe = _recipe_from_args(args, parser)
     state = args.state or Path("runs") / args.variant / "state.pt"
     result = train(
         args.variant,

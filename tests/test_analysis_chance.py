@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 from conftest import make_model_set
 
-from attnviz import analysis_plots, analyze
-from attnviz.analysis_plots import REFERENCES, reference_lines
+from attnviz.analysis import config as analysis_config
+from attnviz.analysis import items as analysis_items
+from attnviz.analysis import plots as analysis_plots
+from attnviz.analysis import run as analysis_run
+from attnviz.analysis.plots import REFERENCES, reference_lines
 from attnviz.scenes import CLASSES
 from attnviz.weights import load_model_set
 
-SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "builtin" / "analysis" / analyze.JSON_NAME
+SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "builtin" / "analysis" / analysis_config.JSON_NAME
 CHANCE, BASELINE = REFERENCES["chance"][0], REFERENCES["baseline"][0]
 
 
@@ -80,11 +83,11 @@ def test_plots_of_a_result_with_randomcam_label_both_lines(tmp_path, monkeypatch
 
 
 def run(weights: Path) -> dict:
-    config = analyze.AnalysisConfig(val=0, threshold=0.5, test=3, unseen=0, pairs=0, faithfulness=1, steps=2,
+    config = analysis_config.AnalysisConfig(val=0, threshold=0.5, test=3, unseen=0, pairs=0, faithfulness=1, steps=2,
                                     road_percentiles=(50,), resamples=10, workers=0, variants=("resnet50",))
-    for section in analyze.SECTIONS:  # every section has a scene count; none is measured here
+    for section in analysis_config.SECTIONS:  # every section has a scene count; none is measured here
         setattr(config, f"{section}_scenes", 0)
-    return analyze.run_analysis(load_model_set("one", weights), config, progress=False)
+    return analysis_run.run_analysis(load_model_set("one", weights), config, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +102,15 @@ def small_run(one_model) -> dict:
 
 def test_a_run_stores_the_mean_area_share_of_the_masks_it_measured(one_model, small_run):
     preprocessing = load_model_set("one", one_model).preprocessing
-    masks = [item.own for i in range(3) for item in analyze.scene_items("test", i, CLASSES, preprocessing)]
+    masks = [item.own for i in range(3) for item in analysis_items.scene_items("test", i, CLASSES, preprocessing)]
     assert small_run["area_share"]["test"] == pytest.approx(np.mean([m.mean() for m in masks]))
     assert 0 < small_run["area_share"]["test"] < 0.5
 
 
 def test_a_run_measures_randomcam_at_layer4_for_localisation_only(small_run):
-    for metric in analyze.LOCALISATION:
+    for metric in analysis_config.LOCALISATION:
         assert "randomcam@layer4" in small_run["localisation"]["test"][metric]
-    assert set(small_run["faithfulness"]["deletion"]) == {f"{m}@layer4" for m in analyze.DEFAULT_METHODS}
+    assert set(small_run["faithfulness"]["deletion"]) == {f"{m}@layer4" for m in analysis_config.DEFAULT_METHODS}
 
 
 def test_randomcam_gives_the_same_numbers_every_run_and_leaves_numpy_as_it_was(one_model, small_run):

@@ -9,9 +9,10 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from attnviz import analyze
+from attnviz.analysis import config as analysis_config
+from attnviz.analysis import results as analysis_results
+from attnviz.analysis.findings import findings, findings_markdown, language_of
 from attnviz.analysis_view import build_analysis_tab
-from attnviz.findings import findings, findings_markdown, language_of
 from attnviz.texts import locale
 
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "builtin" / "analysis"
@@ -50,7 +51,7 @@ def made_up_result(**metrics: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def shipped() -> dict:
-    return analyze.read_result(SHIPPED)
+    return analysis_results.read_result(SHIPPED)
 
 
 def test_the_most_accurate_model_is_named_with_its_interval_and_its_leads(shipped):
@@ -127,7 +128,7 @@ def test_a_result_with_one_model_has_no_findings():
 @pytest.fixture
 def shipped_copy(tmp_path) -> Path:
     """A weights folder whose set "builtin" has the shipped analysis (the tab reads only its files)."""
-    shutil.copytree(SHIPPED, tmp_path / "builtin" / analyze.ANALYSIS_DIR)
+    shutil.copytree(SHIPPED, tmp_path / "builtin" / analysis_config.ANALYSIS_DIR)
     (tmp_path / "manifest.json").write_text(json.dumps({"default_set": "builtin", "sets": {}}))
     return tmp_path
 
@@ -135,16 +136,16 @@ def shipped_copy(tmp_path) -> Path:
 def test_the_tab_shows_the_findings_after_the_summary(shipped_copy):
     with gr.Blocks():
         shown = build_analysis_tab(shipped_copy, "builtin", language="zh-CN")
-    assert shown["findings"].value == findings_markdown(analyze.read_result(shipped_copy / "builtin" / "analysis"),
-                                                        "zh-CN")
+    shipped = analysis_results.read_result(shipped_copy / "builtin" / "analysis")
+    assert shown["findings"].value == findings_markdown(shipped, "zh-CN")
     assert shown["findings"].elem_id == "analysis-findings"
 
 
 def test_an_odd_last_plot_shares_its_row_with_an_empty_column(shipped_copy):
-    folder = shipped_copy / "builtin" / analyze.ANALYSIS_DIR
-    result = json.loads((folder / analyze.JSON_NAME).read_text())
+    folder = shipped_copy / "builtin" / analysis_config.ANALYSIS_DIR
+    result = json.loads((folder / analysis_config.JSON_NAME).read_text())
     result["plots"] = [p for p in result["plots"] if p != "knockout.png"]  # an odd number of plots
-    (folder / analyze.JSON_NAME).write_text(json.dumps(result))
+    (folder / analysis_config.JSON_NAME).write_text(json.dumps(result))
     with gr.Blocks():
         shown = build_analysis_tab(shipped_copy, "builtin")
     assert len(shown["plots"]) % 2 == 1
@@ -156,6 +157,6 @@ def test_an_odd_last_plot_shares_its_row_with_an_empty_column(shipped_copy):
 
 
 def test_the_shipped_analysis_is_format_2_with_every_plot(shipped):
-    raw = json.loads((SHIPPED / analyze.JSON_NAME).read_text())
-    assert raw["format"] == analyze.FORMAT == 2
-    assert sorted(raw["plots"]) == sorted(analyze.plot_files(shipped).values())
+    raw = json.loads((SHIPPED / analysis_config.JSON_NAME).read_text())
+    assert raw["format"] == analysis_config.FORMAT == 2
+    assert sorted(raw["plots"]) == sorted(analysis_config.plot_files(shipped).values())

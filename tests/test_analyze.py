@@ -14,16 +14,23 @@ from conftest import make_model_set
 from model_state import tensors_kept_on
 from PIL import Image
 
-from attnviz import analysis_plots, analyze
-from attnviz.analysis_plots import DISPLAY_WIDTH_PX, PIXEL_SCALE
-from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab
+from attnviz.analysis import cli as analysis_cli
+from attnviz.analysis import config as analysis_config
+from attnviz.analysis import items as analysis_items
+from attnviz.analysis import plots as analysis_plots
+from attnviz.analysis import report as analysis_report
+from attnviz.analysis import run as analysis_run
+from attnviz.analysis import stats as analysis_stats
+from attnviz.analysis.plots import DISPLAY_WIDTH_PX, PIXEL_SCALE
+from attnviz.analysis_view import build_analysis_tab
 from attnviz.attention import family
 from attnviz.errors import AttnvizError
 from attnviz.models import TARGET_LAYERS, VARIANTS
 from attnviz.scenes import CLASSES
+from attnviz.texts import locale
 from attnviz.weights import load_model_set
 
-LAYER4_METHODS = list(analyze.DEFAULT_METHODS)
+LAYER4_METHODS = list(analysis_config.DEFAULT_METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +43,9 @@ def scenes_weights_dir(tmp_path_factory) -> Path:
 def quick_run(scenes_weights_dir):
     """``python -m attnviz.analyze --quick`` once on the tiny set; the tests read what it wrote (beside the
     set's analysis/, which a quick run leaves alone)."""
-    code = analyze.main(["--set", "scenes", "--weights-dir", str(scenes_weights_dir), "--quick", "--quiet"])
-    out = scenes_weights_dir / "scenes" / analyze.QUICK_DIR
-    return code, out, json.loads((out / analyze.JSON_NAME).read_text())
+    code = analysis_cli.main(["--set", "scenes", "--weights-dir", str(scenes_weights_dir), "--quick", "--quiet"])
+    out = scenes_weights_dir / "scenes" / analysis_config.QUICK_DIR
+    return code, out, json.loads((out / analysis_config.JSON_NAME).read_text())
 
 
 def intervals(node):
@@ -62,9 +69,10 @@ def test_quick_run_writes_json_markdown_and_every_plot(quick_run):
     code, out, result = quick_run
     assert code == 0
     files = {p.name for p in out.iterdir()}
-    assert {analyze.JSON_NAME, analyze.MARKDOWN_NAME, *analyze.plot_files(result).values()} <= files
-    assert sorted(result["plots"]) == sorted(analyze.plot_files(result).values())
-    assert not (out.parent / analyze.ANALYSIS_DIR).exists()
+    names = {analysis_config.JSON_NAME, analysis_config.MARKDOWN_NAME}
+    assert names | set(analysis_config.plot_files(result).values()) <= files
+    assert sorted(result["plots"]) == sorted(analysis_config.plot_files(result).values())
+    assert not (out.parent / analysis_config.ANALYSIS_DIR).exists()
     assert sum(p.stat().st_size for p in out.iterdir()) < 2 * 2**20
 
 
@@ -84,18 +92,19 @@ def test_quick_run_records_how_it_was_made(quick_run):
 def test_quick_run_measures_every_method_at_layer4_and_gradcam_at_every_layer(quick_run):
     _, _, result = quick_run
     expected = {f"{m}@layer4" for m in LAYER4_METHODS} | {f"gradcam@{layer}" for layer in TARGET_LAYERS}
-    expected.add(f"{analyze.BASELINE}@layer4")  # the baseline, for localisation only
+    expected.add(f"{analysis_config.BASELINE}@layer4")  # the baseline, for localisation only
     for split in ("test", "unseen"):
-        for metric in analyze.LOCALISATION:
+        for metric in analysis_config.LOCALISATION:
             assert set(result["localisation"][split][metric]) == expected
     assert result["localisation"]["test"]["pointing"]["gradcam@layer4"]["n"] == 6
     assert result["pairs"]["energy_other"]["gradcam@layer4"]["n"] == 3  # scenes, not CAMs
-    for metric in analyze.FAITHFULNESS:  # deletion / insertion for every method, ROAD for Grad-CAM (the default)
+    # deletion / insertion for every method, ROAD for Grad-CAM (the default)
+    for metric in analysis_config.FAITHFULNESS:
         methods = LAYER4_METHODS if metric in ("deletion", "insertion") else ("gradcam",)
         assert set(result["faithfulness"][metric]) == {f"{m}@layer4" for m in methods}
         assert result["faithfulness"][metric]["gradcam@layer4"]["n"] == 2
     curve = result["faithfulness"]["curves"]["gradcam@layer4"]["cbam"]["deletion"]
-    assert len(curve) == analyze.QUICK["steps"] + 1
+    assert len(curve) == analysis_config.QUICK["steps"] + 1
 
 
 @pytest.mark.slow
@@ -133,7 +142,7 @@ def test_quick_run_reads_out_every_channel_and_spatial_gate(quick_run):
 @pytest.mark.slow
 def test_markdown_report_states_command_sample_and_tables(quick_run):
     _, out, result = quick_run
-    text = (out / analyze.MARKDOWN_NAME).read_text()
+    text = (out / analysis_config.MARKDOWN_NAME).read_text()
     assert result["command"] in text
     assert "6 test" in text and "Summary: test scenes, Grad-CAM at layer4" in text
     assert "| Grad-CAM (layer1) |" in text and "CBAM − SE" in text
@@ -147,20 +156,20 @@ def test_report_says_which_methods_gave_the_same_maps(quick_run):
     import copy
 
     _, out, result = quick_run
-    groups = analyze.coinciding_methods(result)
+    groups = analysis_report.coinciding_methods(result)
     assert ["Grad-CAM", "XGrad-CAM", "HiResCAM"] in groups
     assert all("LayerCAM" not in g and "EigenCAM" not in g for g in groups)
-    assert "**Same maps**: Grad-CAM, XGrad-CAM and HiResCAM" in (out / analyze.MARKDOWN_NAME).read_text()
+    assert "**Same maps**: Grad-CAM, XGrad-CAM and HiResCAM" in (out / analysis_config.MARKDOWN_NAME).read_text()
     changed = copy.deepcopy(result)
     changed["localisation"]["unseen"]["iou"]["hirescam@layer4"]["models"]["se"]["mean"] += 0.01
-    assert ["Grad-CAM", "XGrad-CAM"] in analyze.coinciding_methods(changed)
-    assert not any("HiResCAM" in g for g in analyze.coinciding_methods(changed))
+    assert ["Grad-CAM", "XGrad-CAM"] in analysis_report.coinciding_methods(changed)
+    assert not any("HiResCAM" in g for g in analysis_report.coinciding_methods(changed))
 
 
 @pytest.mark.slow
 def test_plots_are_modest_pngs_of_one_width(quick_run):
     _, out, result = quick_run
-    for name in analyze.plot_files(result).values():
+    for name in analysis_config.plot_files(result).values():
         with Image.open(out / name) as image:
             assert image.format == "PNG"
             assert image.width == DISPLAY_WIDTH_PX * PIXEL_SCALE and 400 <= image.height <= 1600
@@ -170,23 +179,23 @@ def test_plots_are_modest_pngs_of_one_width(quick_run):
 @pytest.mark.slow
 def test_report_only_rewrites_the_same_markdown_from_the_json(quick_run):
     _, out, _ = quick_run
-    before = (out / analyze.MARKDOWN_NAME).read_text()
-    (out / analyze.MARKDOWN_NAME).unlink()
+    before = (out / analysis_config.MARKDOWN_NAME).read_text()
+    (out / analysis_config.MARKDOWN_NAME).unlink()
     (out / "spatial.png").unlink()
-    assert analyze.main(["--report-only", "--out", str(out)]) == 0
-    assert (out / analyze.MARKDOWN_NAME).read_text() == before
+    assert analysis_cli.main(["--report-only", "--out", str(out)]) == 0
+    assert (out / analysis_config.MARKDOWN_NAME).read_text() == before
     assert (out / "spatial.png").is_file()
 
 
 def test_refuses_a_set_that_does_not_know_the_scene_classes(tiny_weights_dir, capsys):
-    assert analyze.main(["--set", "tiny", "--weights-dir", str(tiny_weights_dir), "--quick"]) == 2
+    assert analysis_cli.main(["--set", "tiny", "--weights-dir", str(tiny_weights_dir), "--quick"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: model set 'tiny' has other classes") and "\n" not in error
 
 
 def test_refuses_a_model_the_set_lacks(tmp_path, capsys):
     weights = make_model_set(tmp_path, "plain", classes=CLASSES, crop=32, variants=("resnet50",))
-    assert analyze.main(["--set", "plain", "--weights-dir", str(weights), "--models", "cbam"]) == 2
+    assert analysis_cli.main(["--set", "plain", "--weights-dir", str(weights), "--models", "cbam"]) == 2
     assert "has no model 'cbam'; it has resnet50" in capsys.readouterr().err
 
 
@@ -203,24 +212,24 @@ def test_refuses_a_model_the_set_lacks(tmp_path, capsys):
 )
 def test_config_refuses_settings_it_cannot_run(options, message):
     with pytest.raises(AttnvizError, match=message):
-        analyze.AnalysisConfig(**options).validate()
+        analysis_config.AnalysisConfig(**options).validate()
 
 
 def test_quick_sizes_give_way_to_explicit_options():
-    args = analyze._parser().parse_args(["--quick", "--test", "9", "--methods", "gradcam", "eigencam"])
-    config = analyze.config_from_args(args)
-    assert (config.test, config.val, config.steps, config.workers) == (9, analyze.QUICK["val"], 4, 0)
+    args = analysis_cli._parser().parse_args(["--quick", "--test", "9", "--methods", "gradcam", "eigencam"])
+    config = analysis_cli.config_from_args(args)
+    assert (config.test, config.val, config.steps, config.workers) == (9, analysis_config.QUICK["val"], 4, 0)
     assert config.methods == ("gradcam", "eigencam")
 
 
 def test_scene_items_put_masks_on_the_pixels_the_model_sees():
     from attnviz.weights import Preprocessing
 
-    (single,) = analyze.scene_items("test", 3, CLASSES, Preprocessing(resize=64, crop=64))
+    (single,) = analysis_items.scene_items("test", 3, CLASSES, Preprocessing(resize=64, crop=64))
     assert single.tensor.shape == (3, 64, 64) and single.own.shape == (64, 64)
     assert CLASSES[single.target] == CLASSES[3 % len(CLASSES)]
     assert single.other is None and single.own.any()
-    first, second = analyze.scene_items("pairs", 0, CLASSES, Preprocessing(resize=64, crop=64))
+    first, second = analysis_items.scene_items("pairs", 0, CLASSES, Preprocessing(resize=64, crop=64))
     assert first.target != second.target
     assert np.array_equal(first.own, second.other) and np.array_equal(first.other, second.own)
     assert first.own_distance[first.own].max() == 0
@@ -229,7 +238,7 @@ def test_scene_items_put_masks_on_the_pixels_the_model_sees():
 def test_run_leaves_no_hook_no_record_and_no_gradient_behind(scenes_weights_dir):
     model_set = load_model_set("scenes", scenes_weights_dir, variants=["cbam"])
     model = model_set.models["cbam"]
-    config = analyze.AnalysisConfig(
+    config = analysis_config.AnalysisConfig(
         val=0,
         threshold=0.5,
         test=1,
@@ -244,7 +253,7 @@ def test_run_leaves_no_hook_no_record_and_no_gradient_behind(scenes_weights_dir)
         resamples=20,
         workers=0,
     )
-    result = analyze.run_analysis(model_set, config, progress=False)
+    result = analysis_run.run_analysis(model_set, config, progress=False)
     assert result["faithfulness"]["deletion"]["gradcam@layer4"]["n"] == 1
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
     assert tensors_kept_on(model) == []
@@ -259,7 +268,7 @@ def scorecam_run(tmp_path_factory):
         tmp_path_factory.mktemp("one-model"), "one", classes=CLASSES, crop=32, variants=("resnet50",)
     )
     out = weights / "report"
-    code = analyze.main(
+    code = analysis_cli.main(
         [
             "--set",
             "one",
@@ -294,7 +303,7 @@ def scorecam_run(tmp_path_factory):
             "1",
         ]
     )
-    return code, json.loads((out / analyze.JSON_NAME).read_text())
+    return code, json.loads((out / analysis_config.JSON_NAME).read_text())
 
 
 @pytest.mark.slow
@@ -318,11 +327,11 @@ def test_road_runs_in_worker_processes(scorecam_run):
 @pytest.mark.slow
 def test_analysis_tab_shows_summary_plots_tables_and_command(quick_run, scenes_weights_dir):
     _, out, result = quick_run
-    shutil.copytree(out, scenes_weights_dir / "scenes" / analyze.ANALYSIS_DIR, dirs_exist_ok=True)
+    shutil.copytree(out, scenes_weights_dir / "scenes" / analysis_config.ANALYSIS_DIR, dirs_exist_ok=True)
     with gr.Blocks() as demo:
         with gr.Tab("Analysis"):
             shown = build_analysis_tab(scenes_weights_dir, "scenes")
-    assert set(shown["plots"]) == set(analyze.plot_files(result))
+    assert set(shown["plots"]) == set(analysis_config.plot_files(result))
     assert "pointing game" in shown["summary"].value
     assert "python -m attnviz.analyze --set scenes" in shown["command"].value
     assert "## Two-object scenes" in shown["tables"].value
@@ -354,15 +363,14 @@ def test_analysis_tab_passes_its_texts_through_the_given_translation(tmp_path):
 
 
 def test_analysis_translations_cover_the_same_keys_in_every_language():
-    english = set(ANALYSIS_TRANSLATIONS["en"])
-    assert all(key.startswith("analysis_") for key in english)
-    assert set(ANALYSIS_TRANSLATIONS["zh-CN"]) == english
-    fixed = (*analyze.PLOTS_BEFORE_EXCITATION, *analyze.PLOTS_AFTER_EXCITATION)
+    english = {key for key in locale("en") if key.startswith("analysis_")}
+    assert english == {key for key in locale("zh-CN") if key.startswith("analysis_")}
+    fixed = (*analysis_config.PLOTS_BEFORE_EXCITATION, *analysis_config.PLOTS_AFTER_EXCITATION)
     assert {f"analysis_{name}" for name in fixed} | {"analysis_excitation"} <= english
 
 
 def test_class_specificity_is_one_for_weights_set_by_the_class_and_zero_for_weights_it_does_not_explain():
-    stats = analyze.ExcitationStats(classes=2)
+    stats = analysis_stats.ExcitationStats(classes=2)
     targets = np.array([0, 0, 1, 1])
     stats.add(
         {
@@ -381,15 +389,15 @@ def test_class_specificity_is_one_for_weights_set_by_the_class_and_zero_for_weig
 
 def test_profile_blocks_are_the_se_papers_last_block_of_each_stage_and_all_of_the_last():
     blocks = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer4.0", "layer4.1"]
-    assert analyze.profile_blocks(blocks) == ["layer1.1", "layer2.1", "layer3.0", "layer4.0", "layer4.1"]
+    assert analysis_stats.profile_blocks(blocks) == ["layer1.1", "layer2.1", "layer3.0", "layer4.0", "layer4.1"]
 
 
 def test_road_methods_follow_the_methods_asked_for():
-    parser = analyze._parser()
-    assert analyze.config_from_args(parser.parse_args([])).road_methods == ("gradcam",)
-    assert analyze.config_from_args(parser.parse_args(["--methods", "layercam", "eigencam"])).road_methods == (
+    parser = analysis_cli._parser()
+    assert analysis_cli.config_from_args(parser.parse_args([])).road_methods == ("gradcam",)
+    assert analysis_cli.config_from_args(parser.parse_args(["--methods", "layercam", "eigencam"])).road_methods == (
         "layercam",)
-    chosen = analyze.config_from_args(parser.parse_args(["--methods", "gradcam", "layercam", "--road-methods",
+    chosen = analysis_cli.config_from_args(parser.parse_args(["--methods", "gradcam", "layercam", "--road-methods",
                                                          "layercam"]))
     assert chosen.road_methods == ("layercam",)
 
@@ -404,32 +412,33 @@ TINY_RUN = ["--quiet", "--val", "1", "--test", "1", "--unseen", "0", "--pairs", 
 def one_model_set(tmp_path) -> Path:
     """A one-model set at 32 px whose analysis/ holds results a small run must not replace."""
     weights = make_model_set(tmp_path, "one", classes=CLASSES, crop=32, variants=("resnet50",))
-    shipped = weights / "one" / analyze.ANALYSIS_DIR
+    shipped = weights / "one" / analysis_config.ANALYSIS_DIR
     shipped.mkdir()
-    (shipped / analyze.JSON_NAME).write_text('{"shipped": true}\n')
+    (shipped / analysis_config.JSON_NAME).write_text('{"shipped": true}\n')
     return weights
 
 
 def test_a_quick_run_writes_beside_the_shipped_analysis_and_says_where(one_model_set, capsys):
-    code = analyze.main(["--set", "one", "--weights-dir", str(one_model_set), "--quick", *TINY_RUN])
+    code = analysis_cli.main(["--set", "one", "--weights-dir", str(one_model_set), "--quick", *TINY_RUN])
     assert code == 0
-    shipped = one_model_set / "one" / analyze.ANALYSIS_DIR
-    assert (shipped / analyze.JSON_NAME).read_text() == '{"shipped": true}\n'
-    assert sorted(p.name for p in shipped.iterdir()) == [analyze.JSON_NAME]
-    quick = one_model_set / "one" / analyze.QUICK_DIR
-    assert json.loads((quick / analyze.JSON_NAME).read_text())["samples"]["test"] == 1
+    shipped = one_model_set / "one" / analysis_config.ANALYSIS_DIR
+    assert (shipped / analysis_config.JSON_NAME).read_text() == '{"shipped": true}\n'
+    assert sorted(p.name for p in shipped.iterdir()) == [analysis_config.JSON_NAME]
+    quick = one_model_set / "one" / analysis_config.QUICK_DIR
+    assert json.loads((quick / analysis_config.JSON_NAME).read_text())["samples"]["test"] == 1
     printed = capsys.readouterr().out
     assert f"files to {quick} in" in printed
     assert f"{shipped} (what the app shows) is untouched; give --out {shipped} to replace it" in printed
 
 
 def test_a_run_smaller_than_the_default_goes_to_analysis_partial_and_out_names_the_shipped_folder(one_model_set):
-    shipped = one_model_set / "one" / analyze.ANALYSIS_DIR
-    assert analyze.main(["--set", "one", "--weights-dir", str(one_model_set), *TINY_RUN]) == 0
-    assert (one_model_set / "one" / analyze.PARTIAL_DIR / analyze.JSON_NAME).is_file()
-    assert (shipped / analyze.JSON_NAME).read_text() == '{"shipped": true}\n'
-    assert analyze.main(["--set", "one", "--weights-dir", str(one_model_set), *TINY_RUN, "--out", str(shipped)]) == 0
-    assert json.loads((shipped / analyze.JSON_NAME).read_text())["set"] == "one"
+    shipped = one_model_set / "one" / analysis_config.ANALYSIS_DIR
+    assert analysis_cli.main(["--set", "one", "--weights-dir", str(one_model_set), *TINY_RUN]) == 0
+    assert (one_model_set / "one" / analysis_config.PARTIAL_DIR / analysis_config.JSON_NAME).is_file()
+    assert (shipped / analysis_config.JSON_NAME).read_text() == '{"shipped": true}\n'
+    argv = ["--set", "one", "--weights-dir", str(one_model_set), *TINY_RUN, "--out", str(shipped)]
+    assert analysis_cli.main(argv) == 0
+    assert json.loads((shipped / analysis_config.JSON_NAME).read_text())["set"] == "one"
 
 
 @pytest.mark.parametrize(
@@ -447,19 +456,19 @@ def test_a_run_smaller_than_the_default_goes_to_analysis_partial_and_out_names_t
     ],
 )
 def test_a_run_measures_less_than_the_default_when_any_sample_method_layer_or_model_is_left_out(options, less):
-    args = analyze._parser().parse_args(options)
-    assert analyze.measures_less(analyze.config_from_args(args), ["resnet50", "se", "cbam"]) is less
+    args = analysis_cli._parser().parse_args(options)
+    assert analysis_cli.measures_less(analysis_cli.config_from_args(args), ["resnet50", "se", "cbam"]) is less
 
 
 def test_report_only_follows_the_same_folder_choice(tmp_path):
     make_model_set(tmp_path, "plain", classes=CLASSES, crop=32, variants=("resnet50",))
-    parse = analyze._parser().parse_args
+    parse = analysis_cli._parser().parse_args
     folder = tmp_path / "plain"
     for options, expected in ((["--report-only"], folder / "analysis"),
-                              (["--report-only", "--quick"], folder / analyze.QUICK_DIR),
+                              (["--report-only", "--quick"], folder / analysis_config.QUICK_DIR),
                               (["--report-only", "--quick", "--out", str(tmp_path / "x")], tmp_path / "x")):
         args = parse(["--weights-dir", str(tmp_path), *options])
-        assert analyze.output_dir(args, analyze.config_from_args(args), ["resnet50"]) == expected
+        assert analysis_cli.output_dir(args, analysis_cli.config_from_args(args), ["resnet50"]) == expected
 
 
 # --------------------------------------------------------------------------- the plots, for the page
@@ -472,7 +481,7 @@ def draw_shipped_plots(out: Path, monkeypatch) -> dict[str, list[tuple[str, floa
     from matplotlib.text import Text
 
     out.mkdir(exist_ok=True)
-    shutil.copy(SHIPPED / analyze.JSON_NAME, out / analyze.JSON_NAME)
+    shutil.copy(SHIPPED / analysis_config.JSON_NAME, out / analysis_config.JSON_NAME)
     texts: dict[str, list[tuple[str, float]]] = {}
     save = analysis_plots._save
 
@@ -482,7 +491,7 @@ def draw_shipped_plots(out: Path, monkeypatch) -> dict[str, list[tuple[str, floa
         save(fig, path)
 
     monkeypatch.setattr(analysis_plots, "_save", recording_save)
-    assert analyze.main(["--report-only", "--out", str(out)]) == 0
+    assert analysis_cli.main(["--report-only", "--out", str(out)]) == 0
     return texts
 
 
@@ -496,8 +505,8 @@ def smallest_on_page(texts: list[tuple[str, float]], png_width: int) -> tuple[fl
 def test_every_plot_has_the_page_width_and_no_text_under_10_px_there(tmp_path, monkeypatch):
     out = tmp_path / "report"
     texts = draw_shipped_plots(out, monkeypatch)
-    result = json.loads((out / analyze.JSON_NAME).read_text())
-    assert sorted(texts) == sorted(result["plots"]) == sorted(analyze.plot_files(result).values())
+    result = json.loads((out / analysis_config.JSON_NAME).read_text())
+    assert sorted(texts) == sorted(result["plots"]) == sorted(analysis_config.plot_files(result).values())
     for name, found in texts.items():
         with Image.open(out / name) as image:
             assert image.width == DISPLAY_WIDTH_PX * PIXEL_SCALE, name
@@ -522,7 +531,7 @@ def test_quick_run_switches_each_stage_off_for_every_model_with_gates(quick_run)
     section = result["knockout"]
     gated = [v for v in result["variants"] if family(v).gates]
     assert list(section["models"]) == gated and section["stages"] == list(TARGET_LAYERS)
-    assert section["scenes"] == analyze.QUICK["knockout_scenes"]
+    assert section["scenes"] == analysis_config.QUICK["knockout_scenes"]
     assert section["value"] == "identity" and section["note"].startswith("no stored gate means")  # random models
     for model in section["models"].values():
         for measure in ("accuracy", "energy"):
@@ -530,20 +539,20 @@ def test_quick_run_switches_each_stage_off_for_every_model_with_gates(quick_run)
             for stage in model[measure]["stages"].values():
                 change = stage["change"]
                 assert change["low"] - 1e-9 <= change["mean"] <= change["high"] + 1e-9
-    assert "## Switching each stage's attention off (identity)" in (out / analyze.MARKDOWN_NAME).read_text()
+    assert "## Switching each stage's attention off (identity)" in (out / analysis_config.MARKDOWN_NAME).read_text()
     assert (out / "knockout.png").is_file()
 
 
 def test_sections_rerun_only_the_named_section_into_the_existing_analysis(scenes_weights_dir, tmp_path):
     out = tmp_path / "analysis"
     common = ["--set", "scenes", "--weights-dir", str(scenes_weights_dir), "--quiet", "--out", str(out)]
-    assert analyze.main([*common, "--sections", "knockout"]) == 2  # nothing to add a section to yet
-    assert analyze.main([*common, "--quick", "--knockout-scenes", "0"]) == 0
-    before = json.loads((out / analyze.JSON_NAME).read_text())
+    assert analysis_cli.main([*common, "--sections", "knockout"]) == 2  # nothing to add a section to yet
+    assert analysis_cli.main([*common, "--quick", "--knockout-scenes", "0"]) == 0
+    before = json.loads((out / analysis_config.JSON_NAME).read_text())
     assert before["knockout"]["scenes"] == 0
-    assert analyze.main([*common, "--sections", "knockout", "--knockout-scenes", "2", "--knockout-value",
+    assert analysis_cli.main([*common, "--sections", "knockout", "--knockout-scenes", "2", "--knockout-value",
                          "identity"]) == 0
-    after = json.loads((out / analyze.JSON_NAME).read_text())
+    after = json.loads((out / analysis_config.JSON_NAME).read_text())
     assert after["knockout"]["scenes"] == 2 and after["knockout"]["value"] == "identity"
     assert after["localisation"] == before["localisation"] and after["accuracy"] == before["accuracy"]
     assert "knockout" in after["timing"]["phases_s"]

@@ -138,13 +138,15 @@ def two_set_url(tmp_path_factory) -> Iterator[str]:
     """An app with two sets: "tiny" (the default, no analysis) and "scenes" with a quick analysis written."""
     from conftest import make_model_set
 
-    from attnviz import analyze
+    from attnviz.analysis import cli as analysis_cli
+    from attnviz.analysis import config as analysis_config
     from attnviz.scenes import CLASSES
 
     weights = make_model_set(tmp_path_factory.mktemp("two-sets"), "tiny")
     make_model_set(weights, "scenes", classes=CLASSES, crop=32, variants=("resnet50", "se"), make_default=False)
-    out = weights / "scenes" / analyze.ANALYSIS_DIR  # named: a quick run alone would not write what the app shows
-    assert analyze.main(["--set", "scenes", "--weights-dir", str(weights), "--quick", "--quiet",
+    # named: a quick run alone would not write what the app shows
+    out = weights / "scenes" / analysis_config.ANALYSIS_DIR
+    assert analysis_cli.main(["--set", "scenes", "--weights-dir", str(weights), "--quick", "--quiet",
                          "--out", str(out)]) == 0
     with running_app(weights) as url:
         yield url
@@ -248,7 +250,7 @@ def analysis_images(page) -> list[dict]:
 def test_analysis_plots_are_shown_at_the_width_they_were_drawn_for(browser, shipped_analysis_url, artifacts_dir):
     from playwright.sync_api import expect
 
-    from attnviz import analysis_plots
+    from attnviz.analysis import plots as analysis_plots
 
     page, outside = open_page(browser, shipped_analysis_url, width=1280)
     page.get_by_role("tab", name="Analysis").click()

@@ -11,7 +11,8 @@ import pytorch_grad_cam
 from conftest import TINY_CLASSES
 from PIL import Image
 
-from attnviz import analyze, explain
+from attnviz import explain
+from attnviz.analysis import config as analysis_config
 from attnviz.cli import _explain_parser, main
 from attnviz.errors import AttnvizError
 from attnviz.explainer import ExplainSettings
@@ -68,10 +69,11 @@ def test_the_command_line_offers_every_method():
 
 
 def test_the_analysis_takes_every_method_but_the_perturbation_ones():
-    analyze.AnalysisConfig(methods=tuple(k for k, m in CAM_METHODS.items() if m.kind != "perturbation")).validate()
+    methods = tuple(k for k, m in CAM_METHODS.items() if m.kind != "perturbation")
+    analysis_config.AnalysisConfig(methods=methods).validate()
     for key in (k for k, m in CAM_METHODS.items() if m.kind == "perturbation"):
         with pytest.raises(AttnvizError, match="unknown CAM method"):
-            analyze.AnalysisConfig(methods=(key,)).validate()
+            analysis_config.AnalysisConfig(methods=(key,)).validate()
 
 
 @pytest.fixture

@@ -193,19 +193,20 @@ def test_a_set_is_checked_with_one_private_copy_in_memory_at_a_time(tiny_explain
 def section_result(tmp_path_factory):
     from conftest import make_model_set
 
-    from attnviz import analyze
+    from attnviz.analysis import config as analysis_config
+    from attnviz.analysis import run as analysis_run
     from attnviz.scenes import CLASSES
     from attnviz.weights import load_model_set
 
     weights = make_model_set(tmp_path_factory.mktemp("sanity-weights"), "scenes", classes=CLASSES, crop=32,
                              variants=("resnet50",))
-    config = analyze.AnalysisConfig(sanity_scenes=2, sanity_methods=("gradcam", "eigencam"), resamples=50)
+    config = analysis_config.AnalysisConfig(sanity_scenes=2, sanity_methods=("gradcam", "eigencam"), resamples=50)
     result = {"variants": ["resnet50"], "titles": {"resnet50": "ResNet50"}}
-    return analyze.run_sections(load_model_set("scenes", weights), result, ["sanity"], config, progress=False)
+    return analysis_run.run_sections(load_model_set("scenes", weights), result, ["sanity"], config, progress=False)
 
 
 def test_the_section_lands_under_sanity_with_a_verdict_per_method_and_the_edge_map(section_result):
-    from attnviz.analyze import _finite
+    from attnviz.analysis.results import finite as _finite
 
     section = json.loads(json.dumps(_finite(section_result)))["sanity"]
     assert section["scenes"] == 2 and section["methods"] == ["gradcam", "eigencam"] and section["layer"] == "layer4"
@@ -215,8 +216,8 @@ def test_the_section_lands_under_sanity_with_a_verdict_per_method_and_the_edge_m
 
 
 def test_the_section_lists_and_draws_its_plots(section_result, tmp_path):
-    from attnviz.analysis_plots import draw_plot
-    from attnviz.analyze import plot_files
+    from attnviz.analysis.config import plot_files
+    from attnviz.analysis.plots import draw_plot
 
     files = plot_files(section_result)
     assert files["sanity"] == "sanity.png" and files["sanity_independent"] == "sanity_independent.png"
@@ -225,7 +226,7 @@ def test_the_section_lists_and_draws_its_plots(section_result, tmp_path):
 
 
 def test_the_report_states_the_rule_and_each_verdict(section_result):
-    from attnviz.analysis_sanity import markdown
+    from attnviz.analysis.sanity import markdown
 
     text = "\n".join(markdown(section_result, section_result["titles"]))
     assert "the upper end of the interval is below 0.5" in text
@@ -234,7 +235,7 @@ def test_the_report_states_the_rule_and_each_verdict(section_result):
 
 
 def test_the_findings_say_which_methods_pass_and_that_the_edge_map_fails():
-    from attnviz.findings import findings
+    from attnviz.analysis.findings import findings
     from attnviz.weights import default_weights_dir
 
     path = default_weights_dir() / "builtin" / "analysis" / "analysis.json"

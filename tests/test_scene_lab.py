@@ -297,7 +297,7 @@ def test_the_builtin_sets_threshold_and_tolerance_come_from_its_analysis():
 
 
 def test_a_set_without_an_analysis_uses_the_analysis_defaults_and_says_so(tmp_path):
-    from attnviz.analyze import AnalysisConfig
+    from attnviz.analysis.config import AnalysisConfig
 
     settings = localisation_settings("mine", tmp_path)
     assert settings.threshold == 0.5 and settings.tolerance == AnalysisConfig().tolerance

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from attnviz.designs import TRAINING_DESIGNS
+from attnviz.recipe import RECIPES, Recipe, augment, batch_indices, recipe_named
 from attnviz.scenes import CLASSES, generate_split
-from attnviz.train import RECIPES, Recipe, augment, batch_indices, main, recipe_named, register, train
+from attnviz.train import main, register, train
 from attnviz.weights import Manifest, load_model_set, sha256_of
 
 pytestmark = pytest.mark.slow

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from attnviz.analysis.items import scene_items
 from attnviz.methods import CAM_METHODS
 from attnviz.sanity import (
     DEFAULT_LAYER,
@@ -28,16 +29,9 @@ from attnviz.sanity import (
     summarise,
 )
 
-# Measured per scene and model at 64 px (see the README); all methods come from the same passes, so the
-# scenes set the time: 37 passes per scene and model (the original, 18 cascade and 18 independent steps).
-SANITY_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
-SANITY_SCENES = 16
-
 
 def run_section(ctx) -> dict:
     """The section's result for the analysis' context (its models, config and test scenes)."""
-    from attnviz.analyze import scene_items
-
     config = ctx.config
     started = time.perf_counter()
     count, methods = config.sanity_scenes, list(config.sanity_methods)
@@ -123,7 +117,7 @@ def plot(result: dict, path, test: str = "cascade") -> bool:
     section = result.get("sanity")
     if not section or not section["models"] or not all(test in m for m in section["models"].values()):
         return False
-    from attnviz.analysis_plots import _figure, _legend_below, _save
+    from attnviz.analysis.plots import _figure, _legend_below, _save
 
     models = list(section["models"])
     row_height = min(1.75, 6.6 / len(models))  # four models or more: rows shrink, the page's plots stay <= 1600 px
@@ -164,3 +158,9 @@ def _depth_ticks(ax, steps: list[str], first: int = 0) -> None:
     positions, labels = list(range(len(steps) + 1)), depth_labels(steps)
     ax.set_xticks(positions[first:], labels[first:])
     ax.set_xlim(first - 0.3, len(steps) + 0.3)
+
+
+PLOTS = {
+    "sanity": lambda result, path: plot(result, path, "cascade"),
+    "sanity_independent": lambda result, path: plot(result, path, "independent"),
+}

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from attnviz.analyze import BASELINE, LOCALISATION, METRICS, PROFILE_CHANNELS, PROFILE_CLASSES, _label
+from attnviz.analysis.config import (
+    BASELINE,
+    LOCALISATION,
+    METRICS,
+    PROFILE_CHANNELS,
+    PROFILE_CLASSES,
+    SECTIONS,
+    CamConfig,
+)
 from attnviz.attention import family
 from attnviz.metrics import curve_auc
 from attnviz.models import TARGET_LAYERS
@@ -93,7 +102,7 @@ def _bars(ax, groups: dict[str, dict], variants: list[str], titles: dict, scale:
         ax.bar(xs, means, width, yerr=[lows, highs], capsize=2, color=_colour(v), label=titles[v],
                error_kw={"elinewidth": 0.8})
     ax.set_xlim(-0.5, len(slots) - 0.5)
-    ax.set_xticks(np.arange(len(slots)), [_label(k) for k in slots])
+    ax.set_xticks(np.arange(len(slots)), [CamConfig.label_of(k) for k in slots])
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
 
@@ -263,7 +272,7 @@ def _plot_curves(result: dict, path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(title="AUC", loc="upper right" if kind == "deletion" else "lower right")
     axes[0][0].set_ylabel("probability of the true class")
-    fig.suptitle(f"{_label(key)}, mean of {result['samples']['faithfulness']} test scenes")
+    fig.suptitle(f"{CamConfig.label_of(key)}, mean of {result['samples']['faithfulness']} test scenes")
     _save(fig, path)
     return True
 
@@ -367,22 +376,17 @@ PLOTTERS: dict[str, Callable[[dict, Path], bool]] = {
     "curves": _plot_curves,
     "specificity": _plot_specificity,
     "spatial": _plot_spatial,
-    "knockout": lambda result, path: _plot_knockout(result, path),
-    "sanity": lambda result, path: _plot_sanity(result, path, "cascade"),
-    "sanity_independent": lambda result, path: _plot_sanity(result, path, "independent"),
-}
+}  # and each section's own PLOTS (config.SECTIONS)
 
 
-def _plot_knockout(result: dict, path: Path) -> bool:
-    from attnviz.analysis_knockout import plot
-
-    return plot(result, path)
-
-
-def _plot_sanity(result: dict, path: Path, test: str) -> bool:
-    from attnviz.analysis_sanity import plot
-
-    return plot(result, path, test)
+def _plotter(name: str) -> Callable[[dict, Path], bool]:
+    if name in PLOTTERS:
+        return PLOTTERS[name]
+    for module in SECTIONS.values():
+        plots = import_module(module).PLOTS
+        if name in plots:
+            return plots[name]
+    raise KeyError(f"no plot named {name!r}")
 
 
 def draw_plot(name: str, result: dict, path: Path) -> bool:
@@ -392,4 +396,4 @@ def draw_plot(name: str, result: dict, path: Path) -> bool:
     with rc_context(FONT_SIZES):
         if name.startswith("excitation_"):
             return _plot_excitation(result, path, name.removeprefix("excitation_"))
-        return PLOTTERS[name](result, path)
+        return _plotter(name)(result, path)

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from attnviz.analysis.items import scene_items
 from attnviz.knockout import parse_knockout, replacements
 from attnviz.metrics import energy_in_mask, paired_bootstrap
 from attnviz.models import TARGET_LAYERS
@@ -30,8 +31,6 @@ def _measure(explainer, x, targets, own, replace) -> tuple[np.ndarray, np.ndarra
 
 def run_section(ctx) -> dict:
     """The section's result for the analysis' context (its models, config and test scenes)."""
-    from attnviz.analyze import scene_items
-
     config = ctx.config
     started = time.perf_counter()
     gated = {v: e for v, e in ctx.explainers.items() if e.gates}
@@ -120,7 +119,7 @@ def plot(result: dict, path) -> bool:
     section = result.get("knockout")
     if not section or not section["models"]:
         return False
-    from attnviz.analysis_plots import _figure, _save
+    from attnviz.analysis.plots import _figure, _save
     from attnviz.render import VARIANT_COLOURS
 
     fig, axes = _figure(6.0, 2, 1)
@@ -145,3 +144,6 @@ def plot(result: dict, path) -> bool:
                  f"scenes, against the trained model on the same scenes (paired 95 % intervals)")
     _save(fig, path)
     return True
+
+
+PLOTS = {"knockout": plot}

@@ -1,0 +1,202 @@
+"""python -m attnviz.analyze: the command line of the analysis."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from attnviz.analysis.config import DEFAULT_METHODS, PARTIAL_DIR, QUICK, QUICK_DIR, SECTIONS, AnalysisConfig
+from attnviz.analysis.report import write_report
+from attnviz.analysis.results import analysis_dir, read_result
+from attnviz.analysis.run import check_set, run_analysis, run_sections
+from attnviz.errors import AttnvizError
+from attnviz.knockout import KNOCKOUT_VALUES
+from attnviz.models import VARIANTS
+from attnviz.weights import Manifest, load_model_set
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = AnalysisConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m attnviz.analyze",
+        description="Measure localisation and faithfulness per model and CAM method, and the attention read-out, "
+        "on attnviz's scenes; writes analysis.json, analysis.md and PNG plots.",
+    )
+    parser.add_argument("--set", dest="set_name", help="model set (default: the manifest's default, builtin)")
+    parser.add_argument("--weights-dir", type=Path, help="folder holding manifest.json (default: weights/)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: <weights dir>/<set>/analysis, which the app shows; a quick run or one that "
+        "measures less than the default goes to analysis-quick or analysis-partial beside it)",
+    )
+    parser.add_argument("--models", nargs="+", choices=VARIANTS, help="models to analyse (default: all of the set)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a handful of scenes, 4 steps, no Score-CAM, to try the pipeline (explicit options still win); "
+        "written to <weights dir>/<set>/analysis-quick unless --out says otherwise",
+    )
+    sizes = parser.add_argument_group("sample sizes (scenes 0..n-1 of each split)")
+    for name, text in (
+        ("val", "val scenes that choose the IoU threshold"),
+        ("test", "test scenes"),
+        ("unseen", "unseen-glyph scenes"),
+        ("pairs", "two-object scenes (two CAMs each)"),
+        ("faithfulness", "first test scenes that also get deletion / insertion and ROAD"),
+        ("scorecam", "first test scenes that also get Score-CAM (slow: 2048 passes per model)"),
+    ):
+        sizes.add_argument(f"--{name}", type=int, help=f"{text} (default {getattr(defaults, name)})")
+    how = parser.add_argument_group("methods and parameters")
+    how.add_argument("--methods", nargs="+", help=f"CAM methods at layer4 (default: {' '.join(DEFAULT_METHODS)})")
+    how.add_argument("--layers", nargs="+", help="layers for Grad-CAM (default: layer1 layer2 layer3 layer4)")
+    how.add_argument("--steps", type=int, help=f"deletion / insertion steps (default {defaults.steps})")
+    how.add_argument(
+        "--blur-sigma", type=float, help=f"sigma of the blurred baseline in px at 224 (default {defaults.blur_sigma:g})"
+    )
+    how.add_argument("--road-methods", nargs="+", help="methods that also get ROAD (default: gradcam)")
+    how.add_argument("--road-percentiles", nargs="+", type=int, help="ROAD removal percentiles (default 20 40 60 80)")
+    how.add_argument("--tolerance", type=float, help="pointing game tolerance in px (default 15)")
+    how.add_argument("--threshold", type=float, help="mask IoU threshold (default: chosen on the val scenes)")
+    how.add_argument("--resamples", type=int, help=f"bootstrap resamples (default {defaults.resamples})")
+    how.add_argument("--confidence", type=float, help="confidence level (default 0.95)")
+    how.add_argument("--seed", type=int, help="seed of the bootstrap, tie-breaks and ROAD noise (default 0)")
+    how.add_argument("--knockout-scenes", type=int,
+                     help=f"test scenes of the knock-out section (default {defaults.knockout_scenes}; 0: skip it)")
+    how.add_argument("--knockout-value", choices=KNOCKOUT_VALUES,
+                     help=f"what a switched-off gate outputs in that section (default {defaults.knockout_value})")
+    how.add_argument("--sanity-scenes", type=int,
+                     help=f"test scenes of the sanity section (default {defaults.sanity_scenes}; 0: skip it)")
+    how.add_argument("--sanity-methods", nargs="+",
+                     help=f"CAM methods the sanity section checks (default: {' '.join(defaults.sanity_methods)})")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, metavar="SECTION",
+                        help=f"run only these sections ({', '.join(SECTIONS)}) over the analysis already in the "
+                             f"output folder, and rewrite its report")
+    run = parser.add_argument_group("running")
+    run.add_argument("--batch-size", type=int, help=f"images per forward pass (default {defaults.batch_size})")
+    run.add_argument("--scorecam-batch", type=int, help=f"Score-CAM batch (default {defaults.scorecam_batch})")
+    run.add_argument("--workers", type=int, help="processes for ROAD's imputation, 0 inline (default 2)")
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's own, which honours OMP_NUM_THREADS)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite analysis.md and the plots from the analysis.json in the output folder",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
+    values = dict(QUICK) if args.quick else {}
+    for name in (
+        "val",
+        "test",
+        "unseen",
+        "pairs",
+        "faithfulness",
+        "scorecam",
+        "steps",
+        "blur_sigma",
+        "tolerance",
+        "threshold",
+        "resamples",
+        "confidence",
+        "seed",
+        "batch_size",
+        "scorecam_batch",
+        "workers",
+        "knockout_scenes",
+        "knockout_value",
+        "sanity_scenes",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    for name in ("methods", "layers", "road_methods", "road_percentiles", "sanity_methods"):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = tuple(value)
+    if args.models:
+        values["variants"] = tuple(args.models)
+    if "methods" in values and "road_methods" not in values:  # ROAD's default follows the methods asked for
+        values["road_methods"] = tuple(m for m in AnalysisConfig.road_methods if m in values["methods"]) or (
+            values["methods"][0],)
+    return AnalysisConfig(**values)
+
+
+def measures_less(config: AnalysisConfig, models: Iterable[str]) -> bool:
+    """Whether a run measures less than the default one: fewer scenes, steps, resamples or ROAD percentiles, or
+    fewer CAM methods, layers or models. Its numbers are not the default run's and must not replace them."""
+    full = AnalysisConfig()
+    sizes = ("val", "test", "unseen", "pairs", "faithfulness", "steps", "resamples", "knockout_scenes",
+             "sanity_scenes")
+    if any(getattr(config, name) < getattr(full, name) for name in sizes):
+        return True
+    for name in ("methods", "layers", "road_methods", "road_percentiles", "sanity_methods"):
+        if not set(getattr(full, name)) <= set(getattr(config, name)):
+            return True
+    return config.variants is not None and not set(models) <= set(config.variants)
+
+
+def output_dir(args: argparse.Namespace, config: AnalysisConfig, models: Iterable[str]) -> Path:
+    """``--out`` when given; else ``<weights dir>/<set>/analysis`` (what the app shows) for a run that measures
+    at least the default, and ``analysis-quick`` / ``analysis-partial`` beside it for a quick or smaller run."""
+    if args.out:
+        return args.out
+    shipped = analysis_dir(args.weights_dir, args.set_name)
+    if args.quick:
+        return shipped.with_name(QUICK_DIR)
+    return shipped.with_name(PARTIAL_DIR) if measures_less(config, models) else shipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    command = "python -m attnviz.analyze" + (f" {shlex.join(argv)}" if argv else "")
+    try:
+        config = config_from_args(args)
+        config.validate()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.report_only and args.out:  # a folder of its own: no model set needed
+            info = None
+        else:
+            info = Manifest(args.weights_dir).get(args.set_name)  # checked before any weights are loaded
+        out = output_dir(args, config, info.models if info else ())
+        if args.report_only:
+            written = write_report(read_result(out), out)
+            print(f"rewrote {len(written)} files in {out}")
+            return 0
+        if args.sections:
+            return _sections_command(args, info, config, out)
+        variants = check_set(info.name, info.classes, info.models, config.variants)
+        model_set = load_model_set(info.name, args.weights_dir, variants=variants)
+        result = run_analysis(model_set, config, progress=not args.quiet, command=command)
+        written = write_report(result, out)
+    except AttnvizError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files to {out} in {result['timing']['total_s'] / 60:.1f} min")
+    shipped = analysis_dir(args.weights_dir, info.name)
+    if out.resolve() != shipped.resolve() and not args.out:
+        kind = "a quick run" if args.quick else "a run with less than the default sample"
+        print(f"{kind}: {shipped} (what the app shows) is untouched; give --out {shipped} to replace it")
+    return 0
+
+
+def _sections_command(args: argparse.Namespace, info, config: AnalysisConfig, out: Path) -> int:
+    """--sections: the named sections over the analysis in ``out``, merged into it."""
+    result = read_result(out)  # one line saying to run the analysis first when there is none
+    model_set = load_model_set(info.name, args.weights_dir, variants=result["variants"])
+    started = time.perf_counter()
+    run_sections(model_set, result, list(args.sections), config, progress=not args.quiet)
+    written = write_report(result, out)
+    print(f"ran {', '.join(args.sections)} in {(time.perf_counter() - started) / 60:.1f} min; rewrote "
+          f"{len(written)} files in {out}")
+    return 0

@@ -1,0 +1,161 @@
+"""The training recipe: schedule, resolution phases, augmentation and batches, as data; shared by every variant.
+
+``attnviz.train`` runs it; the recipe a model was trained with is stored in its record (``<variant>.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Recipe:
+    """Everything that defines a training run except the variant; shared by every variant."""
+
+    seed: int = 0
+    batch_size: int = 64
+    # (resolution, samples) phases, run in order (progressive resizing): most of the budget at
+    # low resolution, then the app's own resolution so the network sees it before the end.
+    phases: list[tuple[int, int]] = field(default_factory=lambda: [(96, 40000), (128, 60000), (224, 10000)])
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.04
+    label_smoothing: float = 0.1
+    hflip: float = 0.5
+    bf16: bool = True
+    channels_last: bool = True
+    # After the main cosine schedule: a second, short cosine cycle at the app's resolution
+    # (resolution, samples, peak lr); the main run alone ended 1-2 points short at 224 px.
+    finetune: tuple[int, int, float] | None = (224, 10000, 2e-4)
+    # Per-image augmentation after resizing (v1 ran without): a zoom-in crop whose side is at
+    # least crop_min of the image's, brightness / contrast / saturation each scaled by up to
+    # 1 +- jitter, and a share of images turned grey, so that colour alone does not name a class.
+    crop_min: float = 1.0
+    jitter: float = 0.0
+    grayscale: float = 0.0
+
+    @property
+    def augments(self) -> bool:
+        return self.crop_min < 1 or self.jitter > 0 or self.grayscale > 0
+
+    @property
+    def main_steps(self) -> int:
+        return sum(math.ceil(samples / self.batch_size) for _, samples in self.phases)
+
+    @property
+    def finetune_steps(self) -> int:
+        return 0 if self.finetune is None else math.ceil(self.finetune[1] / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.main_steps + self.finetune_steps
+
+    def resolution_at(self, step: int) -> int:
+        end = 0
+        for resolution, samples in self.phases:
+            end += math.ceil(samples / self.batch_size)
+            if step < end:
+                return resolution
+        return self.finetune[0] if self.finetune is not None else self.phases[-1][0]
+
+    def lr_at(self, step: int) -> float:
+        if step >= self.main_steps:  # the fine-tuning cycle: cosine from its own peak, no warm-up
+            progress = (step - self.main_steps) / max(1, self.finetune_steps)
+            return self.finetune[2] * 0.5 * (1 + math.cos(math.pi * progress))
+        warmup = max(1, int(self.warmup_fraction * self.main_steps))
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.main_steps - warmup)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# The recipes by name. v1 trained the shipped v1 set (one emoji design); v2 is for the
+# five-design v2 scenes, where v1's recipe underfit (bench/results/v2_trial_resnet50.json: train
+# accuracy still rising, test 74.7 %): about 2.7x the samples, most of them at low resolution,
+# and the augmentation above against learning one design's colours.
+RECIPES = {
+    "v1": {},
+    "v2": {
+        "phases": [(96, 140000), (128, 150000), (224, 10000)],
+        "crop_min": 0.85,
+        "jitter": 0.2,
+        "grayscale": 0.1,
+    },
+}
+
+
+def recipe_named(name: str, **overrides) -> Recipe:
+    """The recipe ``name`` of RECIPES, with ``overrides`` (e.g. batch_size) on top."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}: choose from {', '.join(RECIPES)}")
+    return Recipe(**{**RECIPES[name], **overrides})
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+
+
+def augment(x: torch.Tensor, recipe: Recipe, step: int) -> torch.Tensor:
+    """The recipe's per-image augmentation of a (B, 3, r, r) batch in [0, 1]; fixed by seed and step."""
+    if not recipe.augments:
+        return x
+    draw = np.random.default_rng([recipe.seed, 2 * 10**6 + step]).integers(2**62)
+    generator = torch.Generator().manual_seed(int(draw))
+    b = x.shape[0]
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(b, *shape, generator=generator)
+
+    if recipe.crop_min < 1:  # zoom in only (no upsampled blur beyond 1/crop_min, no border fill)
+        side = uniform(recipe.crop_min, 1.0)
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = side
+        theta[:, :, 2] = (1 - side)[:, None] * uniform(-1.0, 1.0, 2)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if recipe.jitter > 0:
+        j = recipe.jitter
+        x = x * uniform(1 - j, 1 + j)[:, None, None, None]
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * uniform(1 - j, 1 + j)[:, None, None, None] + mean
+        grey = _grey(x)
+        x = (x - grey) * uniform(1 - j, 1 + j)[:, None, None, None] + grey
+        x = x.clamp(0, 1)
+    if recipe.grayscale > 0:
+        turn = torch.rand(b, generator=generator) < recipe.grayscale
+        x = torch.where(turn[:, None, None, None], _grey(x), x)
+    return x
+
+
+def normalise(
+    images_uint8: torch.Tensor,
+    resolution: int,
+    recipe: Recipe | None = None,
+    step: int = 0,
+) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, r, r) float, ImageNet-normalised, resized with antialias;
+    with ``recipe``, augmented by it (training) between resizing and normalising."""
+    x = images_uint8.permute(0, 3, 1, 2).float().div_(255)
+    if x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    if recipe is not None:
+        x = augment(x, recipe, step)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Indices of step ``step``: a fresh permutation each epoch, fixed by the seed."""
+    per_epoch = n // batch_size
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return np.sort(order[position * batch_size : (position + 1) * batch_size])
