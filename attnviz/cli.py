@@ -41,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from attnviz import settings as defaults
 from attnviz.errors import AttnvizError
+from attnviz.texts import fill, text
 
 if TYPE_CHECKING:  # the command starts without importing torch; the explain command loads it when it runs
     from attnviz.explainer import Explainer, ExplainSettings
@@ -54,7 +56,6 @@ REPORT_NAME = "report.html"  # the index; the pages of images are report-1.html,
 PAGE_NAME = "report-{number}.html"
 PAGE_PATTERN = re.compile(r"report-([0-9]+)\.html", re.IGNORECASE)
 PER_PAGE = 100  # images per page: a page of previews loads in a moment; thousands of images make tens of pages
-TOP_K = 5
 PREVIEW_SUFFIX = ".webp"
 PREVIEW_QUALITY = 80  # lossy WebP: about a sixth of the PNG's bytes, with the figures' text still sharp
 # The widest (CSS px) the report shows each picture at (REPORT_CSS): its preview is never wider.
@@ -176,34 +177,16 @@ class Run:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _resolve_target(target: str | None, classes: list[str]) -> int | None:
-    if target is None:
-        return None
-    if target in classes:
-        return classes.index(target)
-    if target.lstrip("-").isdigit():
-        return int(target)  # validated against the class count by ExplainSettings
-    shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
-    raise AttnvizError(f"target class {target!r} is not a class of this set; give a name or an index: {shown}")
-
-
 def prepare_run(args: argparse.Namespace) -> Run:
     """Check the model set and every setting once, before any image; the weights load only when needed."""
-    from attnviz.explainer import ExplainSettings
-    from attnviz.models import VARIANTS
+    from attnviz.settings import build_settings
     from attnviz.weights import Manifest
 
     info = Manifest(args.weights_dir).get(args.set_name)
-    wanted = args.models or list(info.models)
-    missing = [v for v in wanted if v not in info.models]
-    if missing:
-        raise AttnvizError(f"model set {info.name!r} has no model {missing[0]!r}; it has {', '.join(info.models)}")
-    settings = ExplainSettings(method=args.method, layer=args.layer, target=_resolve_target(args.target, info.classes),
-                               top_k=min(TOP_K, len(info.classes)), aug_smooth=args.aug_smooth,
-                               eigen_smooth=args.eigen_smooth, variants=tuple(v for v in VARIANTS if v in wanted),
-                               precision=args.precision, knockout=args.knockout or None,
-                               knockout_value=args.knockout_value)
-    settings.validate(info.classes)
+    settings = build_settings(info.classes, info.models, method=args.method, layer=args.layer, target=args.target,
+                              models=args.models, aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth,
+                              precision=args.precision, knockout=args.knockout,
+                              knockout_value=args.knockout_value)
     if settings.knockout:  # a bad spec is one line before any image, not one error per image
         from attnviz.attention import family
         from attnviz.knockout import check_spec
@@ -423,7 +406,6 @@ def _top_table(model: dict) -> str:
 
 def _model_column(folder: str, summary: dict, variant: str) -> str:
     from attnviz.attention import RECORD_KINDS
-    from attnviz.texts import text
 
     model = summary["models"][variant]
     target = model["target"]
@@ -432,7 +414,7 @@ def _model_column(folder: str, summary: dict, variant: str) -> str:
         f'<div class="muted">explains <b>{_e(target["name"])}</b> ({target["probability"]:.1%}) · '
         f'{model["seconds"]:.2f} s{_domain_line(model)}</div>',
         _figure(folder, summary, f"{variant}_overlay.png", f"{model['title']}: CAM heatmap", "overlay"),
-        f'<div class="caption">Top-{len(model["top"])} (red: the class the heatmap explains)</div>',
+        f'<div class="caption">{_e(fill(text("report_top"), {"k": len(model["top"])}))}</div>',
         _top_table(model),
     ]
     parts += _knockout_parts(folder, summary, variant)
@@ -452,7 +434,7 @@ def _knockout_parts(folder: str, summary: dict, variant: str) -> list[str]:
     knocked = summary["models"][variant].get("knockout")
     if not knocked:
         return []
-    head = f'<div class="caption">With {_e(knocked["spec"])} switched off ({_e(knocked["value"])})</div>'
+    head = f'<div class="caption">{_e(fill(text("report_knocked"), knocked))}</div>'
     if not knocked["affected"]:
         return [head, f'<p class="note">{_e(knocked["note"])}</p>']
     target = knocked["target"]
@@ -486,7 +468,6 @@ def _domain_line(model: dict) -> str:
 
 def _image_section(job: ImageJob, summary: dict) -> str:
     from attnviz.models import VARIANT_TITLES
-    from attnviz.texts import text
 
     folder = job.folder
     agreement = ", ".join(
@@ -497,8 +478,8 @@ def _image_section(job: ImageJob, summary: dict) -> str:
     comparison = ""
     difference = _figure(folder, summary, "difference_maps.png", "difference maps")
     if difference:
-        comparison += f'<div class="caption">Difference maps</div>{difference}'
-    comparison += (f'<div class="caption">Agreement (IoU of the top-20 % regions) and time per model</div>'
+        comparison += f'<div class="caption">{_e(text("difference"))}</div>{difference}'
+    comparison += (f'<div class="caption">{_e(text("agreement"))}</div>'
                    f'{_figure(folder, summary, "agreement.png", "agreement and time per model")}')
     if agreement:
         comparison += f'<p class="muted">IoU of the top-20 % regions: {_e(agreement)}</p>'
@@ -509,11 +490,11 @@ def _image_section(job: ImageJob, summary: dict) -> str:
  full-size pictures and results in <a href="{_href(folder, SUMMARY_NAME)}">{_e(folder)}/</a></p>
 {f'<p class="notice">{_e(text("ood_report"))}</p>' if summary.get("out_of_domain") else ""}
 <div class="row">
-<div class="view"><div class="caption">The view every model saw</div>
+<div class="view"><div class="caption">{_e(text("report_view"))}</div>
 {_figure(folder, summary, "view.png", "model input")}</div>
 {columns}
 </div>
-<div class="comparison"><h3>Comparison</h3>
+<div class="comparison"><h3>{_e(text("comparison").lstrip("# "))}</h3>
 <p class="note">Each heatmap is scaled to its own maximum: compare where the maps point, not how hot they are.</p>
 {comparison}
 </div>
@@ -720,25 +701,28 @@ def _explain_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights-dir", type=Path, metavar="DIR",
                         help="folder holding manifest.json (default: $ATTNVIZ_WEIGHTS or weights/)")
     parser.add_argument("--models", nargs="+", choices=VARIANTS, help="which models (default: all of the set)")
-    parser.add_argument("--method", default="gradcam", choices=list(CAM_METHODS), help="CAM method (gradcam)")
-    parser.add_argument("--layer", default="layer4", metavar="LAYER",
+    parser.add_argument("--method", default=defaults.METHOD, choices=list(CAM_METHODS),
+                        help=f"CAM method ({defaults.METHOD})")
+    parser.add_argument("--layer", default=defaults.LAYER, metavar="LAYER",
                         help="target layer: a stage (layer1-layer4), a block (layer3.5) or a module inside one "
-                             "(layer4.2.conv3, layer4.1.attention) (layer4)")
+                             f"(layer4.2.conv3, layer4.1.attention) ({defaults.LAYER})")
     parser.add_argument("--target", metavar="CLASS",
                         help="class name or index every heatmap explains (default: each model's own top-1)")
-    parser.add_argument("--colormap", default="jet", choices=COLORMAPS, help="heatmap colormap (jet)")
-    parser.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity, 0 to 1 (0.5)")
+    parser.add_argument("--colormap", default=defaults.COLORMAP, choices=COLORMAPS,
+                        help=f"heatmap colormap ({defaults.COLORMAP})")
+    parser.add_argument("--opacity", type=float, default=defaults.OPACITY,
+                        help=f"heatmap opacity, 0 to 1 ({defaults.OPACITY})")
     parser.add_argument("--aug-smooth", action="store_true", help="pytorch-grad-cam's aug_smooth (6 extra passes)")
     parser.add_argument("--eigen-smooth", action="store_true", help="pytorch-grad-cam's eigen_smooth")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+    parser.add_argument("--precision", default=defaults.PRECISION, choices=PRECISIONS,
                         help="fp32, or bf16 autocast for the models' pass: faster on CPUs with native bf16 "
                              "(AVX512-BF16, AMX), slower elsewhere; maps change slightly (README)")
     parser.add_argument("--knockout", metavar="SPEC",
                         help="switch attention gates off and show each model with them off too: TARGET[:GATE], "
                              "comma-separated; TARGET all, layer3, layer3.2 or layer4.*; GATE channel or spatial")
-    parser.add_argument("--knockout-value", default="identity", choices=KNOCKOUT_VALUES,
+    parser.add_argument("--knockout-value", default=defaults.KNOCKOUT_VALUE, choices=KNOCKOUT_VALUES,
                         help="what a switched-off gate outputs: identity (1) or mean (its mean over the set's "
-                             "validation scenes) (identity)")
+                             f"validation scenes) ({defaults.KNOCKOUT_VALUE})")
     parser.add_argument("--force", action="store_true", help="explain every image again, even if finished")
     parser.add_argument("--per-page", type=int, default=PER_PAGE, metavar="N",
                         help=f"images per page of the report; report.html is the index of the pages ({PER_PAGE})")

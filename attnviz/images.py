@@ -54,11 +54,12 @@ def load_image(source: ImageSource, max_bytes: int = MAX_FILE_BYTES, max_pixels:
             data = bytes(source)
             size = len(data)
         if size == 0:
-            raise AttnvizError(f"{name}: the file is empty (0 bytes); choose an image file")
+            raise AttnvizError(f"{name}: the file is empty (0 bytes); choose an image file", code="empty")
         if size > max_bytes:
             raise AttnvizError(
                 f"{name}: the file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit; "
-                f"use a smaller image"
+                f"use a smaller image",
+                code="file_too_big",
             )
         if data is None:
             data = Path(source).read_bytes()
@@ -77,11 +78,14 @@ def _open_bytes(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except AttnvizError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise AttnvizError(f"{name}: the image has too many pixels to decode safely; use a smaller image") from None
+        raise AttnvizError(f"{name}: the image has too many pixels to decode safely; use a smaller image",
+                           code="too_large") from None
     except UnidentifiedImageError:
-        raise AttnvizError(f"{name}: not an image file Pillow can read; upload a PNG, JPEG, WebP, GIF or BMP") from None
+        raise AttnvizError(f"{name}: not an image file Pillow can read; upload a PNG, JPEG, WebP, GIF or BMP",
+                           code="not_image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise AttnvizError(f"{name}: the image is truncated or corrupt ({exc}); upload an intact file") from None
+        raise AttnvizError(f"{name}: the image is truncated or corrupt ({exc}); upload an intact file",
+                           code="corrupt") from None
     return image
 
 
@@ -90,11 +94,13 @@ def _check_dimensions(size: tuple[int, int], name: str, max_pixels: int) -> None
     if width * height > max_pixels:
         raise AttnvizError(
             f"{name}: {width}x{height} pixels is over the limit of {max_pixels / 1e6:.0f} megapixels; "
-            f"use a smaller image"
+            f"use a smaller image",
+            code="too_large",
         )
     if min(width, height) < MIN_SIDE:
         raise AttnvizError(
-            f"{name}: {width}x{height} pixels is too small; the models need at least {MIN_SIDE}x{MIN_SIDE}"
+            f"{name}: {width}x{height} pixels is too small; the models need at least {MIN_SIDE}x{MIN_SIDE}",
+            code="too_small",
         )
 
 

@@ -76,7 +76,10 @@ def replacements(chosen: list[Gate], value: str, means: dict[str, torch.Tensor] 
                  ) -> dict[str, torch.Tensor | float]:
     """Gate key -> what the gate outputs instead: 1.0 (identity) or its stored mean output."""
     if value not in KNOCKOUT_VALUES:
-        raise AttnvizError(f"unknown knock-out value {value!r}; choose one of {', '.join(KNOCKOUT_VALUES)}")
+        raise AttnvizError(
+            f"unknown knock-out value {value!r}; choose one of {', '.join(KNOCKOUT_VALUES)}",
+            code="choice",
+        )
     if value == "identity":
         return {g.key: 1.0 for g in chosen}
     missing = [g.key for g in chosen if means is None or g.key not in means]

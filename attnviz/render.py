@@ -74,9 +74,9 @@ _use_cjk_fallback()
 
 def _check_style(colormap: str, opacity: float) -> None:
     if colormap not in colormaps:
-        raise AttnvizError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+        raise AttnvizError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}", code="choice")
     if not 0.0 <= opacity <= 1.0:
-        raise AttnvizError(f"opacity must be between 0 and 1, not {opacity}")
+        raise AttnvizError(f"opacity must be between 0 and 1, not {opacity}", code="choice")
 
 
 def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:

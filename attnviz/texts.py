@@ -1,8 +1,9 @@
 """Texts a person reads, from the locale files in ``attnviz/locales`` (one JSON file per language).
 
-The app merges them into its translations; the HTML report of the batch CLI reads the English ones. The
-locale files hold the texts that more than one front end shows (each family's title and note, each record
-kind's caption); a new family adds its lines there.
+Every text the app's page shows is here (the app reads them all, its Analysis tab included); the HTML report of
+the batch CLI reads the English ones. A new family adds its title and note; a new language is one more file
+with every key of ``en.json`` (tests/test_ui.py checks that each file has them all), and its code in LANGUAGES.
+A few texts name a setting as ``{name}``; ``fill`` puts the value in.
 
     text("family_eca")                  # "ResNet50 + ECA"
     text("family_eca", "zh-CN")
@@ -35,3 +36,10 @@ def text(key: str, language: str = "en", default: str | None = None) -> str:
             raise KeyError(key)
         return default
     return found
+
+
+def fill(template: str, values: dict[str, object]) -> str:
+    """``template`` with each ``{name}`` of ``values`` replaced by its value; other braces stay as they are."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", str(value))
+    return template

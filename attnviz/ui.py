@@ -35,28 +35,34 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from attnviz import lab_ui, sanity_ui  # noqa: E402
-from attnviz.analysis_view import ANALYSIS_TRANSLATIONS, build_analysis_tab  # noqa: E402
+from attnviz.analysis.findings import language_of  # noqa: E402
+from attnviz.analysis_view import build_analysis_tab  # noqa: E402
 from attnviz.attention import RECORD_KINDS, family  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
 from attnviz.explainer import CAM_METHODS, PRECISIONS, ExplainSettings, Explanation, get_explainer  # noqa: E402
-from attnviz.findings import language_of  # noqa: E402
 from attnviz.images import MAX_FILE_BYTES  # noqa: E402
 from attnviz.methods import method_choices  # noqa: E402
 from attnviz.models import RESNET50_LAYERS, TARGET_LAYERS, VARIANTS  # noqa: E402
 from attnviz.render import COLORMAPS, Rendered, export_zip, render_explanation  # noqa: E402
 from attnviz.scene_tab import SceneTab  # noqa: E402
 from attnviz.scenes import attribution  # noqa: E402
-from attnviz.texts import locale  # noqa: E402
+from attnviz.settings import (  # noqa: E402
+    COLORMAP,
+    LAYER,
+    METHOD,
+    OPACITY,
+    OWN_TOP1,
+    TIME_LIMIT_S,
+    TOP_K,
+    build_settings,
+)
+from attnviz.texts import LANGUAGES, fill, locale  # noqa: E402
 from attnviz.weights import BUILTIN_SET, Manifest, default_weights_dir  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
-OWN_TOP1 = "own top-1"  # the target dropdown's value for "each model's own top-1"
-TOP_K = 5
-DEFAULT_METHOD = "gradcam"
-DEFAULT_LAYER = "layer4"
-DEFAULT_OPACITY = 0.5
-DEFAULT_COLORMAP = "jet"
-TIME_LIMIT_S = 300  # slow methods (Score-CAM) stop after this, per request
+# The page's defaults are the library's (attnviz.settings); the target dropdown's OWN_TOP1 means each model's own
+# top-1.
+DEFAULT_METHOD, DEFAULT_LAYER, DEFAULT_OPACITY, DEFAULT_COLORMAP = METHOD, LAYER, OPACITY, COLORMAP
 DELETE_CACHE = (600, 1800)  # every 10 minutes, delete uploads and results older than 30 minutes
 MAX_FILE_SIZE = f"{MAX_FILE_BYTES // 2**20}mb"
 QUEUE_SIZE = 16
@@ -83,200 +89,17 @@ CSS = """
 
 _MINUTES = DELETE_CACHE[1] // 60
 
+# Every text of the page is in the locale files (attnviz/locales, one per language, shared with the CLI's report);
+# a few name a setting of this module, filled in here.
+_SETTINGS_IN_TEXTS = {"time_limit_s": TIME_LIMIT_S, "import_commands": IMPORT_COMMANDS, "minutes": _MINUTES}
 TRANSLATIONS: dict[str, dict[str, str]] = {
-    "en": {
-        "title": "# attnviz: ResNet50 and its attention variants (SE, CBAM, ECA) side by side",
-        "intro": "Upload, drop or paste an image, or click an example scene. Every chosen model explains it with a "
-                 "CAM heatmap, lists its top-5 classes and shows what its attention modules did on this very image. "
-                 "*How to read this* at the bottom explains the figures.",
-        "image": "Image",
-        "examples": "Example scenes (click one to run it)",
-        "no_examples": "No example scenes found: write them with `python -m attnviz.scenes examples --out examples`.",
-        "explain": "Explain",
-        "model_set": "Model set",
-        "models": "Models",
-        "method": "CAM method",
-        "method_info": f"Score-CAM and Ablation-CAM (slow) run one forward pass per channel of the target layer "
-                       f"(2048 at layer4): minutes on a CPU. They show progress with a time estimate and stop "
-                       f"after {TIME_LIMIT_S} s. RandomCAM is a baseline, not an explanation.",
-        "target": "Target class",
-        "target_info": "The class each heatmap explains: each model's own top-1, or one class for all models.",
-        "own_top1": "each model's own top-1",
-        "layer": "Target layer",
-        "layer_info": "layer4 is the usual choice: coarse but class-specific. Earlier layers are sharper and less "
-                      "specific.",
-        "opacity": "Heatmap opacity",
-        "colormap": "Colormap",
-        "smoothing": "Smoothing (pytorch-grad-cam; costs extra time)",
-        "aug_smooth": "aug_smooth: average the map over 6 flipped and rescaled copies (6 extra passes per model)",
-        "eigen_smooth": "eigen_smooth: keep the first principal component of the weighted activations (one SVD)",
-        "smoothing_note": "The attention figures always come from the pass on your image itself, never from the "
-                          "altered copies that smoothing or Score-CAM make.",
-        "precision": "Precision",
-        "precision_info": "bf16 runs the models under bfloat16 autocast: faster only on CPUs with native bf16 "
-                          "(AVX512-BF16 or AMX), slower elsewhere; heatmaps change slightly (see the README).",
-        "classes": "Classes of this set",
-        "builtin_note": "The built-in set was trained on generated scenes (OpenMoji glyphs on cluttered backgrounds) "
-                        "and knows **only these classes**: anything else is forced into one of them. For photos, "
-                        "import an ImageNet set (1000 classes), restart the app and choose it above:\n\n```\n"
-                        f"{IMPORT_COMMANDS}\n```",
-        "overlay": "CAM heatmap on the view the model saw",
-        "top5": "Top-5",
-        "explains": "The heatmap explains",
-        "comparison": "## Comparison",
-        "difference": "Difference maps",
-        "agreement": "Agreement (IoU of the top-20 % regions) and time per model",
-        "download": "Download everything shown (PNGs, heatmaps .npz, attention .npz, summary .json)",
-        "zip_button": "Prepare the download (.zip)",
-        "zip_none": "Nothing to download yet: explain an image first.",
-        "done": "Done:",
-        "tab_explain": "Explain an image",
-        "how_title": "How to read this",
-        "how_body": (
-            "### What Grad-CAM shows\n"
-            "A CAM heatmap marks the parts of the image that most raised the score of one class (the target class), "
-            "seen from one layer of the network (the target layer). Grad-CAM weighs each channel of that layer by "
-            "the gradient of the class score and adds them up: warm colours mean *this region pushed the score "
-            "up*. It shows where the evidence is, not why, and it is coarse: layer4 sees a 7×7 grid of a 224 px "
-            "image.\n\n"
-            "### What channel attention is (SE and CBAM)\n"
-            "Inside each residual block, SE and CBAM compute one weight between 0 and 1 for every channel from the "
-            "whole feature map and multiply the channel by it. The strips show these weights: one row per block, "
-            "one column per channel, one panel per stage (the stages have 256, 512, 1024 and 2048 channels). A "
-            "row of one colour means the block passed all channels alike; contrast means it picked channels for "
-            "this image.\n\n"
-            "### What spatial attention is (CBAM only)\n"
-            "CBAM then computes one weight between 0 and 1 per position of the feature map (from the maximum and "
-            "the mean over channels, through a 7×7 convolution) and multiplies every channel at that position by "
-            "it. The small panels show this map for each of the 16 blocks over the image, all on the same 0 to 1 "
-            "scale; each title gives the map's own range.\n\n"
-            "### Why each model's map is scaled to its own maximum\n"
-            "pytorch-grad-cam rescales every heatmap to 0..1 on its own. Red means *the strongest evidence in "
-            "this model's map*, not an amount you can compare between models. Compare where the maps point (the "
-            "difference maps and the IoU of the top-20 % regions), not how hot they are.\n\n"
-            "### The comparison row\n"
-            "A difference map subtracts one model's heatmap from another's: red where the first is higher, blue "
-            "where the second is. The agreement figure outlines each model's top 20 % of pixels, gives the "
-            "intersection over union of those regions for each pair (1 = the same region, 0 = no overlap) and "
-            "the time each model took."
-        ),
-        "footer": f"Uploads and results are deleted from this server after {_MINUTES} minutes. The page loads nothing "
-                  f"from outside this server.",
-        "err_generic": "This request could not be done:",
-        "err_no_image": "No image yet.",
-        "err_empty": "The file is empty.",
-        "err_not_image": "This is not an image.",
-        "err_corrupt": "The image is truncated or damaged.",
-        "err_too_small": "The image is too small.",
-        "err_too_large": "The image has too many pixels.",
-        "err_file_too_big": "The file is too large.",
-        "err_time_limit": "The CAM method ran past the time limit.",
-        "err_choice": "A setting is not valid.",
-    },
-    "zh-CN": {
-        "title": "# attnviz：ResNet50 及其注意力变体（SE、CBAM、ECA）并排对比",
-        "intro": "上传、拖入或粘贴一张图片，或点击一个示例场景。每个选中的模型都会给出 CAM 热力图、前 5 个类别，"
-                 "并展示其注意力模块在这张图片上做了什么。页面底部的“如何解读”说明了各图的含义。",
-        "image": "图片",
-        "examples": "示例场景（点击即运行）",
-        "no_examples": "未找到示例场景：请运行 `python -m attnviz.scenes examples --out examples` 生成。",
-        "explain": "解释",
-        "model_set": "模型组",
-        "models": "模型",
-        "method": "CAM 方法",
-        "method_info": f"Score-CAM 和 Ablation-CAM（较慢）对目标层的每个通道各做一次前向传播（layer4 有 2048 个通道），"
-                       f"在 CPU 上需要数分钟；运行时显示进度和预计剩余时间，超过 {TIME_LIMIT_S} 秒即停止。"
-                       f"RandomCAM 只是对照基线，并不是解释。",
-        "target": "目标类别",
-        "target_info": "热力图所解释的类别：各模型自己的 top-1，或为所有模型指定同一个类别。",
-        "own_top1": "各模型自己的 top-1",
-        "layer": "目标层",
-        "layer_info": "通常选 layer4：粗糙但区分类别；更早的层更精细，但类别区分度更低。",
-        "opacity": "热力图不透明度",
-        "colormap": "色图",
-        "smoothing": "平滑（pytorch-grad-cam；需要额外时间）",
-        "aug_smooth": "aug_smooth：对 6 个翻转和缩放的副本取平均（每个模型多 6 次前向传播）",
-        "eigen_smooth": "eigen_smooth：只保留加权激活的第一主成分（一次 SVD）",
-        "smoothing_note": "注意力图始终来自对你的原图本身的那次前向传播，绝不来自平滑或 Score-CAM 生成的变换副本。",
-        "precision": "数值精度",
-        "precision_info": "bf16 在 bfloat16 自动混合精度下运行模型：只有在原生支持 bf16 的 CPU（AVX512-BF16 或 AMX）上"
-                          "更快，其他 CPU 上更慢；热力图会有细微变化（见 README）。",
-        "classes": "本模型组的类别",
-        "builtin_note": "内置模型组在生成的场景（杂乱背景上的 OpenMoji 图形）上训练，**只认识这些类别**：其他任何"
-                        "东西都会被归入其中之一。要分析照片，请导入 ImageNet 模型组（1000 类），"
-                        "重启应用后在上方选择：\n\n"
-                        f"```\n{IMPORT_COMMANDS}\n```",
-        "overlay": "模型所见图像上的 CAM 热力图",
-        "top5": "前 5 类",
-        "explains": "热力图解释的类别：",
-        "comparison": "## 对比",
-        "difference": "差异图",
-        "agreement": "一致性（前 20 % 区域的 IoU）与各模型用时",
-        "download": "下载全部结果（PNG 图、热力图 .npz、注意力 .npz、摘要 .json）",
-        "zip_button": "生成下载文件（.zip）",
-        "zip_none": "还没有可下载的结果：请先解释一张图像。",
-        "done": "完成：",
-        "tab_explain": "解释图像",
-        "how_title": "如何解读",
-        "how_body": (
-            "### Grad-CAM 显示什么\n"
-            "CAM 热力图标出图像中最能提高某一类别（目标类别）得分的部分，这是从网络的某一层（目标层）来看的。"
-            "Grad-CAM 用类别得分对该层每个通道的梯度为通道加权再求和：暖色表示*这个区域推高了得分*。"
-            "它显示证据在哪里，而不是为什么；而且很粗糙：layer4 对 224 像素的图像只有 7×7 的网格。\n\n"
-            "### 什么是通道注意力（SE 和 CBAM）\n"
-            "在每个残差模块中，SE 和 CBAM 根据整张特征图为每个通道计算一个 0 到 1 之间的权重，并用它乘以该通道。"
-            "条带图显示这些权重：每行一个模块，每列一个通道，每个阶段一个面板（各阶段分别有 256、512、1024、2048 "
-            "个通道）。一行颜色均匀表示该模块对所有通道一视同仁；有对比则表示它针对这张图片挑选了通道。\n\n"
-            "### 什么是空间注意力（仅 CBAM）\n"
-            "CBAM 接着为特征图的每个位置计算一个 0 到 1 之间的权重（由通道方向的最大值和平均值经 7×7 卷积得到），"
-            "并用它乘以该位置的所有通道。小图把 16 个模块各自的空间注意力叠加在图像上，使用相同的 0 到 1 色标；"
-            "每个标题给出该图自身的取值范围。\n\n"
-            "### 为什么每个模型的热力图按各自的最大值缩放\n"
-            "pytorch-grad-cam 把每张热力图各自缩放到 0..1。红色表示*该模型热力图中最强的证据*，而不是可以在模型之间"
-            "比较的数量。请比较热力图指向哪里（差异图和前 20 % 区域的 IoU），而不是比较有多“热”。\n\n"
-            "### 对比一栏\n"
-            "差异图用一个模型的热力图减去另一个模型的：第一个更高处为红色，第二个更高处为蓝色。一致性图勾勒出每个模型"
-            "前 20 % 的像素，给出每对模型这些区域的交并比（1 = 同一区域，0 = 没有重叠），以及每个模型的用时。"
-        ),
-        "footer": f"上传的文件和结果会在 {_MINUTES} 分钟后从服务器删除。本页面不从本服务器以外加载任何内容。",
-        "err_generic": "无法完成此请求：",
-        "err_no_image": "还没有图片。",
-        "err_empty": "文件是空的。",
-        "err_not_image": "这不是图片文件。",
-        "err_corrupt": "图片被截断或已损坏。",
-        "err_too_small": "图片太小。",
-        "err_too_large": "图片像素过多。",
-        "err_file_too_big": "文件太大。",
-        "err_time_limit": "CAM 方法超出了时间上限。",
-        "err_choice": "某项设置无效。",
-    },
+    lang: {key: fill(value, _SETTINGS_IN_TEXTS) for key, value in locale(lang).items()} for lang in LANGUAGES
 }
-for _lang in ("en", "zh-CN"):  # the Analysis tab's texts live with it; the shared ones in the locale files
-    TRANSLATIONS[_lang].update(ANALYSIS_TRANSLATIONS[_lang])
-    TRANSLATIONS[_lang].update(locale(_lang))
 TRANSLATIONS["zh"] = TRANSLATIONS["zh-CN"]  # browsers that send plain "zh"
 # Keys are prefixed in the page: gradio's own translations have nested groups ("image", "file", ...) and a key
 # equal to one of their names would show as "[object Object]".
 KEY_PREFIX = "attnviz_"
 I18N = gr.I18n(**{lang: {KEY_PREFIX + k: v for k, v in texts.items()} for lang, texts in TRANSLATIONS.items()})
-
-# Which translated headline goes above a library error line; the line itself stays as the library wrote it.
-_ERROR_KINDS = (
-    ("no image", "err_no_image"),
-    ("file is empty", "err_empty"),
-    ("not an image", "err_not_image"),
-    ("truncated or corrupt", "err_corrupt"),
-    ("too small", "err_too_small"),
-    ("megapixels", "err_too_large"),
-    ("too many pixels", "err_too_large"),
-    ("MB limit", "err_file_too_big"),
-    ("time limit", "err_time_limit"),
-    ("choose one of", "err_choice"),
-    ("outside this set", "err_choice"),
-    ("choose at least one", "err_choice"),
-    ("opacity must", "err_choice"),
-)
-
 
 def tr(key: str) -> gr.i18n.I18nData:
     """A translated text for a component's label, info or value."""
@@ -299,10 +122,8 @@ def domain_notice(explanation: Explanation) -> str:
 
 
 def error_text(exc: AttnvizError) -> str:
-    """A translated one-line headline followed by the library's own message."""
-    message = str(exc)
-    key = next((k for mark, k in _ERROR_KINDS if mark in message), "err_generic")
-    return f"{t(key)} {message}"
+    """A translated one-line headline, found by the error's code, followed by the library's own message."""
+    return f"{t('err_' + getattr(exc, 'code', 'generic'))} {exc}"
 
 
 def _uploaded_file(payload):
@@ -469,27 +290,16 @@ class AttnvizApp:
         """Explain one image with the chosen models and draw every picture; write the zip only with ``archive``
         (it costs about as much as the three models' explanations, and most requests never download it)."""
         if image is None or (isinstance(image, str) and not image):
-            raise AttnvizError("no image yet: upload, drop or paste one, or click an example scene")
+            raise AttnvizError("no image yet: upload, drop or paste one, or click an example scene", code="no_image")
         if progress is not None:
             progress(0.0, desc=f"model set {model_set or self.default_set}")  # the first use of a set loads it
         explainer = self.explainer(model_set)
-        classes = explainer.classes
-        if target in (None, "", OWN_TOP1):
-            target_index = None
-        elif target in classes:
-            target_index = classes.index(target)
-        else:
-            raise AttnvizError(f"target class {target!r} is not a class of this set; choose one of "
-                               f"{', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
-        chosen = [v for v in VARIANTS if v in (models if models is not None else VARIANTS) and v in
-                  explainer.explainers]
-        if not chosen:
-            raise AttnvizError("no model chosen: choose at least one of the set's models")
-        settings = ExplainSettings(method=method, layer=layer, target=target_index, top_k=min(TOP_K, len(classes)),
-                                   aug_smooth=bool(aug_smooth), eigen_smooth=bool(eigen_smooth),
-                                   variants=tuple(chosen), time_limit=TIME_LIMIT_S, precision=precision or "fp32",
-                                   knockout=(knockout or "").strip() or None,
-                                   knockout_value=knockout_value or "identity")
+        shown = [v for v in (VARIANTS if models is None else models) if v in explainer.explainers]  # of this set
+        settings = build_settings(explainer.classes, explainer.explainers, method=method, layer=layer, target=target,
+                                  models=shown, aug_smooth=aug_smooth,
+                                  eigen_smooth=eigen_smooth, time_limit=TIME_LIMIT_S, precision=precision,
+                                  knockout=knockout, knockout_value=knockout_value)
+        chosen = list(settings.variants)
         report = None if progress is None else (lambda fraction, message: progress(fraction, desc=message))
         if sanity:
             sanity_ui.check_method(method)  # one line before any model runs
