@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnviz import settings as defaults
 from attnviz.attention import family
 from attnviz.capture import Capture, model_gates
 from attnviz.domain import DomainModel
@@ -62,38 +63,48 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class ExplainSettings:
-    """What to explain; every field has the app's default."""
+    """What to explain; every field has the app's default (``attnviz.settings``), which builds it from a front
+    end's values with ``build_settings``."""
 
-    method: str = "gradcam"
-    layer: str = "layer4"
+    method: str = defaults.METHOD
+    layer: str = defaults.LAYER
     target: int | None = None  # a class index of the set, or None for each model's own top-1
-    top_k: int = 5
+    top_k: int = defaults.TOP_K
     aug_smooth: bool = False
     eigen_smooth: bool = False
     variants: tuple[str, ...] | None = None  # None: every model of the set
-    time_limit: float | None = 300.0  # seconds for the slow methods, per request
-    score_cam_batch: int = 32
-    precision: str = "fp32"  # "bf16": the image's own pass under bfloat16 autocast; maps and records stay float32
+    time_limit: float | None = defaults.TIME_LIMIT_S  # seconds for the slow methods, per request
+    score_cam_batch: int = defaults.SCORE_CAM_BATCH
+    precision: str = defaults.PRECISION  # "bf16": the image's own pass under bfloat16 autocast; maps stay float32
     knockout: str | None = None  # gates to switch off, e.g. "layer4.*:spatial" (attnviz.knockout); None: none
-    knockout_value: str = "identity"  # what a switched-off gate outputs: "identity" (1) or "mean"
+    knockout_value: str = defaults.KNOCKOUT_VALUE  # what a switched-off gate outputs: "identity" (1) or "mean"
 
     def validate(self, classes: list[str]) -> None:
         if self.method not in CAM_METHODS:
-            raise AttnvizError(f"unknown CAM method {self.method!r}; choose one of {', '.join(CAM_METHODS)}")
+            raise AttnvizError(
+                f"unknown CAM method {self.method!r}; choose one of {', '.join(CAM_METHODS)}",
+                code="choice",
+            )
         refusal = CAM_METHODS[self.method].refusal(self.aug_smooth, self.eigen_smooth)
         if refusal:
-            raise AttnvizError(refusal)
+            raise AttnvizError(refusal, code="choice")
         if not any(self.layer in _valid_layers(v) for v in VARIANTS):
-            raise AttnvizError(f"unknown target layer {self.layer!r}; choose {target_layer_help()}")
+            raise AttnvizError(f"unknown target layer {self.layer!r}; choose {target_layer_help()}", code="choice")
         if self.target is not None and not 0 <= self.target < len(classes):
-            raise AttnvizError(f"target class {self.target} is outside this set's {len(classes)} classes")
+            raise AttnvizError(
+                f"target class {self.target} is outside this set's {len(classes)} classes",
+                code="choice",
+            )
         if self.top_k < 1:
-            raise AttnvizError("top-k must be at least 1")
+            raise AttnvizError("top-k must be at least 1", code="choice")
         if self.precision not in PRECISIONS:
-            raise AttnvizError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+            raise AttnvizError(
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}",
+                code="choice",
+            )
         if self.knockout_value not in KNOCKOUT_VALUES:
             raise AttnvizError(f"unknown knock-out value {self.knockout_value!r}; choose one of "
-                               f"{', '.join(KNOCKOUT_VALUES)}")
+                               f"{', '.join(KNOCKOUT_VALUES)}", code="choice")
 
 
 @functools.cache
@@ -106,7 +117,7 @@ def check_layer(layer: str, variants: list[str]) -> None:
     for variant in variants:
         if layer not in _valid_layers(variant):
             raise AttnvizError(f"{family(variant).title} has no target layer {layer!r}; choose "
-                               f"{target_layer_help()}")
+                               f"{target_layer_help()}", code="choice")
 
 
 ProgressCallback = Callable[[float, str], None]
@@ -139,7 +150,8 @@ class _DeadlineModel(nn.Module):
         if self.deadline is not None and time.perf_counter() > self.deadline:
             raise AttnvizError(
                 "the CAM method ran past the time limit; choose a faster method (Grad-CAM), an "
-                "earlier layer with fewer channels, or fewer models"
+                "earlier layer with fewer channels, or fewer models",
+                code="time_limit",
             )
         out = self.inner(x)
         self.done += 1
@@ -337,7 +349,7 @@ class Explainer:
         if unknown:
             raise AttnvizError(
                 f"model set {self.model_set.name!r} has no model {unknown[0]!r}; it has {', '.join(self.explainers)}"
-            )
+            , code="choice")
         return chosen
 
     def explain(
@@ -378,15 +390,8 @@ class Explainer:
         class of the set). Returns the preprocessed view and each model's result."""
         methods = list(methods or ["gradcam"])
         layers = list(layers or ["layer4"])
-        indices = []
-        for target in targets if targets is not None else range(len(self.classes)):
-            if isinstance(target, str):
-                if target not in self.classes:
-                    raise AttnvizError(f"target class {target!r} is not a class of this set; choose one of "
-                                       f"{', '.join(self.classes[:20])}{' ...' if len(self.classes) > 20 else ''}")
-                target = self.classes.index(target)
-            ExplainSettings(target=int(target)).validate(self.classes)
-            indices.append(int(target))
+        indices = [defaults.resolve_target(t, self.classes) for t in (targets if targets is not None
+                                                                       else range(len(self.classes)))]
         for method in methods:
             for layer in layers:
                 ExplainSettings(method=method, layer=layer, precision=precision).validate(self.classes)
@@ -420,5 +425,11 @@ def explain(
     progress: ProgressCallback | None = None,
     **settings,
 ) -> Explanation:
-    """Explain an image with a model set (the built-in one by default); see ``ExplainSettings``."""
-    return get_explainer(set_name, weights_dir).explain(image, ExplainSettings(**settings), progress)
+    """Explain an image with a model set (the built-in one by default). ``settings`` are those of
+    ``attnviz.settings.build_settings``: e.g. ``method="layercam"``, ``target="dog"`` (a name or an index),
+    ``models=["se", "cbam"]``, ``knockout="layer4.*:spatial"``."""
+    explainer = get_explainer(set_name, weights_dir)
+    if "variants" in settings:  # ExplainSettings' own name for the models
+        settings["models"] = settings.pop("variants")
+    built = defaults.build_settings(explainer.classes, explainer.explainers, **settings)
+    return explainer.explain(image, built, progress)

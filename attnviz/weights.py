@@ -166,6 +166,12 @@ class Manifest:
     def get(self, name: str | None = None) -> ModelSet:
         name = name or self.default_set
         raw = self.data["sets"].get(name)
+        if raw is None and not self.path.exists():
+            raise AttnvizError(
+                f"no model sets: {self.path} does not exist; point attnviz at a weights folder with --weights-dir "
+                f"DIR or ATTNVIZ_WEIGHTS=DIR (the repository's weights/ holds the built-in set), or import a set "
+                f"into this one with python -m attnviz.weights import"
+            )
         if raw is None:
             known = ", ".join(self.set_names()) or "none"
             raise AttnvizError(

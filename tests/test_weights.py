@@ -81,6 +81,14 @@ def test_unknown_set_names_the_installed_ones(pristine):
 # --------------------------------------------------------------------------- refusing damaged files
 
 
+def test_a_folder_without_a_manifest_says_where_it_looked_and_how_to_point_attnviz(tmp_path):
+    with pytest.raises(AttnvizError) as caught:
+        Manifest(tmp_path / "nowhere").get()
+    message = str(caught.value)
+    assert str(tmp_path / "nowhere" / "manifest.json") in message and "does not exist" in message
+    assert "--weights-dir" in message and "ATTNVIZ_WEIGHTS" in message and "\n" not in message
+
+
 def test_tampered_file_is_refused_by_sha256(weights_dir):
     flip_last_byte(weights_dir / SET / "se.safetensors")
     with pytest.raises(AttnvizError, match=r"se\.safetensors: sha256 is .*the manifest expects"):
