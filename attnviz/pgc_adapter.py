@@ -60,6 +60,9 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
             recorder.gradients = []
         if batch_size is not None:
             cam.batch_size = batch_size
+        if method == "scorecam":  # the same weights, without all of its masked copies in memory at once
+            cam.get_cam_weights = lambda inputs, _layer, targets, activations, _grads: score_cam_weights(
+                cam.model, inputs, targets, activations, getattr(cam, "batch_size", 16))
         per_layer = cam.compute_cam_per_layer(x, _targets(targets), eigen_smooth)
         return np.asarray(cam.aggregate_multi_layers(per_layer), np.float32)
     finally:
@@ -69,6 +72,29 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
         recorder.activations = []
         recorder.gradients = []
         cam.model = None
+
+
+def score_cam_weights(model: nn.Module, x: torch.Tensor, targets: list, activations: np.ndarray,
+                      batch_size: int) -> np.ndarray:
+    """Score-CAM's channel weights as pytorch-grad-cam's ``ScoreCAM.get_cam_weights`` computes them (each
+    channel's activation upsampled to the input, bilinear with aligned corners, scaled to [0, 1], times the
+    image; the target's score of each masked image; softmax over the channels), ``batch_size`` channels at a
+    time: its own method builds every masked copy first (channels x 3 x H x W floats per image, 1.2 GB at
+    layer4 and 224 px), this loop only a batch's."""
+    weights = np.empty(activations.shape[:2], np.float32)
+    with torch.no_grad():
+        for b, target in enumerate(targets):
+            image = x[b : b + 1]
+            scores = []
+            for start in range(0, activations.shape[1], batch_size):
+                chunk = torch.from_numpy(activations[b : b + 1, start : start + batch_size]).to(x.device)
+                up = torch.nn.functional.interpolate(chunk, size=x.shape[-2:], mode="bilinear", align_corners=True)[0]
+                flat = up.view(up.shape[0], -1)
+                low, high = flat.min(dim=1)[0][:, None, None], flat.max(dim=1)[0][:, None, None]
+                masked = image * ((up - low) / (high - low + 1e-8))[:, None]
+                scores.extend(float(target(o).cpu()) for o in model(masked))
+            weights[b] = torch.softmax(torch.tensor(scores), dim=-1).numpy()
+    return weights
 
 
 def _make_cam(method: str, model: nn.Module, layer: nn.Module):

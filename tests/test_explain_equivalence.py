@@ -221,6 +221,47 @@ def test_ablation_cam_equals_pytorch_grad_cams_own_call(tiny_explainer, user_mod
     assert reports[-1] == pytest.approx(1.0) and len(reports) == 1 + 1024 // 128
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_score_cam_equals_pytorch_grad_cams_own_call(tiny_explainer, user_models, image_tensor, variant):
+    """Score-CAM's weights come from attnviz's own loop (a batch of masked copies at a time, not all of them at
+    once); the map is still the library's, and the progress counts every pass."""
+    for target in range(len(tiny_explainer.classes)):  # the first class whose map is not flat (random models)
+        expected = default_pgc_map(user_models[variant], "scorecam", "layer3", image_tensor, target)
+        if expected.max() - expected.min() > 0.5:
+            break
+    else:
+        pytest.fail("every reference map is flat: the comparison would prove nothing")
+    reports = []
+    result = tiny_explainer.explainers[variant].explain(
+        image_tensor, ExplainSettings(method="scorecam", layer="layer3", target=target, score_cam_batch=100),
+        progress=lambda share, text: reports.append(share))
+    assert np.abs(result.heatmap - expected).max() <= TOLERANCE
+    assert reports[-1] == pytest.approx(1.0) and len(reports) == CAM_METHODS["scorecam"].setup_passes + -(-1024 // 100)
+
+
+def test_score_cam_weights_are_pytorch_grad_cams_for_any_batch_size(tiny_explainer, image_tensor):
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from attnviz.pgc_adapter import score_cam_weights
+
+    model = tiny_explainer.explainers["cbam"].model
+    x = torch.cat([image_tensor, image_tensor.flip(-1)])
+    activations = torch.randn(2, 40, 4, 4, generator=torch.Generator().manual_seed(5)).relu().numpy()
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(2)]
+    cam = ScoreCAM(model, target_layers=[model.layer4])
+    try:
+        cam.batch_size = 16
+        expected = cam.get_cam_weights(x, None, targets, activations, None)
+    finally:
+        cam.activations_and_grads.release()
+    assert not np.allclose(expected, expected.mean())  # the channels are told apart
+    for batch_size in (1, 7, 40, 64):
+        np.testing.assert_allclose(score_cam_weights(model, x, targets, activations, batch_size), expected,
+                                   rtol=1e-5, atol=1e-7)
+
+
 def test_ablation_cam_stopped_by_the_time_limit_leaves_the_model_whole(tiny_explainer, image_tensor):
     """Its passes swap the target layer for an ablation layer; a stop half-way must put the layer back."""
     explainer = tiny_explainer.explainers["se"]
