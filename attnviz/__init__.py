@@ -15,6 +15,7 @@ _PUBLIC = {
     "Explainer": "attnviz.explainer",
     "Explanation": "attnviz.explainer",
     "explain": "attnviz.explainer",
+    "explain_many": "attnviz.explainer",
     "ModelSpec": "attnviz.models",
     "build_model": "attnviz.models",
     "build_resnet50": "attnviz.models",

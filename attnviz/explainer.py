@@ -18,11 +18,10 @@ call; the attention shown always comes from the first pass on the image itself.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,9 +34,8 @@ from attnviz.capture import Capture, model_gates
 from attnviz.domain import DomainModel
 from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, load_image, preprocess
-from attnviz.knockout import KNOCKOUT_VALUES, check_spec, parse_knockout, replacements
+from attnviz.knockout import check_spec, parse_knockout, replacements
 from attnviz.methods import CAM_METHODS
-from attnviz.models import VARIANTS, target_layer_help, target_layer_names
 from attnviz.pgc_adapter import library_call, maps_from_pass
 from attnviz.results import (
     BatchResult,
@@ -51,73 +49,13 @@ from attnviz.results import (
     top_region_iou,
     top_region_mask,
 )
+from attnviz.settings import PRECISIONS, ExplainSettings, check_layer
 from attnviz.weights import LoadedSet, load_model_set
 
 __all__ = ["PRECISIONS", "CAM_METHODS", "ExplainSettings", "ModelExplainer", "Explainer", "get_explainer", "explain",
+           "explain_many",
            "BlockAttention", "Explanation", "GridResult", "BatchResult", "ModelResult", "Prediction",
            "masks_iou", "top_region_iou", "top_region_mask"]
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-@dataclass(frozen=True)
-class ExplainSettings:
-    """What to explain; every field has the app's default (``attnviz.settings``), which builds it from a front
-    end's values with ``build_settings``."""
-
-    method: str = defaults.METHOD
-    layer: str = defaults.LAYER
-    target: int | None = None  # a class index of the set, or None for each model's own top-1
-    top_k: int = defaults.TOP_K
-    aug_smooth: bool = False
-    eigen_smooth: bool = False
-    variants: tuple[str, ...] | None = None  # None: every model of the set
-    time_limit: float | None = defaults.TIME_LIMIT_S  # seconds for the slow methods, per request
-    score_cam_batch: int = defaults.SCORE_CAM_BATCH
-    precision: str = defaults.PRECISION  # "bf16": the image's own pass under bfloat16 autocast; maps stay float32
-    knockout: str | None = None  # gates to switch off, e.g. "layer4.*:spatial" (attnviz.knockout); None: none
-    knockout_value: str = defaults.KNOCKOUT_VALUE  # what a switched-off gate outputs: "identity" (1) or "mean"
-
-    def validate(self, classes: list[str]) -> None:
-        if self.method not in CAM_METHODS:
-            raise AttnvizError(
-                f"unknown CAM method {self.method!r}; choose one of {', '.join(CAM_METHODS)}",
-                code="choice",
-            )
-        refusal = CAM_METHODS[self.method].refusal(self.aug_smooth, self.eigen_smooth)
-        if refusal:
-            raise AttnvizError(refusal, code="choice")
-        if not any(self.layer in _valid_layers(v) for v in VARIANTS):
-            raise AttnvizError(f"unknown target layer {self.layer!r}; choose {target_layer_help()}", code="choice")
-        if self.target is not None and not 0 <= self.target < len(classes):
-            raise AttnvizError(
-                f"target class {self.target} is outside this set's {len(classes)} classes",
-                code="choice",
-            )
-        if self.top_k < 1:
-            raise AttnvizError("top-k must be at least 1", code="choice")
-        if self.precision not in PRECISIONS:
-            raise AttnvizError(
-                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}",
-                code="choice",
-            )
-        if self.knockout_value not in KNOCKOUT_VALUES:
-            raise AttnvizError(f"unknown knock-out value {self.knockout_value!r}; choose one of "
-                               f"{', '.join(KNOCKOUT_VALUES)}", code="choice")
-
-
-@functools.cache
-def _valid_layers(variant: str) -> frozenset[str]:
-    return frozenset(target_layer_names(variant))
-
-
-def check_layer(layer: str, variants: list[str]) -> None:
-    """One line when a chosen model has no such target layer (e.g. an attention module in the plain ResNet50)."""
-    for variant in variants:
-        if layer not in _valid_layers(variant):
-            raise AttnvizError(f"{family(variant).title} has no target layer {layer!r}; choose "
-                               f"{target_layer_help()}", code="choice")
 
 
 ProgressCallback = Callable[[float, str], None]
@@ -165,6 +103,17 @@ class _DeadlineModel(nn.Module):
         return out
 
 
+@dataclass
+class _Passed:
+    """What one capture of a batch gave, per image."""
+
+    probabilities: np.ndarray  # (B, classes)
+    heatmaps: np.ndarray  # (B, H, W) float32 in [0, 1]
+    attention: list[list[BlockAttention]]
+    targets: list[int]  # the class each heatmap explains
+    domain: np.ndarray | None  # (B,) out-of-domain scores; None without a fitted scorer
+
+
 class ModelExplainer:
     """One model of a set, explained through the capture core (which owns its hooks and its lock)."""
 
@@ -199,85 +148,104 @@ class ModelExplainer:
         """One image (a batch of one): top-k, the heatmap of the target class and every block's attention; with
         ``settings.knockout``, the same again with those gates switched off (``knockout_gates``: the gate names
         the spec may use, default this model's)."""
+        return self.explain_images(x, settings, progress, deadline, knockout_gates)[0]
+
+    def explain_images(
+        self,
+        x: torch.Tensor,
+        settings: ExplainSettings,
+        progress: ProgressCallback | None = None,
+        deadline: float | None = None,
+        knockout_gates: set[str] | None = None,
+    ) -> list[ModelResult]:
+        """``explain`` for a batch of images in one pass (and one backward): one result per image, each the same
+        as that image explained alone. ``seconds`` is the batch's time shared equally."""
         started = time.perf_counter()
-        probabilities, heatmap, attention, domain_score = self._pass(x, settings, settings.target, progress,
-                                                                     deadline, score_domain=True)
-        target_index = int(np.argmax(probabilities)) if settings.target is None else settings.target  # as _pass
-        result = ModelResult(
-            variant=self.variant,
-            probabilities=probabilities,
-            top=self._top(probabilities, settings.top_k),
-            target=Prediction(target_index, self.classes[target_index], float(probabilities[target_index])),
-            heatmap=heatmap,
-            attention=attention,
-            seconds=0.0,
-            domain_score=domain_score,
-            domain_threshold=None if domain_score is None else self.domain.threshold,
-            out_of_domain=None if domain_score is None else bool(self.domain.flags(np.array([domain_score]))[0]),
-        )
+        found = self._pass(x, settings, [settings.target] * len(x), progress, deadline, score_domain=True)
+        results = []
+        for i, probabilities in enumerate(found.probabilities):
+            target_index = found.targets[i]
+            score = None if found.domain is None else float(found.domain[i])
+            results.append(ModelResult(
+                variant=self.variant,
+                probabilities=probabilities,
+                top=self._top(probabilities, settings.top_k),
+                target=Prediction(target_index, self.classes[target_index], float(probabilities[target_index])),
+                heatmap=found.heatmaps[i],
+                attention=found.attention[i],
+                seconds=0.0,
+                domain_score=score,
+                domain_threshold=None if score is None else self.domain.threshold,
+                out_of_domain=None if score is None else bool(self.domain.flags(np.array([score]))[0]),
+            ))
         if settings.knockout:
-            result.knockout = self._knockout(x, settings, result, progress, deadline, knockout_gates)
-        result.seconds = time.perf_counter() - started
-        return result
+            for result, knocked in zip(results, self._knockout(x, settings, results, progress, deadline,
+                                                               knockout_gates), strict=True):
+                result.knockout = knocked
+        for result in results:
+            result.seconds = (time.perf_counter() - started) / len(results)
+        return results
 
     def _top(self, probabilities: np.ndarray, k: int) -> list[Prediction]:
         order = np.argsort(-probabilities, kind="stable")
         return [Prediction(int(i), self.classes[i], float(probabilities[i])) for i in order[: min(k, len(order))]]
 
-    def _pass(self, x: torch.Tensor, settings: ExplainSettings, target: int | None, progress, deadline,
-              replace: dict | None = None, score_domain: bool = False
-              ) -> tuple[np.ndarray, np.ndarray, list[BlockAttention], float | None]:
-        """Probabilities, the heatmap of ``target`` (None: the top-1), the records of one capture and, with
-        ``score_domain`` and a fitted scorer, the out-of-domain score from the same pass (else None)."""
+    def _pass(self, x: torch.Tensor, settings: ExplainSettings, targets: list[int | None], progress, deadline,
+              replace: dict | None = None, score_domain: bool = False) -> _Passed:
+        """One capture of the batch: probabilities, each image's heatmap of its target (None: its top-1), its
+        records and, with ``score_domain`` and a fitted scorer, the out-of-domain scores of the same pass."""
         method = CAM_METHODS[settings.method]
         needs_grad = method.pass_gradient and not settings.aug_smooth  # own-call methods make their own passes
         scoring = score_domain and self.domain is not None
         with Capture(self.model, [settings.layer], needs_grad=needs_grad, replace=replace, gates=self.gates,
                      features=scoring) as capture:
             logits = capture.run(x, settings.precision)
-            domain_score = float(self.domain.score(capture.features, logits)[0]) if scoring else None
-            probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
-            target_index = int(np.argmax(probabilities)) if target is None else target
+            domain = np.asarray(self.domain.score(capture.features, logits)) if scoring else None
+            probabilities = torch.softmax(logits.detach().float(), dim=1).cpu().numpy()
+            indices = [int(np.argmax(p)) if t is None else t for p, t in zip(probabilities, targets, strict=True)]
             layer = self.layer(settings.layer)
-            if settings.aug_smooth:  # several passes on altered copies: pytorch-grad-cam's own call
-                heatmap = library_call(self.model, settings.method, layer, x, target_index, aug_smooth=True,
-                                       eigen_smooth=settings.eigen_smooth)
+            if settings.aug_smooth:  # several passes on altered copies: pytorch-grad-cam's own call, image by image
+                heatmaps = np.stack([library_call(self.model, settings.method, layer, x[i : i + 1], t, aug_smooth=True,
+                                                  eigen_smooth=settings.eigen_smooth) for i, t in enumerate(indices)])
             else:
-                gradient = capture.gradients(logits, [target_index])[settings.layer] if needs_grad else None
+                gradient = capture.gradients(logits, indices)[settings.layer] if needs_grad else None
                 passes = None
                 if method.kind == "perturbation":
-                    passes = _DeadlineModel(self.model, capture.activations[settings.layer].shape[1],
+                    passes = _DeadlineModel(self.model, capture.activations[settings.layer].shape[1] * len(x),
                                             settings.score_cam_batch, progress, deadline, family(self.variant).title,
                                             method.setup_passes)
-                heatmap = maps_from_pass(self.model, settings.method, layer, x, capture.activations[settings.layer],
-                                         gradient, [target_index], settings.eigen_smooth, settings.score_cam_batch,
-                                         passes)[0]
-            attention = capture.records(0)
-        return probabilities, np.asarray(heatmap, np.float32), attention, domain_score
+                heatmaps = maps_from_pass(self.model, settings.method, layer, x, capture.activations[settings.layer],
+                                          gradient, indices, settings.eigen_smooth, settings.score_cam_batch, passes)
+            attention = [capture.records(i) for i in range(len(x))]
+        return _Passed(probabilities, np.asarray(heatmaps, np.float32), attention, indices, domain)
 
-    def _knockout(self, x, settings: ExplainSettings, trained: ModelResult, progress, deadline,
-                  knockout_gates: set[str] | None) -> KnockoutResult:
-        """The same image and target class with the spec's gates switched off; unaffected without such gates."""
+    def _knockout(self, x, settings: ExplainSettings, trained: list[ModelResult], progress, deadline,
+                  knockout_gates: set[str] | None) -> list[KnockoutResult]:
+        """The same images and target classes with the spec's gates switched off; unaffected without such gates."""
         chosen = parse_knockout(settings.knockout, self.gates, knockout_gates)
         means = self.gate_means() if settings.knockout_value == "mean" and chosen else None
         replace = replacements(chosen, settings.knockout_value, means)
-        target = trained.target.index
-        if chosen:
-            probabilities, heatmap, attention, _ = self._pass(x, settings, target, progress, deadline, replace)
-        else:
-            probabilities, heatmap, attention = trained.probabilities, trained.heatmap, trained.attention
-        return KnockoutResult(
-            spec=settings.knockout,
-            value=settings.knockout_value,
-            gates=[g.key for g in chosen],
-            probabilities=probabilities,
-            top=self._top(probabilities, settings.top_k),
-            target=Prediction(target, self.classes[target], float(probabilities[target])),
-            heatmap=heatmap,
-            attention=attention,
-            target_change=float(probabilities[target] - trained.target.probability),
-            iou_top20=top_region_iou(trained.heatmap, heatmap),
-        )
+        targets = [r.target.index for r in trained]
+        found = self._pass(x, settings, targets, progress, deadline, replace) if chosen else None
+        out = []
+        for i, (result, target) in enumerate(zip(trained, targets, strict=True)):
+            if found is None:
+                probabilities, heatmap, attention = result.probabilities, result.heatmap, result.attention
+            else:
+                probabilities, heatmap, attention = found.probabilities[i], found.heatmaps[i], found.attention[i]
+            out.append(KnockoutResult(
+                spec=settings.knockout,
+                value=settings.knockout_value,
+                gates=[g.key for g in chosen],
+                probabilities=probabilities,
+                top=self._top(probabilities, settings.top_k),
+                target=Prediction(target, self.classes[target], float(probabilities[target])),
+                heatmap=heatmap,
+                attention=attention,
+                target_change=float(probabilities[target] - result.target.probability),
+                iou_top20=top_region_iou(result.heatmap, heatmap),
+            ))
+        return out
 
     def explain_grid(self, x: torch.Tensor, methods: list[str], layers: list[str], targets: list[int],
                      precision: str = "fp32") -> GridResult:
@@ -360,27 +328,48 @@ class Explainer:
         **overrides,
     ) -> Explanation:
         """Explain ``image`` with the chosen models; ``overrides`` set fields of ``ExplainSettings``."""
+        return self.explain_many([image], settings, progress, batch_size=1, **overrides)[0]
+
+    def explain_many(
+        self,
+        images: Sequence[ImageSource],
+        settings: ExplainSettings | None = None,
+        progress: ProgressCallback | None = None,
+        batch_size: int = 8,
+        **overrides,
+    ) -> list[Explanation]:
+        """Explain several images, ``batch_size`` at a time in one pass per model: the same explanations as one
+        image at a time (maps within float rounding), in the order given. Every image is read and checked before
+        any model runs; a bad one raises its one-line error. The time limit holds for each batch."""
         settings = replace(settings or ExplainSettings(), **overrides)
         settings.validate(self.classes)
+        if batch_size < 1:
+            raise AttnvizError(f"the batch size must be at least 1, not {batch_size}", code="choice")
         variants = self._chosen(settings.variants)
         check_layer(settings.layer, variants)
         gate_names = {g.spec.name for v in variants for g in self.explainers[v].gates}
         if settings.knockout:
             check_spec(settings.knockout, gate_names)  # one line for a bad spec, before any model runs
-        prepared = preprocess(load_image(image), self.model_set.preprocessing)
-        deadline = None if settings.time_limit is None else time.perf_counter() + settings.time_limit
-        result = Explanation(view=prepared.view, classes=self.classes, set_name=self.model_set.name, settings=settings)
-        for i, variant in enumerate(variants):
-            if progress is not None:
-                progress(i / len(variants), f"{family(variant).title}: {CAM_METHODS[settings.method].label}")
-            result.results[variant] = self.explainers[variant].explain(prepared.tensor, settings, progress, deadline,
-                                                                       gate_names)
-        names = list(result.results)
-        regions = {name: top_region_mask(result.results[name].heatmap) for name in names}
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                result.agreement[f"{a}|{b}"] = masks_iou(regions[a], regions[b])
-        return result
+        prepared = [preprocess(load_image(image), self.model_set.preprocessing) for image in images]
+        steps = len(variants) * -(-len(prepared) // batch_size)
+        explanations = []
+        for start in range(0, len(prepared), batch_size):
+            chunk = prepared[start : start + batch_size]
+            x = torch.cat([p.tensor for p in chunk])
+            deadline = None if settings.time_limit is None else time.perf_counter() + settings.time_limit
+            found = {}
+            for i, variant in enumerate(variants):
+                if progress is not None:
+                    step = start // batch_size * len(variants) + i
+                    progress(step / steps, f"{family(variant).title}: {CAM_METHODS[settings.method].label}")
+                found[variant] = self.explainers[variant].explain_images(x, settings, progress, deadline,
+                                                                         gate_names)
+            for i, p in enumerate(chunk):
+                result = Explanation(view=p.view, classes=self.classes, set_name=self.model_set.name,
+                                     settings=settings, results={v: found[v][i] for v in variants})
+                result.agreement = _agreement(result)
+                explanations.append(result)
+        return explanations
 
     def explain_grid(self, image: ImageSource, methods: list[str] | None = None, layers: list[str] | None = None,
                      targets: list[int | str] | None = None, variants: list[str] | None = None,
@@ -402,6 +391,13 @@ class Explainer:
         results = {v: self.explainers[v].explain_grid(prepared.tensor, methods, layers, indices, precision)
                    for v in chosen}
         return prepared.view, results
+
+
+def _agreement(explanation: Explanation) -> dict[str, float]:
+    """"a|b" -> the IoU of the two models' top-20 % regions, for every pair of models shown."""
+    names = list(explanation.results)
+    regions = {name: top_region_mask(explanation.results[name].heatmap) for name in names}
+    return {f"{a}|{b}": masks_iou(regions[a], regions[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
 
 
 _EXPLAINERS: dict[tuple[str | None, str | None], Explainer] = {}
@@ -433,3 +429,20 @@ def explain(
         settings["models"] = settings.pop("variants")
     built = defaults.build_settings(explainer.classes, explainer.explainers, **settings)
     return explainer.explain(image, built, progress)
+
+
+def explain_many(
+    images: Sequence[ImageSource],
+    set_name: str | None = None,
+    *,
+    weights_dir: str | None = None,
+    progress: ProgressCallback | None = None,
+    batch_size: int = 8,
+    **settings,
+) -> list[Explanation]:
+    """``explain`` for several images, ``batch_size`` at a time in one pass per model; the same settings."""
+    explainer = get_explainer(set_name, weights_dir)
+    if "variants" in settings:
+        settings["models"] = settings.pop("variants")
+    built = defaults.build_settings(explainer.classes, explainer.explainers, **settings)
+    return explainer.explain_many(images, built, progress, batch_size)

@@ -1,18 +1,21 @@
-"""One home for the defaults of a request, and the one function that turns what a front end received (the
-app's controls, the batch command's options, the library's keyword arguments) into ``ExplainSettings``.
+"""One home for the defaults of a request, ``ExplainSettings`` (what to explain, checked), and the one function
+that turns what a front end received (the app's controls, the batch command's options, the library's keyword
+arguments) into them.
 
     build_settings(classes, method="layercam", target="dog", models=["se", "cbam"])
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
+from attnviz.attention import family
 from attnviz.errors import AttnvizError
-
-if TYPE_CHECKING:
-    from attnviz.explainer import ExplainSettings
+from attnviz.knockout import KNOCKOUT_VALUES
+from attnviz.methods import CAM_METHODS
+from attnviz.models import VARIANTS, target_layer_help, target_layer_names
 
 METHOD = "gradcam"
 LAYER = "layer4"
@@ -24,6 +27,68 @@ PRECISION = "fp32"
 KNOCKOUT_VALUE = "identity"  # what a switched-off gate outputs: 1, or its mean ("mean")
 SCORE_CAM_BATCH = 32
 OWN_TOP1 = "own top-1"  # the target that means "each model's own top-1" (also None or "")
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """What to explain; every field has the app's default (``attnviz.settings``), which builds it from a front
+    end's values with ``build_settings``."""
+
+    method: str = METHOD
+    layer: str = LAYER
+    target: int | None = None  # a class index of the set, or None for each model's own top-1
+    top_k: int = TOP_K
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+    variants: tuple[str, ...] | None = None  # None: every model of the set
+    time_limit: float | None = TIME_LIMIT_S  # seconds for the slow methods, per request
+    score_cam_batch: int = SCORE_CAM_BATCH
+    precision: str = PRECISION  # "bf16": the image's own pass under bfloat16 autocast; maps stay float32
+    knockout: str | None = None  # gates to switch off, e.g. "layer4.*:spatial" (attnviz.knockout); None: none
+    knockout_value: str = KNOCKOUT_VALUE  # what a switched-off gate outputs: "identity" (1) or "mean"
+
+    def validate(self, classes: list[str]) -> None:
+        if self.method not in CAM_METHODS:
+            raise AttnvizError(
+                f"unknown CAM method {self.method!r}; choose one of {', '.join(CAM_METHODS)}",
+                code="choice",
+            )
+        refusal = CAM_METHODS[self.method].refusal(self.aug_smooth, self.eigen_smooth)
+        if refusal:
+            raise AttnvizError(refusal, code="choice")
+        if not any(self.layer in _valid_layers(v) for v in VARIANTS):
+            raise AttnvizError(f"unknown target layer {self.layer!r}; choose {target_layer_help()}", code="choice")
+        if self.target is not None and not 0 <= self.target < len(classes):
+            raise AttnvizError(
+                f"target class {self.target} is outside this set's {len(classes)} classes",
+                code="choice",
+            )
+        if self.top_k < 1:
+            raise AttnvizError("top-k must be at least 1", code="choice")
+        if self.precision not in PRECISIONS:
+            raise AttnvizError(
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}",
+                code="choice",
+            )
+        if self.knockout_value not in KNOCKOUT_VALUES:
+            raise AttnvizError(f"unknown knock-out value {self.knockout_value!r}; choose one of "
+                               f"{', '.join(KNOCKOUT_VALUES)}", code="choice")
+
+
+@functools.cache
+def _valid_layers(variant: str) -> frozenset[str]:
+    return frozenset(target_layer_names(variant))
+
+
+def check_layer(layer: str, variants: list[str]) -> None:
+    """One line when a chosen model has no such target layer (e.g. an attention module in the plain ResNet50)."""
+    for variant in variants:
+        if layer not in _valid_layers(variant):
+            raise AttnvizError(f"{family(variant).title} has no target layer {layer!r}; choose "
+                               f"{target_layer_help()}", code="choice")
 
 
 def resolve_target(target: int | str | None, classes: Sequence[str]) -> int | None:
@@ -45,8 +110,6 @@ def resolve_target(target: int | str | None, classes: Sequence[str]) -> int | No
 def choose_models(models: Iterable[str] | None, available: Iterable[str]) -> tuple[str, ...]:
     """The chosen models in the usual order (every available one for None); one line when one is unknown or none
     is left."""
-    from attnviz.models import VARIANTS
-
     available = list(available)
     if models is None:
         return tuple(v for v in VARIANTS if v in available)
@@ -86,8 +149,6 @@ def build_settings(
 ) -> ExplainSettings:
     """Checked ``ExplainSettings`` for a set with ``classes`` and the models ``available`` (None: choose later,
     from the whole set). Empty values from a form (None, "") mean the default; top-k is capped at the classes."""
-    from attnviz.explainer import ExplainSettings
-
     settings = ExplainSettings(
         method=method or METHOD,
         layer=layer or LAYER,

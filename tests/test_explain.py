@@ -231,3 +231,63 @@ def test_an_attention_module_is_a_target_only_in_models_that_have_one(tiny_expla
     assert all(r.heatmap.shape == (64, 64) for r in result.results.values())
     with pytest.raises(AttnvizError, match="ResNet50 has no target layer 'layer4.1.attention'"):
         tiny_explainer.explain(scene_image, layer="layer4.1.attention")
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _photos(count: int) -> list[np.ndarray]:
+    """Images of different sizes and content, seeded here: each is resized and cropped on its own."""
+    rng = np.random.default_rng(11)
+    images = []
+    for i in range(count):
+        image = rng.integers(0, 256, (72 + 12 * i, 96, 3), dtype=np.uint8)
+        image[20 : 40 + 4 * i, 30:60] = (200, 40 * i, 30)  # something other than noise to look at
+        images.append(image)
+    return images
+
+
+def _assert_same(together, alone) -> None:
+    np.testing.assert_array_equal(together.view, alone.view)
+    assert list(together.results) == list(alone.results)
+    for variant, a in alone.results.items():
+        b = together.results[variant]
+        np.testing.assert_allclose(b.probabilities, a.probabilities, atol=1e-5)
+        assert np.abs(b.heatmap - a.heatmap).max() <= 1e-4, variant
+        assert [p.index for p in b.top] == [p.index for p in a.top] and b.target.index == a.target.index
+        assert [x.block for x in b.attention] == [x.block for x in a.attention]
+        for x, y in zip(b.attention, a.attention, strict=True):
+            for name, values in y.records.items():
+                np.testing.assert_allclose(x.records[name], values, atol=1e-5)
+        if a.knockout is not None:
+            assert np.abs(b.knockout.heatmap - a.knockout.heatmap).max() <= 1e-4
+            assert b.knockout.target_change == pytest.approx(a.knockout.target_change, abs=1e-5)
+    assert together.agreement.keys() == alone.agreement.keys()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"method": "gradcam"}, {"method": "eigencam", "layer": "layer3"}, {"method": "layercam", "target": 2},
+     {"knockout": "layer4.*", "knockout_value": "identity"}],
+    ids=["gradcam", "eigencam-layer3", "layercam-target", "knockout"],
+)
+def test_a_batch_gives_each_image_what_it_gets_alone(tiny_explainer, settings):
+    images = _photos(5)
+    together = tiny_explainer.explain_many(images, batch_size=3, **settings)  # batches of 3 and 2
+    assert len(together) == len(images)
+    for image, explanation in zip(images, together, strict=True):
+        _assert_same(explanation, tiny_explainer.explain(image, **settings))
+    # the images are not all alike: a batch that repeated one image's result would fail above or here
+    assert len({e.results["resnet50"].probabilities.argmax() for e in together} |
+               {float(e.results["resnet50"].probabilities.max()) for e in together}) > 2
+
+
+def test_a_bad_image_in_a_batch_is_one_line_before_any_model_runs(tiny_explainer, monkeypatch):
+    ran = []
+    monkeypatch.setattr(type(tiny_explainer.explainers["se"]), "explain_images",
+                        lambda *args, **kwargs: ran.append(1))
+    with pytest.raises(AttnvizError, match="not an image file"):
+        tiny_explainer.explain_many([_photos(1)[0], b"these are notes, not pixels"])
+    with pytest.raises(AttnvizError, match="batch size must be at least 1"):
+        tiny_explainer.explain_many(_photos(1), batch_size=0)
+    assert ran == []
