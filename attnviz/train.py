@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from attnviz.metrics import wilson
 from attnviz.models import VARIANTS, ModelSpec, build_model
 from attnviz.recipe import (
     IMAGENET_MEAN,
@@ -236,6 +237,7 @@ def finish(
         "file": weights_file.name,
         "accuracy_top1_224px_fp32": accuracy,
         "evaluated_on": sizes,
+        "wilson_95": wilson_intervals(accuracy, sizes),
         "scenes": {"version": train_meta.get("version", 1), "seed": train_meta.get("seed", 0),
                    "training_designs": train_meta.get("designs", ["openmoji"])},
         "train_minutes": round(elapsed / 60, 1),
@@ -346,6 +348,27 @@ def _recipe_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     return recipe
 
 
+def wilson_intervals(accuracy: dict[str, float], sizes: dict[str, int]) -> dict[str, list[float]]:
+    """Each split's Wilson 95 % interval of its top-1 accuracy (from the rounded share and the split's size)."""
+    return {key: [round(v, 4) for v in wilson(round(share * sizes[key]), sizes[key])]
+            for key, share in accuracy.items() if key in sizes}
+
+
+def report(records: list[Path]) -> str:
+    """A table of the records' top-1 accuracies with Wilson 95 % intervals, one row per record."""
+    rows = [json.loads(Path(r).read_text(encoding="utf-8")) for r in records]
+    keys = list(dict.fromkeys(k for row in rows for k in row["accuracy_top1_224px_fp32"]))
+    lines = ["| record | " + " | ".join(f"{k} (n)" for k in keys) + " | train min |",
+             "|---|" + "---|" * (len(keys) + 1)]
+    for path, row in zip(records, rows, strict=True):
+        accuracy, sizes = row["accuracy_top1_224px_fp32"], row["evaluated_on"]
+        intervals = wilson_intervals(accuracy, sizes)
+        cells = [f"{100 * accuracy[k]:.1f} % ({100 * intervals[k][0]:.1f}-{100 * intervals[k][1]:.1f}, "
+                 f"{sizes[k]})" if k in accuracy else "" for k in keys]
+        lines.append(f"| {Path(path).name} | " + " | ".join(cells) + f" | {row.get('train_minutes', '')} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnviz.train", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=VARIANTS, help="the model to train")
@@ -355,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         help="register the finished models under --out as the model set --set, then exit",
     )
     parser.add_argument("--set", default="builtin", help="model set name for --register (default builtin)")
+    parser.add_argument("--report", nargs="+", type=Path, metavar="RECORD",
+                        help="print the top-1 accuracies of these records (<variant>.json) with Wilson 95 %% "
+                             "intervals, then exit")
     parser.add_argument("--max-minutes", type=float, help="stop (resumable) after this many minutes")
     parser.add_argument("--data", type=Path, default=Path("data/scenes"))
     parser.add_argument("--out", type=Path, default=Path("weights/builtin"))
@@ -385,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --register: the training and validation scenes, and non-scene images per kind, "
                              "that the out-of-domain scorer is refitted on (default 1500 600 30)")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
     if args.register:
         from attnviz.weights import default_weights_dir
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -27,19 +26,10 @@ from PIL import Image
 
 from attnviz import designs, scenes
 from attnviz.images import preprocess
+from attnviz.metrics import wilson
 from attnviz.weights import load_model_set
 
 SEED = 0
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial share (95 % for z = 1.96)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def summary(hits: np.ndarray) -> dict:

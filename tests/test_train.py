@@ -166,3 +166,13 @@ def test_cli_writes_weights_and_a_result_record(scenes, tmp_path, monkeypatch):
     entry = Manifest(tmp_path / "weights").get("builtin").models["resnet50"]
     assert entry.variant == "resnet50"
     assert entry.extra["domain"]["file"] == "builtin/resnet50.domain.safetensors"  # refitted on registering
+
+
+def test_report_gives_each_splits_accuracy_with_its_wilson_interval(tmp_path, capsys):
+    record = tmp_path / "resnet50.json"
+    record.write_text(json.dumps({"accuracy_top1_224px_fp32": {"test": 0.75, "unseen_design": 0.5},
+                                  "evaluated_on": {"test": 1200, "unseen_design": 100}, "train_minutes": 12.5}))
+    assert main(["--report", str(record)]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    # 900 of 1200 and 50 of 100: Wilson 95 % intervals (72.5-77.4) and (40.4-59.6)
+    assert row == "| resnet50.json | 75.0 % (72.5-77.4, 1200) | 50.0 % (40.4-59.6, 100) | 12.5 |"
