@@ -11,11 +11,10 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from attnviz.attention import family
 from attnviz.errors import AttnvizError
-from attnviz.knockout import KNOCKOUT_VALUES
 from attnviz.methods import CAM_METHODS
-from attnviz.models import VARIANTS, target_layer_help, target_layer_names
+
+# torch and the models load when a request is checked, not on import: the ``attnviz`` command starts without them
 
 METHOD = "gradcam"
 LAYER = "layer4"
@@ -51,6 +50,9 @@ class ExplainSettings:
     knockout_value: str = KNOCKOUT_VALUE  # what a switched-off gate outputs: "identity" (1) or "mean"
 
     def validate(self, classes: list[str]) -> None:
+        from attnviz.knockout import KNOCKOUT_VALUES
+        from attnviz.models import VARIANTS, target_layer_help
+
         if self.method not in CAM_METHODS:
             raise AttnvizError(
                 f"unknown CAM method {self.method!r}; choose one of {', '.join(CAM_METHODS)}",
@@ -80,11 +82,16 @@ class ExplainSettings:
 
 @functools.cache
 def _valid_layers(variant: str) -> frozenset[str]:
+    from attnviz.models import target_layer_names
+
     return frozenset(target_layer_names(variant))
 
 
 def check_layer(layer: str, variants: list[str]) -> None:
     """One line when a chosen model has no such target layer (e.g. an attention module in the plain ResNet50)."""
+    from attnviz.attention import family
+    from attnviz.models import target_layer_help
+
     for variant in variants:
         if layer not in _valid_layers(variant):
             raise AttnvizError(f"{family(variant).title} has no target layer {layer!r}; choose "
@@ -110,6 +117,8 @@ def resolve_target(target: int | str | None, classes: Sequence[str]) -> int | No
 def choose_models(models: Iterable[str] | None, available: Iterable[str]) -> tuple[str, ...]:
     """The chosen models in the usual order (every available one for None); one line when one is unknown or none
     is left."""
+    from attnviz.models import VARIANTS
+
     available = list(available)
     if models is None:
         return tuple(v for v in VARIANTS if v in available)

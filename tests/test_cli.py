@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnviz.cli import COMPARISON_WIDTH, find_images, main
+from attnviz.batch import COMPARISON_WIDTH, find_images
+from attnviz.cli import main
 from attnviz.models import VARIANTS
 
 ATTNVIZ = Path(sys.executable).parent / "attnviz"  # the console script that `pip install -e .` put beside python
@@ -337,3 +338,30 @@ def test_a_bad_knockout_spec_is_one_line_before_any_image(capsys, tiny_weights_d
                                    "--out", str(tmp_path / "out"), "--knockout", "layer7:channel")
     assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
     assert "knock-out 'layer7:channel' is not valid" in stderr and not (tmp_path / "out").exists()
+
+
+def test_a_batch_writes_what_one_image_at_a_time_writes(tiny_weights_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    for i in range(4):
+        write_image(folder / f"p{i}.png", (64 + 8 * i, 72), seed=10 + i)
+    (folder / "broken.png").write_bytes(b"not a PNG")  # fails alone; the rest of its batch goes on
+    outs = {}
+    for batch in ("3", "1"):
+        outs[batch] = tmp_path / f"out{batch}"
+        code, out, _ = run_cli(capsys, "explain", str(folder), "--weights-dir", str(tiny_weights_dir), "--out",
+                               str(outs[batch]), "--batch-size", batch)
+        assert code == 1 and out.count("done ") == 4 and "broken.png: not an image file" in out
+    for i in range(4):
+        batched, single = (json.loads((outs[b] / f"photos__p{i}.png" / "summary.json").read_text()) for b in ("3", "1"))
+        for variant in VARIANTS:
+            a, b = batched["models"][variant], single["models"][variant]
+            assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
+            assert a["target"]["probability"] == pytest.approx(b["target"]["probability"], abs=1e-5)
+            overlays = [np.asarray(Image.open(outs[k] / f"photos__p{i}.png" / f"{variant}_overlay.png"), np.int16)
+                        for k in ("3", "1")]
+            assert np.abs(overlays[0] - overlays[1]).max() <= 2  # the same heatmap, up to rounding in the colours
+
+
+def test_batch_size_below_1_exits_2_with_one_line(image_folder, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "explain", str(image_folder), "--out", str(tmp_path / "o"), "--batch-size", "0")
+    assert code == 2 and "--batch-size must be at least 1" in err and len(err.strip().splitlines()) == 1

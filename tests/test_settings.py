@@ -61,3 +61,12 @@ def test_empty_form_values_mean_the_defaults_and_bad_ones_are_refused():
     with pytest.raises(AttnvizError, match="unknown CAM method") as caught:
         build_settings(CLASSES, method="no-such-cam")
     assert caught.value.code == "choice"
+
+
+def test_the_command_and_the_settings_start_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, attnviz.cli, attnviz.settings; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False"

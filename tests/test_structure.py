@@ -11,7 +11,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Modules still over 500 lines, with their size when the limit came in: each may shrink, none may grow,
 # and no other module may pass the limit (the architecture issue splits these next).
 STILL_TO_SPLIT = {
-    "attnviz.cli": 855,
     "attnviz.importers": 658,
     "attnviz.render": 660,
     "attnviz.scene_lab": 541,
