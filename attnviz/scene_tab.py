@@ -19,7 +19,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from attnviz import scene_lab, scenes
+from attnviz import localisation, scene_lab, scenes
 from attnviz.attention import family
 from attnviz.errors import AttnvizError
 from attnviz.explainer import ExplainSettings
@@ -73,8 +73,8 @@ def explain_scene(app, options: scene_lab.SceneOptions, set_name: str | None) ->
     target = explainer.classes.index(scenes.CLASSES[scene.labels[0]])
     explanation = explainer.explain(scene.image, ExplainSettings(target=target, time_limit=None))
     preprocessing = explainer.model_set.preprocessing
-    masks = [scene_lab.view_mask(m, preprocessing) for m in scene.masks]
-    settings = scene_lab.localisation_settings(set_name, app.weights_dir)
+    masks = [localisation.view_mask(m, preprocessing) for m in scene.masks]
+    settings = localisation.localisation_settings(set_name, app.weights_dir)
     folder = Path(tempfile.mkdtemp(prefix="scene-", dir=_results_dir()))
     Image.fromarray(scene.image).save(folder / "scene.png")
     for name, mask in zip(scene_lab.mask_names(len(scene.masks)), scene.masks, strict=True):
@@ -86,7 +86,7 @@ def explain_scene(app, options: scene_lab.SceneOptions, set_name: str | None) ->
         path = folder / f"{variant}_heatmap_and_mask.png"
         Image.fromarray(picture).save(path)
         images.append((str(path), f"{variant}: {family(variant).title}"))
-        measured = scene_lab.scene_metrics(result.heatmap, masks[0], settings)
+        measured = localisation.scene_metrics(result.heatmap, masks[0], settings)
         models[variant] = {"title": result.title, "top": [vars(p) for p in result.top[:3]],
                            "target": vars(result.target), **{k: v for k, v in measured.to_dict().items()
                                                              if k not in ("threshold", "tolerance", "source")}}

@@ -12,21 +12,18 @@ import pytest
 
 from attnviz import designs
 from attnviz.errors import AttnvizError
+from attnviz.localisation import LocalisationSettings, localisation_settings, scene_metrics, view_mask
 from attnviz.metrics import distance_to_mask
 from attnviz.scene_lab import (
     MAX_DISTRACTORS,
     MIN_MOVE,
-    LocalisationSettings,
     SceneOptions,
     SceneOptionsError,
     draw_scene,
     filled_by_seed,
-    localisation_settings,
     moved,
     new_background,
     resolve,
-    scene_metrics,
-    view_mask,
     with_distractor,
 )
 from attnviz.scenes import CLASS_GLYPHS, CLASSES, DISTRACTOR_SCALE, SIZE, main

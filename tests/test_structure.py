@@ -13,7 +13,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STILL_TO_SPLIT = {
     "attnviz.importers": 658,
     "attnviz.render": 660,
-    "attnviz.scene_lab": 541,
     "attnviz.ui": 634,
 }
 

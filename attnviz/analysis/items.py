@@ -11,8 +11,8 @@ from PIL import Image
 from attnviz.analysis.config import SCENE_SEED, CamConfig
 from attnviz.explainer import ModelExplainer
 from attnviz.images import preprocess
+from attnviz.localisation import view_mask as _view_mask
 from attnviz.metrics import distance_to_mask
-from attnviz.scene_lab import view_mask as _view_mask
 from attnviz.scenes import CLASSES, make_scene
 from attnviz.weights import Preprocessing
 
