@@ -128,6 +128,10 @@ class DomainModel:
     tensors: dict[str, torch.Tensor]
     threshold: float
 
+    def __post_init__(self) -> None:
+        # the scorers compute in float64: converted once here, not on every request
+        self._float64 = {k: v.double() for k, v in self.tensors.items()}
+
     @classmethod
     def from_tensors(cls, stored: dict[str, torch.Tensor], scorer: str) -> DomainModel:
         tensors = {k: v.float() for k, v in stored.items() if k != "threshold"}
@@ -143,7 +147,7 @@ class DomainModel:
     def score(self, features: torch.Tensor, logits: torch.Tensor) -> np.ndarray:
         """(batch,) scores, higher = farther from the training scenes."""
         with torch.no_grad():
-            return raw_score(self.scorer, self.tensors, features.cpu(), logits.detach().float().cpu()).numpy()
+            return raw_score(self.scorer, self._float64, features.cpu(), logits.detach().float().cpu()).numpy()
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold

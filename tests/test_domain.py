@@ -183,3 +183,17 @@ def test_the_batch_cli_reports_out_of_domain_images(scene_set, tmp_path, capsys)
     assert summary["out_of_domain"] is True and summary["models"]["resnet50"]["out_of_domain"] is True
     pages = " ".join(p.read_text() for p in out.glob("report*.html"))
     assert "unlike the scenes these models were trained on" in pages and "out-of-domain score" in pages
+
+
+def test_a_stored_model_scores_as_its_float64_statistics_do():
+    generator = torch.Generator().manual_seed(4)
+    features = torch.randn(300, 32, generator=generator)
+    labels = torch.arange(300) % 3
+    stored = fit_statistics(features, labels, 3, components=8, bank=50)
+    probe = torch.randn(5, 32, generator=generator) * 3
+    logits = torch.randn(5, 3, generator=generator)
+    for scorer in SCORERS:
+        model = DomainModel.from_tensors({**stored, "threshold": torch.tensor([1.0])}, scorer)
+        expected = raw_score(scorer, {k: v.double() for k, v in stored.items()}, probe, logits).numpy()
+        np.testing.assert_array_equal(model.score(probe, logits), expected)
+        assert all(v.dtype == torch.float32 for v in model.to_tensors().values() if v.numel() > 1)  # stored as is
