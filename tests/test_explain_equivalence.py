@@ -203,41 +203,25 @@ def test_augmentation_smoothing_equals_pytorch_grad_cams_own_call(tiny_explainer
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("method", "batch"), [("ablationcam", 128), ("scorecam", 100)])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_ablation_cam_equals_pytorch_grad_cams_own_call(tiny_explainer, user_models, image_tensor, variant):
-    """Ablation-CAM runs its own passes (one per batch of zeroed channels) through the progress and deadline
-    wrapper; the map is still the library's, and the progress counts every pass, its set-up pass included."""
+def test_perturbation_method_equals_pytorch_grad_cams_own_call(tiny_explainer, user_models, image_tensor, variant,
+                                                                 method, batch):
+    """Ablation-CAM (one pass per batch of zeroed channels) and Score-CAM (attnviz's own loop over batches of masked
+    copies, not all of them at once) run their passes through the progress and deadline wrapper; the map is still
+    the library's, and the progress counts every pass, set-up passes included."""
     for target in range(len(tiny_explainer.classes)):  # the first class whose map is not flat (random models)
-        expected = default_pgc_map(user_models[variant], "ablationcam", "layer3", image_tensor, target)
+        expected = default_pgc_map(user_models[variant], method, "layer3", image_tensor, target)
         if expected.max() - expected.min() > 0.5:
             break
     else:
         pytest.fail("every reference map is flat: the comparison would prove nothing")
     reports = []
     result = tiny_explainer.explainers[variant].explain(
-        image_tensor, ExplainSettings(method="ablationcam", layer="layer3", target=target, score_cam_batch=128),
+        image_tensor, ExplainSettings(method=method, layer="layer3", target=target, score_cam_batch=batch),
         progress=lambda share, text: reports.append(share))
     assert np.abs(result.heatmap - expected).max() <= TOLERANCE
-    assert reports[-1] == pytest.approx(1.0) and len(reports) == 1 + 1024 // 128
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_score_cam_equals_pytorch_grad_cams_own_call(tiny_explainer, user_models, image_tensor, variant):
-    """Score-CAM's weights come from attnviz's own loop (a batch of masked copies at a time, not all of them at
-    once); the map is still the library's, and the progress counts every pass."""
-    for target in range(len(tiny_explainer.classes)):  # the first class whose map is not flat (random models)
-        expected = default_pgc_map(user_models[variant], "scorecam", "layer3", image_tensor, target)
-        if expected.max() - expected.min() > 0.5:
-            break
-    else:
-        pytest.fail("every reference map is flat: the comparison would prove nothing")
-    reports = []
-    result = tiny_explainer.explainers[variant].explain(
-        image_tensor, ExplainSettings(method="scorecam", layer="layer3", target=target, score_cam_batch=100),
-        progress=lambda share, text: reports.append(share))
-    assert np.abs(result.heatmap - expected).max() <= TOLERANCE
-    assert reports[-1] == pytest.approx(1.0) and len(reports) == CAM_METHODS["scorecam"].setup_passes + -(-1024 // 100)
+    assert reports[-1] == pytest.approx(1.0) and len(reports) == CAM_METHODS[method].setup_passes + -(-1024 // batch)
 
 
 def test_score_cam_weights_are_pytorch_grad_cams_for_any_batch_size(tiny_explainer, image_tensor):
