@@ -1,7 +1,8 @@
 """Train ResNet50 with any registered attention design (or none) on the generated scenes, one shared recipe.
 
     python -m attnviz.scenes generate --version 2 --out data/scenes_v2
-    python -m attnviz.train --variant se --data data/scenes_v2 --out weights/builtin
+    python -m attnviz.train --variant se --recipe v2 --data data/scenes_v2 --out weights/builtin
+    python -m attnviz.train --report weights/builtin/se.json     # top-1 per split with Wilson intervals
 
 The run is resumable: its state is saved to ``--state`` every few steps and on
 Ctrl-C, and the same command picks it up again. At the end the weights are
