@@ -272,13 +272,6 @@ def check_job(job: ImageJob, run: Run, out_dir: Path, force: bool) -> None:
         job.status = "skipped"
 
 
-def process(job: ImageJob, run: Run, out_dir: Path, force: bool, progress=None) -> None:
-    """Set ``job.status``: skipped when finished earlier, done, or failed with a one-line reason."""
-    check_job(job, run, out_dir, force)
-    if job.status == "pending":
-        process_batch([job], run, out_dir, progress)
-
-
 def process_batch(jobs: list[ImageJob], run: Run, out_dir: Path, progress=None) -> None:
     """Explain pending jobs in one pass per model and write each; each job ends done or failed on its own (an
     image that cannot be read fails alone; a batch that fails as a whole is explained image by image)."""
