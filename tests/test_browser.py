@@ -72,7 +72,26 @@ def open_page(browser, url: str, locale: str = "en-US", width: int = 1500):
             else None)
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
+    page.locator("#image-input input[type=file]").wait_for(state="attached")  # the app has rendered
     return page, outside
+
+
+def fill_field(page, element_id: str, value: str) -> None:
+    """Type into a text field and make sure the page kept it.
+
+    A field inside an accordion that has just opened can be mounted again after the first fill (seen once
+    in CI: the request went out with the field empty), so the value is checked after a pause and typed
+    again if it was lost."""
+    from playwright.sync_api import expect
+
+    field = page.locator(f"#{element_id}").locator("textarea, input").first
+    for _ in range(5):
+        field.fill(value)
+        field.press("Tab")  # blur: the page commits the value
+        page.wait_for_timeout(300)
+        if field.input_value() == value:
+            break
+    expect(field).to_have_value(value)
 
 
 def upload(page, path: Path) -> None:
@@ -283,7 +302,7 @@ def test_attention_lab_shows_each_model_with_the_gates_off(browser, app_url, exa
 
     page, outside = open_page(browser, app_url)
     page.locator("#lab").get_by_text("Attention lab").first.click()  # open the accordion
-    page.locator("#knockout").locator("textarea, input").first.fill("layer4.*:spatial")
+    fill_field(page, "knockout", "layer4.*:spatial")
     upload(page, example_image)
     expect(page.locator("#status")).to_contain_text("Done")
     expect(page.locator("#knockout-info-cbam")).to_contain_text("layer4.*:spatial")
