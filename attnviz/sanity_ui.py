@@ -83,7 +83,7 @@ def verdict_line(report: ImageSanity, variant: str, t: Callable) -> str:
 def figure(report: ImageSanity) -> np.ndarray:
     """Spearman correlation with the original map against randomisation depth: one line per model, the edge
     map's (which ignores the model), and the rule's 0.5 line."""
-    from attnviz.render import _DRAW_LOCK
+    from attnviz.render import DRAW_LOCK as _DRAW_LOCK
 
     first = next(iter(report.models.values()))
     depth = np.arange(len(first.steps) + 1)

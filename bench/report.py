@@ -15,7 +15,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TITLES = {"resnet50": "ResNet50", "se": "ResNet50 + SE", "cbam": "ResNet50 + CBAM", "eca": "ResNet50 + ECA",
-          "three": "all three"}
+          "three": "all models of the set"}
 
 
 def _load(folder: Path, name: str) -> dict | None:
@@ -146,6 +146,35 @@ def domain_cost_section(data: dict) -> list[str]:
     return [*lines, ""]
 
 
+def batch_section(data: dict) -> list[str]:
+    lines = [f"Machine: {_machine(data)}; set {data['set']} ({', '.join(data['models'])}), {data['images']} images, "
+             f"{data['rounds']} rounds, {data['threads']} torch threads; Grad-CAM at layer4, top-5, every attention "
+             f"record.", "",
+             "| mode | seconds (median) | images / s | against batch size 1 |", "|---|---:|---:|---:|"]
+    for mode, e in data["summary"].items():
+        name = mode.replace("attnviz_batch_", "attnviz, batch size ").replace("pgc_gradcam_batch_",
+                                                                          "pytorch-grad-cam GradCAM, batch size ")
+        lines.append(f"| {name} | {e['seconds_median']:.2f} | {e['images_per_s']:.1f} | "
+                     f"{e['speedup_over_batch_1']:.2f}x |")
+    return [*lines, ""]
+
+
+def scorecam_section(data: dict) -> list[str]:
+    s = data["summary"]
+    lines = [f"Machine: {_machine(data)}; {TITLES.get(data['variant'], data['variant'])} of set {data['set']}, "
+             f"image {data['image']}, {data['batch']} masked copies per pass, {data['rounds']} round(s); peak RSS "
+             f"(VmHWM) of a process of its own, against one that only loads the model and runs one forward pass "
+             f"({data['forward_peak_rss_mb_median']:.0f} MB).", "",
+             "| Score-CAM | seconds | peak RSS MB | over the forward-only process MB |", "|---|---:|---:|---:|"]
+    for mode, name in (("pgc", "pytorch-grad-cam ScoreCAM"), ("attnviz", "attnviz's bounded loop")):
+        e = s[mode]
+        lines.append(f"| {name} | {e['seconds_median']:.1f} | {e['peak_rss_mb_median']:.0f} | "
+                     f"{e['peak_over_forward_mb']:.0f} |")
+    lines += ["", f"attnviz / pytorch-grad-cam time: {s['attnviz_over_pgc_time']:.2f}x; largest difference of "
+              f"the maps: {s['attnviz']['max_difference_from_pgc']:.1e}.", ""]
+    return lines
+
+
 SECTIONS = (
     ("Time per request", "explain.json", "python bench/bench_explain.py --random --runs 21", explain_section),
     ("Memory of a serving process", "memory.json", "python bench/bench_memory.py --random --requests 50",
@@ -157,6 +186,9 @@ SECTIONS = (
      offline_import_section),
     ("The out-of-domain score's cost", "domain_cost.json", "python bench/bench_domain.py --set builtin --runs 21",
      domain_cost_section),
+    ("Batches", "batch.json", "python bench/bench_batch.py --images 16 --batch-sizes 1 4 8 16 --rounds 3",
+     batch_section),
+    ("Score-CAM in bounded memory", "scorecam.json", "python bench/bench_scorecam.py --rounds 1", scorecam_section),
 )
 
 
