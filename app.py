@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+WARM_UP_WAIT_S = 60  # the longest the server waits for the models' warm-up before serving the page anyway
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr if line.startswith("error") else sys.stdout, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,19 +26,28 @@ def main(argv: list[str] | None = None) -> int:
                                                          "or weights/)")
     args = parser.parse_args(argv)
 
+    # The models load and run once in the background while gradio is imported and the page built (one line says
+    # when, or what is wrong); the page is served once that is done (or after WARM_UP_WAIT_S at most), so that
+    # the first request costs what a later one does.
+    from attnviz import warmup
+
+    warming = warmup.start(args.weights_dir, args.set_name, _log)
+
     from attnviz.errors import AttnvizError
     from attnviz.ui import AttnvizApp, launch
 
     try:
         app = AttnvizApp(args.weights_dir, args.set_name)
-        app.preload()
     except AttnvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Optional password protection (e.g. in the Docker image): ATTNVIZ_PASSWORD, user ATTNVIZ_USER.
     password = os.environ.get("ATTNVIZ_PASSWORD")
     auth = [(os.environ.get("ATTNVIZ_USER") or "attnviz", password)] if password else None
-    launch(app.build(), host=args.host, port=args.port, auth=auth)
+    demo = app.build()
+    if warming is not None:
+        warming.join(WARM_UP_WAIT_S)
+    launch(demo, host=args.host, port=args.port, auth=auth)
     return 0
 
 

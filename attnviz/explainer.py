@@ -276,7 +276,7 @@ class ModelExplainer:
         return GridResult(self.variant, probabilities, maps, attention, time.perf_counter() - started)
 
     def explain_batch(self, x: torch.Tensor, targets: list[int], configs: list[tuple[str, str]],
-                      scorecam_batch: int = 64, precision: str = "fp32",
+                      scorecam_batch: int = defaults.SCORE_CAM_BATCH, precision: str = "fp32",
                       replace: dict[str, torch.Tensor | float] | None = None) -> BatchResult:
         """A batch of images, each with its own target class: one forward pass capturing every layer the
         (method, layer) configs need, one backward from the targets' logits to the earliest of them, then every

@@ -21,7 +21,6 @@ import importlib.util
 import io
 import logging
 import math
-import pickle
 import re
 import ssl
 import threading
@@ -29,21 +28,30 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from attnviz.checkpoints import (
+    convert_state_dict,
+    fill_step_counters,
+    first_line,
+    read_checkpoint,
+    refuse_legacy_seresnet,
+    rename_official_cbam,
+    rename_pytorchcv,
+    rename_timm,
+    rename_torchvision,
+)
 from attnviz.errors import AttnvizError
 from attnviz.models import VARIANTS, ModelSpec, build_model
 from attnviz.weights import (
-    PICKLE_MAGIC,
     Manifest,
     ModelEntry,
     Preprocessing,
     check_state_dict,
-    read_safetensors,
     sha256_of,
     write_safetensors,
 )
@@ -93,173 +101,6 @@ class Source:
     rename: Callable[[str], str | None]
     release: Callable[[Path | None, str | None], Release]  # (file, torchvision version)
     download: Callable[[str | None], Path | dict[str, torch.Tensor]]  # a cached file, or the state dict itself
-
-
-# --------------------------------------------------------------------------- reading files
-
-
-def _some(keys: Iterable[str], shown: int = 3) -> str:
-    """'a, b, c and 5 more': a short list for a one-line error."""
-    keys = list(keys)
-    text = ", ".join(keys[:shown])
-    return f"{text} and {len(keys) - shown} more" if len(keys) > shown else text
-
-
-def _first_line(exc: BaseException, limit: int = 120) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _unwrap(obj: object, origin: str) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint: the object itself or its 'state_dict' / 'model' entry, 'module.' removed."""
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj:
-        raise AttnvizError(f"{origin}: holds no state dict (a dict of tensors, maybe under 'state_dict'); "
-                           f"save model.state_dict() and try again")
-    not_tensors = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
-    if not_tensors:
-        raise AttnvizError(f"{origin}: its state dict has entries that are not tensors ({_some(not_tensors)}); "
-                           f"save model.state_dict() and try again")
-    if all(k.startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    return dict(obj)
-
-
-def read_checkpoint(path: Path | str) -> dict[str, torch.Tensor]:
-    """Read a safetensors file or a .pth state dict without unpickling anything but tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise AttnvizError(f"{path}: no such file; check the path")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if not any(head.startswith(magic) for magic in PICKLE_MAGIC):
-        return _unwrap(read_safetensors(path), str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise AttnvizError(f"{path}: holds objects that are not plain tensors, and unpickling them could run code, "
-                           f"so it is not loaded; save only model.state_dict() or safetensors and try again") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise AttnvizError(f"{path}: cannot be read as a PyTorch checkpoint ({_first_line(exc)}); "
-                           f"download or copy it again") from None
-    return _unwrap(obj, str(path))
-
-
-def refuse_legacy_seresnet(state: dict[str, torch.Tensor], origin: str) -> None:
-    """timm's legacy_seresnet50 (a Caffe port) fits by shape but is another network: refuse it by its key names."""
-    if any(k.startswith(("layer0.", "last_linear.")) or ".se_module." in k for k in state):
-        raise AttnvizError(f"{origin}: is timm's legacy_seresnet50 (the Caffe port: layer0, se_module, last_linear, "
-                           f"stride on the first 1x1 conv), a different network from seresnet50, so it is not loaded; "
-                           f"use timm's seresnet50 weights (python -m attnviz.weights import timm-seresnet50)")
-
-
-# --------------------------------------------------------------------------- key mappings
-
-
-def _rename_torchvision(key: str) -> str | None:
-    return key
-
-
-_TIMM_SE = re.compile(r"(layer\d\.\d+)\.se\.(fc[12]\.(?:weight|bias))")
-
-
-def _rename_timm(key: str) -> str | None:
-    match = _TIMM_SE.fullmatch(key)
-    return f"{match[1]}.attention.{match[2]}" if match else key
-
-
-_CV_BLOCK = re.compile(r"features\.stage(\d)\.unit(\d+)\.(.+)")
-_CV_INSIDE = [
-    (re.compile(r"body\.conv(\d)\.conv\.(weight)"), "conv{0}.{1}"),
-    (re.compile(r"body\.conv(\d)\.bn\.(\w+)"), "bn{0}.{1}"),
-    (re.compile(r"identity_conv\.conv\.(weight)"), "downsample.0.{0}"),
-    (re.compile(r"identity_conv\.bn\.(\w+)"), "downsample.1.{0}"),
-    (re.compile(r"cbam\.ch_gate\.mlp\.(fc[12]\.(?:weight|bias))"), "attention.channel_gate.{0}"),
-    (re.compile(r"cbam\.sp_gate\.conv\.conv\.(weight)"), "attention.spatial_gate.conv.{0}"),
-    (re.compile(r"cbam\.sp_gate\.conv\.bn\.(\w+)"), "attention.spatial_gate.bn.{0}"),
-]
-_CV_STEM = [
-    (re.compile(r"features\.init_block\.conv\.conv\.(weight)"), "conv1.{0}"),
-    (re.compile(r"features\.init_block\.conv\.bn\.(\w+)"), "bn1.{0}"),
-    (re.compile(r"output\.(weight|bias)"), "fc.{0}"),
-]
-
-
-def _apply(rules: list[tuple[re.Pattern, str]], text: str) -> str | None:
-    for pattern, template in rules:
-        match = pattern.fullmatch(text)
-        if match:
-            return template.format(*match.groups())
-    return None
-
-
-def _rename_pytorchcv(key: str) -> str | None:
-    block = _CV_BLOCK.fullmatch(key)
-    if block is None:
-        return _apply(_CV_STEM, key)
-    inside = _apply(_CV_INSIDE, block[3])
-    return f"layer{block[1]}.{int(block[2]) - 1}.{inside}" if inside else None
-
-
-_OFFICIAL_CBAM = [
-    (re.compile(r"(layer\d\.\d+)\.cbam\.ChannelGate\.mlp\.1\.(weight|bias)"), "{0}.attention.channel_gate.fc1.{1}"),
-    (re.compile(r"(layer\d\.\d+)\.cbam\.ChannelGate\.mlp\.3\.(weight|bias)"), "{0}.attention.channel_gate.fc2.{1}"),
-    (re.compile(r"(layer\d\.\d+)\.cbam\.SpatialGate\.spatial\.conv\.(weight)"), "{0}.attention.spatial_gate.conv.{1}"),
-    (re.compile(r"(layer\d\.\d+)\.cbam\.SpatialGate\.spatial\.bn\.(\w+)"), "{0}.attention.spatial_gate.bn.{1}"),
-]
-
-
-def _rename_official_cbam(key: str) -> str | None:
-    if ".cbam." in key:
-        return _apply(_OFFICIAL_CBAM, key)
-    return key
-
-
-def _fill_step_counters(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    """Files saved before PyTorch 0.4.1 have no BatchNorm step counters; eval mode never reads them."""
-    for key in expected:
-        prefix = key.removesuffix(".num_batches_tracked")
-        if key not in state and prefix != key and f"{prefix}.running_mean" in state:
-            state[key] = torch.tensor(0, dtype=torch.long)
-
-
-def convert_state_dict(state: dict[str, torch.Tensor], source: str, origin: str) -> dict[str, torch.Tensor]:
-    """Rename a source's state dict to attnviz's names; every key must be used and every tensor filled."""
-    spec = _source(source)
-    refuse_legacy_seresnet(state, origin)
-    expected = build_model(ModelSpec(spec.variant, 1000)).state_dict()
-    converted: dict[str, torch.Tensor] = {}
-    unused, wrong_shape = [], []
-    for key, value in state.items():
-        target = spec.rename(key)
-        if target is None or target not in expected or target in converted:
-            unused.append(key)
-            continue
-        want = expected[target].shape
-        if value.dim() == 4 and value.shape[2:] == (1, 1) and len(want) == 2:  # 1x1 conv stored for a Linear
-            value = value.reshape(value.shape[:2])
-        if value.shape != want:
-            wrong_shape.append(f"{key} {tuple(value.shape)} vs {target} {tuple(want)}")
-            continue
-        converted[target] = value
-    _fill_step_counters(converted, expected)
-    unfilled = [k for k in expected if k not in converted]
-    problems = []
-    if unused:
-        problems.append(f"{len(unused)} source keys did not fit ({_some(unused)})")
-    if wrong_shape:
-        problems.append(f"{len(wrong_shape)} with the wrong shape ({_some(wrong_shape, 1)})")
-    if unfilled:
-        problems.append(f"{len(unfilled)} attnviz tensors were not filled ({_some(unfilled)})")
-    if problems:
-        raise AttnvizError(f"{origin}: does not fit the {source} layout: {'; '.join(problems)}; "
-                           f"is it a {spec.summary} checkpoint?")
-    return converted
 
 
 # --------------------------------------------------------------------------- releases and downloads
@@ -352,9 +193,9 @@ def _unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         except urllib.error.HTTPError:
             outcome.append(None)
         except urllib.error.URLError as exc:
-            outcome.append(None if isinstance(exc.reason, ssl.SSLError) else _first_line(exc.reason, 80))
+            outcome.append(None if isinstance(exc.reason, ssl.SSLError) else first_line(exc.reason, 80))
         except (OSError, http.client.HTTPException) as exc:
-            outcome.append(_first_line(exc, 80))
+            outcome.append(first_line(exc, 80))
 
     thread = threading.Thread(target=ask, name="attnviz-probe", daemon=True)
     thread.start()
@@ -378,7 +219,7 @@ def _download_failed(source: str, exc: BaseException, manual: str) -> AttnvizErr
         if exc.__cause__ is None and exc.__context__ is None:
             break
         exc = exc.__cause__ or exc.__context__
-    return AttnvizError(f"cannot download {source} weights ({_first_line(exc, 80)}); on a machine with internet "
+    return AttnvizError(f"cannot download {source} weights ({first_line(exc, 80)}); on a machine with internet "
                         f"download {manual}, then pass the file with --file PATH")
 
 
@@ -489,12 +330,12 @@ def _require(module: str, source: str) -> None:
 SOURCES: dict[str, Source] = {
     source.name: source
     for source in (
-        Source("torchvision-resnet50", "resnet50", "torchvision resnet50", _rename_torchvision,
+        Source("torchvision-resnet50", "resnet50", "torchvision resnet50", rename_torchvision,
                _torchvision_release, _download_torchvision),
-        Source("timm-seresnet50", "se", "timm seresnet50", _rename_timm, _timm_release, _download_timm),
-        Source("pytorchcv-cbam-resnet50", "cbam", "pytorchcv cbam_resnet50", _rename_pytorchcv,
+        Source("timm-seresnet50", "se", "timm seresnet50", rename_timm, _timm_release, _download_timm),
+        Source("pytorchcv-cbam-resnet50", "cbam", "pytorchcv cbam_resnet50", rename_pytorchcv,
                pytorchcv_release, _download_pytorchcv),
-        Source("cbam-official", "cbam", f"official CBAM ResNet50 ({OFFICIAL_CBAM_FILE})", _rename_official_cbam,
+        Source("cbam-official", "cbam", f"official CBAM ResNet50 ({OFFICIAL_CBAM_FILE})", rename_official_cbam,
                _official_cbam_release, _no_download_official),
     )
 }
@@ -601,7 +442,7 @@ def import_weights(source: str, set_name: str, file: Path | str | None = None, w
         extra = {"source_file": path.name, "source_sha256": sha256_of(path)}
     else:
         path, state, origin = None, fetched, f"downloaded {source} weights"
-    converted = convert_state_dict(state, source, origin)
+    converted = convert_state_dict(state, source, spec.rename, spec.variant, spec.summary, origin)
     model_spec = ModelSpec(spec.variant, 1000)
     _load_checked(converted, model_spec, origin)
     release = spec.release(path, version)
@@ -647,7 +488,7 @@ def add_checkpoint(file: Path | str, variant: str, classes_file: Path | str, set
     if head is not None and head.dim() == 2 and head.shape[0] != len(classes):
         raise AttnvizError(f"{path}: has {head.shape[0]} outputs but {classes_file} lists {len(classes)} classes; "
                            f"give the class list it was trained with")
-    _fill_step_counters(state, build_model(spec).state_dict())
+    fill_step_counters(state, build_model(spec).state_dict())
     _load_checked(state, spec, str(path))
     manifest = Manifest(Path(weights_dir) if weights_dir else None)
     entry = ModelEntry(variant=variant, file=f"{set_name}/{variant}.safetensors", sha256="", classes=classes,

@@ -46,6 +46,8 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
     if CAM_METHODS[method].own_call:  # its own passes, one image at a time (the one pass is not enough)
         return np.stack([library_call(model, method, layer, x[i : i + 1], target, eigen_smooth=eigen_smooth)
                          for i, target in enumerate(targets)])
+    if method == "gradcam" and not eigen_smooth and gradient is not None and activation.dim() == 4:
+        return grad_cam(activation, gradient, (x.shape[-1], x.shape[-2]))
     cam = _make_cam(method, passes if passes is not None else model, layer)
     recorder = cam.activations_and_grads
     try:
@@ -72,6 +74,34 @@ def maps_from_pass(model: nn.Module, method: str, layer: nn.Module, x: torch.Ten
         recorder.activations = []
         recorder.gradients = []
         cam.model = None
+
+
+def grad_cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Grad-CAM's maps, (batch, H, W) float32 in [0, 1], computed as pytorch-grad-cam's ``GradCAM`` computes them
+    from a (batch, C, h, w) activation and its gradient: channel weights the gradient's spatial mean, the
+    weighted sum over channels through a ReLU, scaled to [0, 1], resized bilinearly to ``size`` (width,
+    height; half-pixel centres, as its ``cv2.resize``), clipped at 0 and scaled again.
+
+    The page's default method, so written out here: importing pytorch-grad-cam (with scikit-learn, SciPy and
+    OpenCV behind it) costs about a second, which the app's start-up no longer pays. The maps equal its class's
+    (tests/test_explain_equivalence.py); every other method goes through the class itself.
+    """
+    activations = activation.detach().float().cpu().numpy()
+    weights = np.mean(gradient.detach().float().cpu().numpy(), axis=(2, 3))
+    cams = np.maximum((weights[:, :, None, None] * activations).sum(axis=1), 0)
+    scaled = _scale(cams)
+    resized = torch.nn.functional.interpolate(torch.from_numpy(scaled)[:, None], size=(size[1], size[0]),
+                                              mode="bilinear", align_corners=False)[:, 0].numpy()
+    return _scale(np.maximum(resized, 0))
+
+
+def _scale(maps: np.ndarray) -> np.ndarray:
+    """Each map minus its minimum, over 1e-7 plus its new maximum (pytorch-grad-cam's ``scale_cam_image``)."""
+    out = np.empty(maps.shape, np.float32)
+    for i, values in enumerate(maps):
+        values = values - np.min(values)
+        out[i] = values / (1e-7 + np.max(values))
+    return out
 
 
 def score_cam_weights(model: nn.Module, x: torch.Tensor, targets: list, activations: np.ndarray,

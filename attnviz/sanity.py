@@ -30,8 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
-from scipy.stats import rankdata
 from torch import nn
 
 from attnviz.capture import model_lock
@@ -142,6 +140,8 @@ def _crop(values: np.ndarray) -> np.ndarray:
 
 def _blur(values: np.ndarray) -> np.ndarray:
     sigma = (0,) * (values.ndim - 2) + (SSIM_SIGMA, SSIM_SIGMA)
+    from scipy import ndimage  # here, not at import: the app imports this module, scipy costs 0.3-0.5 s
+
     return ndimage.gaussian_filter(values, sigma=sigma, truncate=SSIM_TRUNCATE, mode="reflect")
 
 
@@ -184,6 +184,8 @@ class Reference:
 
 def _centred_ranks(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each map's ranks of absolute values (ties averaged), centred, and their norms."""
+    from scipy.stats import rankdata  # imported on use, as ndimage above
+
     flat = np.abs(np.asarray(maps, np.float64)).reshape(len(maps), -1)
     ranks = rankdata(flat, axis=1)
     ranks -= ranks.mean(axis=1, keepdims=True)
@@ -203,6 +205,8 @@ def spearman_abs(first: np.ndarray, second: np.ndarray) -> float:
 def sobel_edges(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """The Sobel gradient magnitude of each image's channel mean, scaled to [0, 1]: (N, H, W) for (N, C, H, W).
     It reads the image only, never the model: the reference map that must fail the test."""
+    from scipy import ndimage
+
     grey = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, np.float64).mean(axis=1)
     magnitude = np.hypot(ndimage.sobel(grey, axis=-1), ndimage.sobel(grey, axis=-2))
     peak = magnitude.reshape(len(grey), -1).max(axis=1)[:, None, None]

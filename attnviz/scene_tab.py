@@ -99,7 +99,7 @@ def explain_scene(app, options: scene_lab.SceneOptions, set_name: str | None) ->
 
 
 def _results_dir() -> Path:
-    from attnviz.ui import RESULTS_DIR
+    from attnviz.page import RESULTS_DIR
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     return RESULTS_DIR

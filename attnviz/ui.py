@@ -19,266 +19,78 @@ optional with the page's defaults; ``archive=True`` asks for the zip too:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from attnviz import lab_ui, sanity_ui  # noqa: E402
 from attnviz.analysis.findings import language_of  # noqa: E402
 from attnviz.analysis_view import build_analysis_tab  # noqa: E402
-from attnviz.attention import RECORD_KINDS, family  # noqa: E402
+from attnviz.attention import family  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
-from attnviz.explainer import CAM_METHODS, PRECISIONS, ExplainSettings, Explanation, get_explainer  # noqa: E402
-from attnviz.images import MAX_FILE_BYTES  # noqa: E402
+from attnviz.explainer import CAM_METHODS, PRECISIONS, Explanation, get_explainer  # noqa: E402
 from attnviz.methods import method_choices  # noqa: E402
-from attnviz.models import RESNET50_LAYERS, TARGET_LAYERS, VARIANTS  # noqa: E402
-from attnviz.render import COLORMAPS, Rendered, export_zip, render_explanation  # noqa: E402
+from attnviz.models import VARIANTS  # noqa: E402
+from attnviz.page import (  # noqa: E402
+    CONCURRENCY,
+    CSS,
+    DEFAULT_COLORMAP,
+    DEFAULT_LAYER,
+    DEFAULT_METHOD,
+    DEFAULT_OPACITY,
+    DELETE_CACHE,
+    EXAMPLES_DIR,
+    I18N,
+    MAX_FILE_SIZE,
+    QUEUE_SIZE,
+    TRANSLATIONS,
+    Analysis,
+    domain_notice,
+    error_text,
+    family_kinds,
+    figure,
+    installed_sets,
+    model_choices,
+    page_layers,
+    request_key,
+    t,
+    theme,
+    top_label,
+    tr,
+    uploaded_image,
+)
+from attnviz.render import COLORMAPS, export_zip, render_explanation  # noqa: E402
 from attnviz.scene_tab import SceneTab  # noqa: E402
 from attnviz.scenes import attribution  # noqa: E402
 from attnviz.settings import (  # noqa: E402
-    COLORMAP,
-    LAYER,
-    METHOD,
-    OPACITY,
     OWN_TOP1,
     TIME_LIMIT_S,
     TOP_K,
     build_settings,
 )
-from attnviz.texts import LANGUAGES, fill, locale  # noqa: E402
-from attnviz.weights import BUILTIN_SET, Manifest, default_weights_dir  # noqa: E402
-
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
-# The page's defaults are the library's (attnviz.settings); the target dropdown's OWN_TOP1 means each model's own
-# top-1.
-DEFAULT_METHOD, DEFAULT_LAYER, DEFAULT_OPACITY, DEFAULT_COLORMAP = METHOD, LAYER, OPACITY, COLORMAP
-DELETE_CACHE = (600, 1800)  # every 10 minutes, delete uploads and results older than 30 minutes
-MAX_FILE_SIZE = f"{MAX_FILE_BYTES // 2**20}mb"
-QUEUE_SIZE = 16
-CONCURRENCY = 2  # requests at once; each model's lock still lets only one request use its hooks
-RESULTS_DIR = Path(tempfile.gettempdir()) / "attnviz-results"
-PNG_LEVEL = 1  # zlib level of the page's PNGs: about a quarter of level 6's time, files about 10-20 % larger
-IMPORT_COMMANDS = (
-    "python -m attnviz.weights import torchvision-resnet50 --set imagenet\n"
-    "python -m attnviz.weights import timm-seresnet50 --set imagenet\n"
-    "python -m attnviz.weights import pytorchcv-cbam-resnet50 --set imagenet"
-)
-SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Noto Sans", "Helvetica Neue", "Arial",
-                "PingFang SC", "Microsoft YaHei", "sans-serif"]
-MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
-CSS = """
-.attnviz-credit { font-size: 0.8em; opacity: 0.75; }
-.attnviz-model-title h3 { margin: 0; }
-.attnviz-note { font-size: 0.9em; }
-.attnviz-caption { font-weight: 600; }
-.attnviz-overlay img { width: 100%; height: 100%; object-fit: contain; }
-.attnviz-figure img { max-width: 100%; height: auto; object-fit: contain; }
-#status { font-size: 1.05em; }
-.attnviz-notice { border-left: 4px solid #d97706; background: rgba(217, 119, 6, 0.08); padding: 0.4em 0.8em; }
-"""
-
-_MINUTES = DELETE_CACHE[1] // 60
-
-# Every text of the page is in the locale files (attnviz/locales, one per language, shared with the CLI's report);
-# a few name a setting of this module, filled in here.
-_SETTINGS_IN_TEXTS = {"time_limit_s": TIME_LIMIT_S, "import_commands": IMPORT_COMMANDS, "minutes": _MINUTES}
-TRANSLATIONS: dict[str, dict[str, str]] = {
-    lang: {key: fill(value, _SETTINGS_IN_TEXTS) for key, value in locale(lang).items()} for lang in LANGUAGES
-}
-TRANSLATIONS["zh"] = TRANSLATIONS["zh-CN"]  # browsers that send plain "zh"
-# Keys are prefixed in the page: gradio's own translations have nested groups ("image", "file", ...) and a key
-# equal to one of their names would show as "[object Object]".
-KEY_PREFIX = "attnviz_"
-I18N = gr.I18n(**{lang: {KEY_PREFIX + k: v for k, v in texts.items()} for lang, texts in TRANSLATIONS.items()})
-
-def tr(key: str) -> gr.i18n.I18nData:
-    """A translated text for a component's label, info or value."""
-    return I18N(KEY_PREFIX + key)
-
-
-def t(key: str) -> str:
-    """A translated text inside a longer string (at most one per string): the page replaces the marker."""
-    return str(tr(key))
-
-
-def domain_notice(explanation: Explanation) -> str:
-    """The notice above the result columns when a shown model finds the image far from its training scenes (one
-    line per such model: its score and threshold); empty when the image is in domain or no model is calibrated."""
-    if not explanation.out_of_domain:
-        return ""
-    lines = [f"- {family(v).title}: **{r.domain_score:.3g}** > {r.domain_threshold:.3g}"
-             for v, r in explanation.results.items() if r.out_of_domain]
-    return t("ood_notice") + "\n\n" + "\n".join(lines)
-
-
-def error_text(exc: AttnvizError) -> str:
-    """A translated one-line headline, found by the error's code, followed by the library's own message."""
-    return f"{t('err_' + getattr(exc, 'code', 'generic'))} {exc}"
-
-
-def _uploaded_file(payload):
-    """The upload as it arrived: its path (or the bytes of a data URL), for ``load_image`` to validate."""
-    if payload is None:
-        return None
-    if payload.url and payload.url.startswith("data:"):
-        return base64.b64decode(payload.url.split(",", 1)[1])
-    return payload.path
-
-
-def uploaded_image(**kwargs) -> gr.Image:
-    """A ``gr.Image`` input that hands the handler the uploaded file untouched.
-
-    ``gr.Image`` itself opens every upload with Pillow before the handler runs, so a zero-byte file, a non-image
-    or a decompression bomb would fail there with a bare "Error" instead of attnviz's one-line message. The
-    override is set on the instance: a subclass of a gradio component makes gradio write a .pyi stub next to
-    this module.
-    """
-    image = gr.Image(type="filepath", image_mode=None, **kwargs)
-    image.preprocess = _uploaded_file
-    return image
-
-
-@dataclass
-class Analysis:
-    """One request's results: the data, its pictures and, once asked for, the zip of both."""
-
-    explanation: Explanation
-    rendered: Rendered
-    archive: Path | None = None
-    folder: Path | None = None  # this request's own folder for its files, made on first use
-    request: tuple | None = None  # what the models ran on (request_key): the same again shows this result
-    drawing: tuple | None = None  # (opacity, colormap, excitation block): a change redraws without the models
-    excitation: dict = field(default_factory=dict)  # variant -> the live excitation figure (None: no profile)
-    sanity: object | None = None  # the sanity check of this image (attnviz.sanity.ImageSanity), when asked for
-
-    def directory(self) -> Path:
-        if self.folder is None:
-            _prune_results(DELETE_CACHE[1])
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            self.folder = Path(tempfile.mkdtemp(prefix="request-", dir=RESULTS_DIR))
-        return self.folder
-
-    def image_file(self, name: str, image: np.ndarray | None) -> str | None:
-        """A picture as a PNG file of this request's own, for an image output.
-
-        Handing gradio arrays would let it write each picture to a path named by the hash of its bytes, in
-        place: two requests with the same result (a class clicking the same example) would rewrite the file
-        while another client downloads it, and that download breaks off. gradio copies a file output into its
-        cache under a temporary name and renames it into place, which is safe.
-        """
-        if image is None:
-            return None
-        path = self.directory() / f"{name}.png"
-        if not path.exists():
-            Image.fromarray(image).save(path, format="PNG", compress_level=PNG_LEVEL)
-        return str(path)
-
-
-def _prune_results(max_age: float) -> None:
-    """Delete this app's result folders older than ``max_age`` seconds (gradio serves its own copies)."""
-    if not RESULTS_DIR.exists():
-        return
-    cutoff = time.time() - max_age
-    for folder in RESULTS_DIR.iterdir():
-        try:
-            if folder.stat().st_mtime < cutoff:
-                shutil.rmtree(folder, ignore_errors=True)
-        except FileNotFoundError:
-            pass
-
-
-def installed_sets(weights_dir: str | Path | None = None) -> tuple[Manifest, list[str]]:
-    """The manifest and its set names; a clear AttnvizError when no model set is installed."""
-    manifest = Manifest(Path(weights_dir) if weights_dir else None)
-    names = manifest.set_names()
-    if not names:
-        raise AttnvizError(
-            f"no model set is installed in {manifest.weights_dir}: train the built-in set (python -m attnviz.train "
-            f"--variant V for resnet50, se and cbam, then --register) or import one (python -m attnviz.weights "
-            f"import torchvision-resnet50 --set imagenet), or point --weights-dir / ATTNVIZ_WEIGHTS at a weights "
-            f"folder")
-    return manifest, names
-
-
-def request_key(image, *settings) -> tuple | None:
-    """What a page request runs the models on: the image (a file by path, size and modification time, data by
-    its hash) and the settings; None for an image it cannot tell apart, which then always runs."""
-    if isinstance(image, (str, Path)):
-        try:
-            stat = os.stat(image)
-        except OSError:
-            return None
-        picture: tuple = ("file", str(image), stat.st_size, stat.st_mtime_ns)
-    elif isinstance(image, bytes):
-        picture = ("bytes", hashlib.sha256(image).hexdigest())
-    elif isinstance(image, np.ndarray):
-        picture = ("array", image.shape, str(image.dtype), hashlib.sha256(np.ascontiguousarray(image)).hexdigest())
-    else:
-        return None
-    return (picture, *(tuple(s) if isinstance(s, list) else s for s in settings))
-
-
-def family_kinds(variant: str) -> list:
-    """The record kinds a family's gates produce, in the order the kinds are declared: one figure each."""
-    present = family(variant).kinds()
-    return [kind for kind in RECORD_KINDS.values() if kind.key in present]
-
-
-def model_choices(variants: list[str]) -> list[tuple[str, str]]:
-    return [(family(v).title, v) for v in variants]
-
-
-def page_layers() -> list[str]:
-    """The target layers the page offers: the stages, then every block (the library takes any module too)."""
-    return [*TARGET_LAYERS, *(f"{stage}.{i}" for stage, blocks in zip(TARGET_LAYERS, RESNET50_LAYERS, strict=True)
-                              for i in range(blocks))]
-
-
-def top_label(elem_id: str) -> gr.Label:
-    return gr.Label(num_top_classes=TOP_K, show_label=False, show_heading=False, elem_id=elem_id)
-
-
-def figure(elem_id: str) -> gr.Image:
-    """An output for a figure; its caption goes above as Markdown (a floating label would cover its title)."""
-    return gr.Image(show_label=False, format="png", interactive=False, elem_id=elem_id,
-                    elem_classes=["attnviz-figure"], buttons=["download", "fullscreen"])
+from attnviz.warmup import startup_set, weights_folder  # noqa: E402
+from attnviz.weights import BUILTIN_SET  # noqa: E402
 
 
 class AttnvizApp:
     """The app's handlers and its Blocks; the handlers work without a server."""
 
     def __init__(self, weights_dir: str | Path | None = None, default_set: str | None = None) -> None:
-        self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
+        self.weights_dir = weights_folder(weights_dir)
         self.manifest, self.set_names = installed_sets(self.weights_dir)
         if default_set is not None and default_set not in self.set_names:
             raise AttnvizError(f"model set {default_set!r} is not installed (installed: {', '.join(self.set_names)}); "
                                f"choose one of them with --set")
-        preferred = default_set or self.manifest.default_set
-        self.default_set = preferred if preferred in self.set_names else self.set_names[0]
+        self.default_set = startup_set(self.manifest, default_set)  # app.py's warm-up loads the same one
         self.components: dict[str, gr.components.Component | gr.blocks.BlockContext] = {}
 
     # ------------------------------------------------------------------ computing (explain) and drawing (render)
 
     def explainer(self, set_name: str | None):
         return get_explainer(set_name or self.default_set, str(self.weights_dir))
-
-    def preload(self) -> None:
-        """Load the default set and run each model once, so that broken weights show at start-up and the first
-        request's times per model are not inflated by one-time set-up in whichever model runs first."""
-        explainer = self.explainer(self.default_set)
-        side = self.manifest.get(self.default_set).preprocessing.crop
-        explainer.explain(np.full((side, side, 3), 128, np.uint8), ExplainSettings(top_k=1))
 
     def classes(self, set_name: str | None) -> list[str]:
         return self.manifest.get(set_name or self.default_set).classes
@@ -389,6 +201,10 @@ class AttnvizApp:
         summary["classes"] = list(analysis.explanation.classes)
         summary["render"] = {"colormap": colormap, "opacity": float(opacity)}
         summary["sanity"] = sanity_ui.summary(analysis.sanity)
+        drawn = analysis.rendered.models
+        analysis.write_images({"view": analysis.rendered.view,
+                               **{f"{v}_overlay": m.overlay for v, m in drawn.items()},
+                               **{f"{v}_knockout_overlay": m.knockout_overlay for v, m in drawn.items()}})
         images = [(analysis.image_file("view", analysis.rendered.view), "view")]
         images += [(analysis.image_file(f"{variant}_overlay", m.overlay), f"{variant}: {family(variant).title}")
                    for variant, m in analysis.rendered.models.items()]
@@ -437,6 +253,12 @@ class AttnvizApp:
         c = self.components
         results = analysis.explanation.results if analysis else {}
         values: dict = {}
+        if analysis:  # every picture the page shows, written at once
+            rendered = analysis.rendered
+            analysis.write_images({"difference_maps": rendered.difference, "agreement": rendered.agreement,
+                                   **{f"{v}_overlay": m.overlay for v, m in rendered.models.items()},
+                                   **{f"{v}_{name}": image for v, m in rendered.models.items()
+                                      for name, image in m.figures.items()}})
         for variant in VARIANTS:
             result = results.get(variant)
             drawn = analysis.rendered.models.get(variant) if analysis else None
@@ -613,11 +435,6 @@ class AttnvizApp:
         names += sanity_ui.output_names()
         return names + ["difference_column", "difference", "agreement", "download", "last", "status",
                         "domain_notice"]
-
-
-def theme() -> gr.themes.Base:
-    """The default theme on the system's own fonts, so that the page fetches no web font."""
-    return gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **kwargs):

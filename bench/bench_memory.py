@@ -62,7 +62,7 @@ def _serve(mode: str, set_name: str, weights_dir: str, images: list[Path]):
     from attnviz.weights import load_model_set
 
     if mode == "handler":
-        get_explainer(set_name, str(Path(weights_dir)))  # as app.py's preload: the models load before serving
+        get_explainer(set_name, str(Path(weights_dir)))  # loaded once before the requests, as app.py's warm-up does
         handler, note = find_app_handler(set_name, weights_dir)
         if handler is None:
             raise SystemExit(note)

@@ -1,6 +1,6 @@
 """Score-CAM's time and memory: attnviz's own batched loop against pytorch-grad-cam's ScoreCAM, in one run.
 
-    python bench/bench_scorecam.py [--variant resnet50] [--set builtin] [--batch 32] [--rounds 2]
+    python bench/bench_scorecam.py [--variant resnet50] [--set builtin] [--batch 4] [--rounds 2]
                                    [--json bench/results/scorecam.json]
 
 Each measurement runs in a fresh subprocess (so that no mode's memory shows up in another's), on one 224 px
@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_explain import RESULTS, bench_image, machine_info  # noqa: E402
+
+from attnviz.settings import SCORE_CAM_BATCH  # noqa: E402
 
 MODES = ("forward", "pgc", "attnviz")
 
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default="resnet50")
     parser.add_argument("--set", default="builtin")
     parser.add_argument("--image", help="the image (default: the first single-object example scene)")
-    parser.add_argument("--batch", type=int, default=32, help="masked copies per forward pass (default 32)")
+    parser.add_argument("--batch", type=int, default=SCORE_CAM_BATCH,
+                        help=f"masked copies per forward pass (default {SCORE_CAM_BATCH}, the app's)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--json", type=Path, default=RESULTS / "scorecam.json")
@@ -116,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
                          "peak_rss_mb_median": peak, "peak_over_forward_mb": peak - forward}
     summary["attnviz"]["max_difference_from_pgc"] = max(r["max_difference_from_pgc"] for r in found["attnviz"])
     summary["attnviz_over_pgc_time"] = summary["attnviz"]["seconds_median"] / summary["pgc"]["seconds_median"]
+    over = summary["attnviz"]["peak_over_forward_mb"]
+    summary["targets"] = {
+        "attnviz: peak <= forward + 200 MB": {"value": round(over, 1), "limit": "<= 200", "met": over <= 200},
+        "attnviz: no slower than pytorch-grad-cam": {"value": round(summary["attnviz_over_pgc_time"], 3),
+                                                     "limit": "<= 1.0", "met": summary["attnviz_over_pgc_time"] <= 1.0},
+        "maps equal pytorch-grad-cam's (<= 1e-4)": {"value": summary["attnviz"]["max_difference_from_pgc"],
+                                                    "limit": "<= 0.0001",
+                                                    "met": summary["attnviz"]["max_difference_from_pgc"] <= 1e-4},
+    }
     result = {"command": "python bench/bench_scorecam.py " + " ".join(argv or sys.argv[1:]),
               "variant": args.variant, "set": args.set, "image": Path(args.image).name, "batch": args.batch,
               "rounds": args.rounds, "forward_peak_rss_mb_median": forward, "summary": summary, "runs": found,

@@ -52,8 +52,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_up(url: str, server: subprocess.Popen, deadline: float) -> str | None:
-    """None once the page answers 200; else why not (the server exited or the deadline passed)."""
+def wait_until_up(url: str, server: subprocess.Popen, deadline: float, interval: float = 0.5) -> str | None:
+    """None once the page answers 200 (asked every ``interval`` s); else why not (the server exited or the
+    deadline passed)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -64,7 +65,7 @@ def wait_until_up(url: str, server: subprocess.Popen, deadline: float) -> str | 
                     return None
         except OSError:
             pass
-        time.sleep(0.5)
+        time.sleep(interval)
     return "the app did not answer before the start-up timeout"
 
 

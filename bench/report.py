@@ -175,6 +175,22 @@ def scorecam_section(data: dict) -> list[str]:
     return lines
 
 
+def startup_section(data: dict) -> list[str]:
+    s = data["summary"]
+    lines = [f"Machine: {_machine(data)}; {len(data['rounds'])} rounds (medians); each round a fresh "
+             f"`python -c \"import torch, torchvision, gradio\"`, then a fresh `python app.py`, polled every 50 ms "
+             f"until `/` answers 200, then the first `/explain` call through gradio_client at once and "
+             f"{len(data['rounds'][0]['later_requests_s'])} later ones.", "",
+             "| measure | seconds |", "|---|---:|",
+             f"| import torch, torchvision, gradio (the floor) | {s['imports_s']:.2f} |",
+             f"| `python app.py` until the page is served | {s['served_s']:.2f} |",
+             f"| served minus the imports (target <= 2 s) | {s['served_over_imports_s']:.2f} |",
+             f"| first request | {s['first_request_s']:.2f} |",
+             f"| a later request | {s['later_request_s']:.2f} |",
+             f"| first / later (target <= 1.5x) | {s['first_over_later']:.2f}x |"]
+    return [*lines, ""]
+
+
 SECTIONS = (
     ("Time per request", "explain.json", "python bench/bench_explain.py --random --runs 21", explain_section),
     ("Memory of a serving process", "memory.json", "python bench/bench_memory.py --random --requests 50",
@@ -189,6 +205,7 @@ SECTIONS = (
     ("Batches", "batch.json", "python bench/bench_batch.py --images 16 --batch-sizes 1 4 8 16 --rounds 3",
      batch_section),
     ("Score-CAM in bounded memory", "scorecam.json", "python bench/bench_scorecam.py --rounds 1", scorecam_section),
+    ("Start-up", "startup.json", "python bench/bench_startup.py --rounds 3", startup_section),
 )
 
 

@@ -95,6 +95,33 @@ def test_heatmap_equals_default_pytorch_grad_cam(tiny_explainer, user_models, im
     assert max(ranges) > 0.5, "every reference map is flat: the comparison would prove nothing"
 
 
+@pytest.mark.parametrize("size", [(64, 96), (96, 64)], ids=["taller", "wider"])
+def test_grad_cam_written_out_equals_the_class_on_a_batch_of_non_square_images(user_models, size):
+    """attnviz computes Grad-CAM itself (the app's default need not import pytorch-grad-cam): the maps of a batch
+    of two non-square images, each with its own class, equal GradCAM's, with width and height the right way."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from attnviz.capture import Capture
+    from attnviz.pgc_adapter import grad_cam
+
+    model = user_models["cbam"]
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(11))
+    ranges = []
+    for first in range(len(TINY_CLASSES)):  # some maps of a random model are flat (all ReLU'd): try every class
+        targets = [first, (first + 1) % len(TINY_CLASSES)]
+        with Capture(model, ["layer4"], needs_grad=True, records=False) as capture:
+            logits = capture.run(x)
+            gradient = capture.gradients(logits, targets)["layer4"]
+            ours = grad_cam(capture.activations["layer4"], gradient, (size[1], size[0]))
+        with cam_class("gradcam")(model, target_layers=[model.layer4]) as cam:
+            theirs = cam(x, targets=[ClassifierOutputTarget(t) for t in targets])
+        model.zero_grad(set_to_none=True)
+        assert ours.shape == theirs.shape == (2, *size)
+        assert np.abs(ours - theirs).max() <= TOLERANCE, f"classes {targets}"
+        ranges.append([m.max() - m.min() for m in theirs])
+    assert np.max(ranges, axis=0).min() > 0.5, "every reference map of an image is flat: that would prove nothing"
+
+
 def _block_targets() -> list:
     """A block, a module inside a block, a shortcut and an attention module as targets, for every family."""
     cases = []

@@ -8,12 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Modules still over 500 lines, with their size when the limit came in: each may shrink, none may grow,
-# and no other module may pass the limit (the architecture issue splits these next).
-STILL_TO_SPLIT = {
-    "attnviz.importers": 658,
-    "attnviz.ui": 634,
-}
+# Modules still over 500 lines, with their size when the limit came in: each may shrink, none may grow, and no
+# other module may pass the limit. Empty since attnviz.ui lent its parts to attnviz.page and attnviz.importers its
+# file reading and key mappings to attnviz.checkpoints: no module is over 500 lines.
+STILL_TO_SPLIT: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")

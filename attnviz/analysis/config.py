@@ -8,6 +8,7 @@ from attnviz.errors import AttnvizError
 from attnviz.methods import CAM_METHODS
 from attnviz.metrics import POINTING_TOLERANCE
 from attnviz.models import TARGET_LAYERS
+from attnviz.settings import SCORE_CAM_BATCH
 
 FORMAT = 2  # 2: "spatial" per model (format 1 had one, CBAM's); read_result upgrades format 1
 ANALYSIS_DIR = "analysis"
@@ -90,7 +91,7 @@ class AnalysisConfig:
     confidence: float = 0.95
     seed: int = 0  # bootstrap, tie-breaks and ROAD noise
     batch_size: int = 16
-    scorecam_batch: int = 64
+    scorecam_batch: int = SCORE_CAM_BATCH
     workers: int = 2  # processes for ROAD's imputation (scipy, one core each); 0 runs it inline
     variants: tuple[str, ...] | None = None  # None: every model of the set
     knockout_scenes: int = 200  # test scenes of the knock-out section (every stage of every gated model)

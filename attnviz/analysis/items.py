@@ -14,6 +14,7 @@ from attnviz.images import preprocess
 from attnviz.localisation import view_mask as _view_mask
 from attnviz.metrics import distance_to_mask
 from attnviz.scenes import CLASSES, make_scene
+from attnviz.settings import SCORE_CAM_BATCH
 from attnviz.weights import Preprocessing
 
 
@@ -66,7 +67,11 @@ class BatchPass:
 
 
 def explain_batch(
-    explainer: ModelExplainer, x: torch.Tensor, targets: list[int], configs: list[CamConfig], scorecam_batch: int = 64
+    explainer: ModelExplainer,
+    x: torch.Tensor,
+    targets: list[int],
+    configs: list[CamConfig],
+    scorecam_batch: int = SCORE_CAM_BATCH,
 ) -> BatchPass:
     """One pass of the batch through the capture core (``ModelExplainer.explain_batch``), keyed by config."""
     out = explainer.explain_batch(x, list(targets), [(c.method, c.layer) for c in configs], scorecam_batch)
