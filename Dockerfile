@@ -24,7 +24,6 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS files
 COPY pyproject.toml README.md app.py /files/
 COPY attnviz/ /files/attnviz/
-COPY examples/ /files/examples/
 COPY weights/ /files/weights/
 RUN chmod -R u=rwX,go=rX /files
 
@@ -81,7 +80,6 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipcert \
  && pip install --no-deps . \
  && rm -rf build *.egg-info
 COPY --from=files /files/app.py ./
-COPY --from=files /files/examples/ examples/
 COPY --from=files /files/weights/ weights/
 
 # Everything above belongs to root and is only read: the app's user cannot change the code or the weights.

@@ -1,55 +1,11 @@
-"""Launch the attnviz web app: python app.py [--host H] [--port P] [--set NAME] [--weights-dir DIR]."""
+"""Launch the attnviz web app: python app.py [--host H] [--port P] [--set NAME] [--weights-dir DIR].
 
-from __future__ import annotations
+A thin launcher: the app is ``attnviz.serve`` (also ``python -m attnviz.serve``, for an installed attnviz).
+"""
 
-import argparse
-import os
 import sys
-from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-WARM_UP_WAIT_S = 60  # the longest the server waits for the models' warm-up before serving the page anyway
-
-
-def _log(line: str) -> None:
-    print(line, file=sys.stderr if line.startswith("error") else sys.stdout, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python app.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-                        help="port (default: $GRADIO_SERVER_PORT or 7860)")
-    parser.add_argument("--set", dest="set_name", help="the model set selected at start (default: the manifest's)")
-    parser.add_argument("--weights-dir", type=Path, help="folder holding manifest.json (default: $ATTNVIZ_WEIGHTS "
-                                                         "or weights/)")
-    args = parser.parse_args(argv)
-
-    # The models load and run once in the background while gradio is imported and the page built (one line says
-    # when, or what is wrong); the page is served once that is done (or after WARM_UP_WAIT_S at most), so that
-    # the first request costs what a later one does.
-    from attnviz import warmup
-
-    warming = warmup.start(args.weights_dir, args.set_name, _log)
-
-    from attnviz.errors import AttnvizError
-    from attnviz.ui import AttnvizApp, launch
-
-    try:
-        app = AttnvizApp(args.weights_dir, args.set_name)
-    except AttnvizError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    # Optional password protection (e.g. in the Docker image): ATTNVIZ_PASSWORD, user ATTNVIZ_USER.
-    password = os.environ.get("ATTNVIZ_PASSWORD")
-    auth = [(os.environ.get("ATTNVIZ_USER") or "attnviz", password)] if password else None
-    demo = app.build()
-    if warming is not None:
-        warming.join(WARM_UP_WAIT_S)
-    launch(demo, host=args.host, port=args.port, auth=auth)
-    return 0
-
+from attnviz.serve import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python app.py"))

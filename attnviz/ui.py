@@ -55,6 +55,7 @@ from attnviz.page import (  # noqa: E402
     installed_sets,
     model_choices,
     page_layers,
+    release_memory,
     request_key,
     t,
     theme,
@@ -223,6 +224,7 @@ class AttnvizApp:
         images += [(analysis.image_file(f"{variant}_excitation", image),
                     f"{variant}: {family(variant).title}, excitation of {excitation_block}")
                    for variant, image in excitation.items()]
+        release_memory()
         return summary, images, str(analysis.archive) if analysis.archive else None
 
     def set_changed(self, set_name: str) -> dict:
@@ -290,6 +292,7 @@ class AttnvizApp:
         values[c["status"]] = status
         notice = domain_notice(analysis.explanation) if analysis else ""
         values[c["domain_notice"]] = gr.Markdown(notice, visible=bool(notice))
+        release_memory()
         return values
 
     # ------------------------------------------------------------------ the page

@@ -2,7 +2,8 @@
 
     python -m attnviz.weights list
     python -m attnviz.weights verify [--set NAME]
-    python -m attnviz.weights import SOURCE [--file PATH] --set NAME [--torchvision-weights V1|V2]
+    python -m attnviz.weights import imagenet [--set NAME] [--torchvision-weights V1|V2]
+    python -m attnviz.weights import SOURCE [--file PATH] [--set NAME] [--torchvision-weights V1|V2]
     python -m attnviz.weights add FILE --variant V --classes FILE.txt --set NAME [--resize N --crop N]
 
 Every subcommand takes ``--weights-dir DIR`` (default: $ATTNVIZ_WEIGHTS or the repository's weights/).
@@ -19,9 +20,11 @@ from attnviz.errors import AttnvizError
 from attnviz.models import VARIANT_TITLES, VARIANTS
 from attnviz.weights import Manifest, ModelEntry, default_weights_dir, verify
 
+IMAGENET = "imagenet"  # the three published models in one step (attnviz.importers.IMAGENET_SOURCES)
+
 
 def _parser() -> argparse.ArgumentParser:
-    from attnviz.importers import SOURCES, TORCHVISION_WEIGHTS
+    from attnviz.importers import IMAGENET_SOURCES, SOURCES, TORCHVISION_WEIGHTS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--weights-dir", type=Path, default=None,
@@ -36,9 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--set", dest="set_name", help="only this set (default: all)")
 
     imp = commands.add_parser("import", parents=[common], help="convert published ImageNet weights into a set")
-    imp.add_argument("source", choices=list(SOURCES))
+    imp.add_argument("source", choices=[IMAGENET, *SOURCES],
+                     help=f"{IMAGENET}: the three models ({', '.join(IMAGENET_SOURCES)}) in one step")
     imp.add_argument("--file", type=Path, help="a downloaded weights file (default: download through the library)")
-    imp.add_argument("--set", dest="set_name", required=True, help="the model set to add it to")
+    imp.add_argument("--set", dest="set_name", default="imagenet", help="the model set to add it to (default "
+                                                                        "imagenet)")
     imp.add_argument("--torchvision-weights", type=str.upper, choices=TORCHVISION_WEIGHTS,
                      help="which torchvision release a file holds, when its hash does not tell")
 
@@ -58,7 +63,8 @@ def _describe_accuracy(accuracy: dict) -> str:
 
 def _list(manifest: Manifest) -> int:
     if not manifest.set_names():
-        print(f"no model sets in {manifest.path}; add one with python -m attnviz.weights import or add")
+        print(f"no model sets in {manifest.path}; point --weights-dir or ATTNVIZ_WEIGHTS at a weights folder, or "
+              f"add one here with python -m attnviz.weights import or add")
         return 0
     for name in manifest.set_names():
         marker = " (default)" if name == manifest.default_set else ""
@@ -96,8 +102,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "verify":
         return _verify(Manifest(weights_dir), args.set_name)
 
-    from attnviz.importers import add_checkpoint, import_weights
+    from attnviz.importers import add_checkpoint, import_imagenet, import_weights
 
+    if args.command == "import" and args.source == IMAGENET:
+        if args.file is not None:
+            raise AttnvizError("--file names one source's file: import it with that source (e.g. import "
+                               "timm-seresnet50 --file PATH), or leave --file out to download all three")
+        for entry in import_imagenet(args.set_name, weights_dir, args.torchvision_weights,
+                                     report=lambda line: print(line, flush=True)):
+            _report(entry, args.set_name, weights_dir)
+        return 0
     if args.command == "import":
         entry = import_weights(args.source, args.set_name, file=args.file, weights_dir=weights_dir,
                                torchvision_weights=args.torchvision_weights)

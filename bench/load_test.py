@@ -114,6 +114,21 @@ def client_loop(url: str, image: Path, requests: int, deadline: list[float], dow
             errors.append(f"{type(exc).__name__}: {exc}"[:300])
 
 
+def rss_over_requests(samples: list[tuple[float, int, float]], after: float) -> dict:
+    """The server's RSS when the first request of the load had been answered and after the last one, their
+    difference, and the RSS every 25 answered requests (from samples of (time, answered, RSS MB))."""
+    answered = [(count, rss) for _, count, rss in samples if count >= 1]
+    if not answered:
+        return {}
+    first = answered[0][1]
+    series: dict[int, float] = {}
+    for count, rss in answered:
+        series.setdefault(count // 25 * 25, rss)
+    return {"server_rss_first_request_mb": round(first, 1), "server_rss_last_request_mb": round(after, 1),
+            "server_rss_growth_mb": round(after - first, 1),
+            "server_rss_every_25_requests_mb": {str(k): round(v, 1) for k, v in sorted(series.items())}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
@@ -202,6 +217,17 @@ def main(argv: list[str] | None = None) -> int:
                 clock.append(time.monotonic())
                 deadline[0] = clock[0] + args.timeout
 
+            # The server's RSS against the requests answered so far, sampled while the load runs: its growth from
+            # the first answered request to the last is the target (<= 50 MB), not from before the load.
+            samples: list[tuple[float, int, float]] = []
+            sampling = threading.Event()
+
+            def sample_rss() -> None:
+                while not sampling.wait(0.25):
+                    samples.append((time.monotonic(), len(latencies), rss_mb(server.pid)))
+
+            sampler = threading.Thread(target=sample_rss, daemon=True)
+            sampler.start()
             barrier = threading.Barrier(args.clients + 1, action=start_clock)
             threads = [threading.Thread(target=client_loop, daemon=True,
                                         args=(url, image, args.requests, deadline, work, barrier, latencies, errors))
@@ -221,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                 errors.append(f"{hung} clients still waiting after the time limit")
             result["server_rss_after_mb"] = rss_mb(server.pid)
             result["server_peak_rss_mb"] = peak_rss_mb(server.pid)
+            sampling.set()
+            sampler.join()
+            result.update(rss_over_requests(samples, result["server_rss_after_mb"]))
         finally:
             stop(server)
 
@@ -240,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{done}/{result['expected']} requests in {result['wall_s']} s: {result['throughput_rps']} requests/s, "
           f"p50 {result['latency_p50_ms']} ms, p95 {result['latency_p95_ms']} ms, errors {result['errors']}")
     print(f"server RSS: {result['server_rss_before_mb']} MB before, {result['server_rss_after_mb']} MB after, "
-          f"peak {result['server_peak_rss_mb']} MB")
+          f"peak {result['server_peak_rss_mb']} MB; from the first answered request to the last: "
+          f"{result.get('server_rss_growth_mb')} MB")
     for sample in errors[:5]:
         print(f"error: {sample}")
     out_path.write_text(json.dumps(result, indent=2) + "\n")

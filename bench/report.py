@@ -19,6 +19,10 @@ TITLES = {"resnet50": "ResNet50", "se": "ResNet50 + SE", "cbam": "ResNet50 + CBA
 
 
 def _load(folder: Path, name: str) -> dict | None:
+    """One result file, or several (names joined by " + ", e.g. a before and an after) as a dict by name."""
+    if " + " in name:
+        found = {part: _load(folder, part) for part in name.split(" + ")}
+        return found if all(v is not None for v in found.values()) else None
     path = folder / name
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -107,6 +111,29 @@ def load_section(data: dict) -> list[str]:
     return lines
 
 
+def load_compare_section(data: dict) -> list[str]:
+    """The load test of the previous main's app.py and of this one, run one after the other."""
+    before, after = data["load16_before.json"], data["load16.json"]
+    c = after["config"]
+    lines = [f"Machine: {_machine(after)}; {c['clients']} clients x {c['requests_per_client']} requests through "
+             f"gradio_client, loopback, one app after the other; RSS growth: the server's RSS after the last "
+             f"request minus when the first request of the load had been answered (target <= 50 MB).", "",
+             "| app | completed | errors | throughput | p50 | p95 | server RSS growth | first request |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, e in (("previous main (`--app` of a worktree)", before), ("this main", after)):
+        if "error" in e or "skipped" in e:
+            lines.append(f"| {name} | failed: {e.get('error', e.get('skipped'))} | | | | | | |")
+            continue
+        lines.append(f"| {name} | {e['completed']}/{e['expected']} | {e['errors']} | "
+                     f"{e['throughput_rps']:.2f} req/s | {e['latency_p50_ms']:.0f} ms | {e['latency_p95_ms']:.0f} ms | "
+                     f"{e['server_rss_growth_mb']:+.0f} MiB | "
+                     f"{e['first_request_s']:.2f} s |")
+    if "error" not in before and "error" not in after:
+        lines += ["", f"Throughput {after['throughput_rps'] / before['throughput_rps']:.2f}x, p95 "
+                  f"{after['latency_p95_ms'] / before['latency_p95_ms']:.2f}x the previous main's."]
+    return [*lines, ""]
+
+
 def bf16_section(data: dict) -> list[str]:
     c = data["config"]
     lines = [f"Machine: {_machine(data)}; set {c['set']}, layer {c['layer']}, {len(c['images'])} images "
@@ -178,12 +205,12 @@ def scorecam_section(data: dict) -> list[str]:
 def startup_section(data: dict) -> list[str]:
     s = data["summary"]
     lines = [f"Machine: {_machine(data)}; {len(data['rounds'])} rounds (medians); each round a fresh "
-             f"`python -c \"import torch, torchvision, gradio\"`, then a fresh `python app.py`, polled every 50 ms "
+             f"Python that only imports torch, torchvision and gradio, then a fresh app.py, polled every 50 ms "
              f"until `/` answers 200, then the first `/explain` call through gradio_client at once and "
              f"{len(data['rounds'][0]['later_requests_s'])} later ones.", "",
              "| measure | seconds |", "|---|---:|",
              f"| import torch, torchvision, gradio (the floor) | {s['imports_s']:.2f} |",
-             f"| `python app.py` until the page is served | {s['served_s']:.2f} |",
+             f"| app.py started until the page is served | {s['served_s']:.2f} |",
              f"| served minus the imports (target <= 2 s) | {s['served_over_imports_s']:.2f} |",
              f"| first request | {s['first_request_s']:.2f} |",
              f"| a later request | {s['later_request_s']:.2f} |",
@@ -206,6 +233,13 @@ SECTIONS = (
      batch_section),
     ("Score-CAM in bounded memory", "scorecam.json", "python bench/bench_scorecam.py --rounds 1", scorecam_section),
     ("Start-up", "startup.json", "python bench/bench_startup.py --rounds 3", startup_section),
+    ("Start-up of the previous main", "startup_before.json",
+     "git worktree add /tmp/before 06b46fb && python bench/bench_startup.py --rounds 3 --repo /tmp/before "
+     "--json bench/results/startup_before.json", startup_section),
+    ("Under load: 16 clients, the previous main against this one", "load16_before.json + load16.json",
+     "python bench/load_test.py --random --clients 16 --requests 25 --app /tmp/before/app.py --json "
+     "bench/results/load16_before.json; python bench/load_test.py --random --clients 16 --requests 25 --json "
+     "bench/results/load16.json", load_compare_section),
 )
 
 

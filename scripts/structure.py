@@ -4,7 +4,8 @@
     .venv/bin/python scripts/structure.py --json     # the same as JSON (tests/test_structure.py reads it)
 
 An import counts when it runs at import time: module level, not under ``if TYPE_CHECKING`` or
-``if __name__ == "__main__"``, not inside a function (a function's own import runs when it is called, after both modules are loaded).
+``if __name__ == "__main__"``, not inside a function (a function's own import runs when it is called, after both
+modules are loaded).
 """
 
 from __future__ import annotations

@@ -253,12 +253,12 @@ def started_app(steps, weights_dir: Path, **extra_env: str) -> Iterator[int]:
 
 
 def app_reads_the_password() -> bool:
-    return "ATTNVIZ_PASSWORD" in (REPO / "app.py").read_text(encoding="utf-8")
+    return "ATTNVIZ_PASSWORD" in (REPO / "attnviz" / "serve.py").read_text(encoding="utf-8")  # app.py's main
 
 
 @pytest.fixture(scope="module")
 def app_port(steps, tiny_weights_dir) -> Iterator[int]:
-    """The app as the image starts it, with a password set (used once app.py reads ATTNVIZ_PASSWORD)."""
+    """The app as the image starts it, with a password set (used once attnviz.serve reads ATTNVIZ_PASSWORD)."""
     with started_app(steps, tiny_weights_dir, ATTNVIZ_USER="tester", ATTNVIZ_PASSWORD="s3cret") as port:
         yield port
 
@@ -274,7 +274,7 @@ def test_healthcheck_fails_when_nothing_listens(steps):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not app_reads_the_password(), reason="app.py does not read ATTNVIZ_PASSWORD yet")
+@pytest.mark.skipif(not app_reads_the_password(), reason="attnviz.serve does not read ATTNVIZ_PASSWORD yet")
 def test_password_from_the_environment_guards_the_app(app_port):
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPCookieProcessor())
     base = f"http://127.0.0.1:{app_port}"

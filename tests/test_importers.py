@@ -10,6 +10,7 @@ import math
 import os
 import re
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -308,7 +309,7 @@ finally:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", [*NETWORK_SOURCES, "cbam-official"])
+@pytest.mark.parametrize("source", [*NETWORK_SOURCES, "cbam-official", "imagenet"])
 def test_offline_import_through_the_cli_is_one_line_and_does_not_wait(source, closed_port, tmp_path):
     """One line, exit 2, nothing written, and no waiting on the network: the work after torch's imports is far
     under the 2 s probe timeout (0.12-0.15 s measured here). How long the whole command takes against importing
@@ -330,8 +331,9 @@ def _timed_offline_import(source: str, closed_port: int, tmp_path: Path) -> tupl
     lines = (done.stdout + done.stderr).splitlines()
     assert done.returncode == 2, lines
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"error: {source} ") and "--file PATH" in lines[0]
-    if source in NETWORK_SOURCES:
+    first = NETWORK_SOURCES[0] if source == "imagenet" else source  # imagenet downloads torchvision's first
+    assert lines[0].startswith(f"error: {first} ") and "--file PATH" in lines[0]
+    if source in [*NETWORK_SOURCES, "imagenet"]:
         assert "needs internet" in lines[0] and "Connection refused" in lines[0], lines[0]
     if source == "timm-seresnet50":  # the hub's endpoint is honoured: HF_ENDPOINT names the host asked
         assert f"127.0.0.1:{closed_port} cannot be reached" in lines[0]
@@ -412,7 +414,9 @@ def not_found_server() -> Iterator[str]:
 
 def test_failed_torchvision_download_from_a_reachable_host_is_one_line(not_found_server, monkeypatch, tmp_path,
                                                                        capfd):
-    monkeypatch.setattr(importers, "TORCHVISION_URL", f"{not_found_server}/models/resnet50-{{}}.pth")
+    from attnviz import downloads
+
+    monkeypatch.setattr(downloads, "TORCHVISION_URL", f"{not_found_server}/models/resnet50-{{}}.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     with pytest.raises(AttnvizError, match=r"^cannot download torchvision-resnet50 weights \(HTTP Error 404.*--file"):
@@ -450,6 +454,45 @@ def test_cached_timm_file_is_imported_without_internet(timm_source, offline, tmp
     import_weights("timm-seresnet50", "net", weights_dir=tmp_path)
     ours = attnviz_logits(tmp_path, "net", "se", timm_source.image)
     assert relative_difference(ours, timm_source.logits) <= 1e-5
+
+
+@pytest.mark.slow
+def test_imagenet_in_one_step_from_stand_ins_in_the_libraries_caches(torchvision_source, timm_source,
+                                                                     pytorchcv_source, offline, tmp_path,
+                                                                     monkeypatch):
+    """``import imagenet`` without internet, from stand-in files (random models from the pip packages, in each
+    source's layout) where each library keeps its downloads: torch.hub's checkpoints for torchvision, the
+    Hugging Face cache for timm, pytorchcv's model store (whose table names a file by its sha1: the stand-in's
+    entry is put in it). One set with all three models, each giving its source model's logits."""
+    import huggingface_hub.constants
+    from pytorchcv.models.common import model_store
+    from safetensors.torch import save_file
+
+    from attnviz.importers import import_imagenet
+
+    hub = Path(torch.hub.get_dir())  # TORCH_HOME in tmp_path (the offline fixture)
+    (hub / "checkpoints").mkdir(parents=True)
+    shutil.copy(torchvision_source.path, hub / "checkpoints" / Path(importers.torchvision_url("V1")).name)
+    revision = "0" * 40
+    repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"models--{importers.TIMM_SE_REPO.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    save_file({k: v.float().contiguous() for k, v in timm_source.model.state_dict().items()},
+              repo / "snapshots" / revision / importers.TIMM_SE_FILES[0])
+    sha1 = hashlib.sha1(pytorchcv_source.path.read_bytes()).hexdigest()
+    real = model_store.get_model_name_suffix_data
+    monkeypatch.setattr(model_store, "get_model_name_suffix_data",
+                        lambda name: ("0000", sha1, "v0") if name == importers.PYTORCHCV_MODEL else real(name))
+    (hub / "pytorchcv").mkdir()
+    shutil.copy(pytorchcv_source.path, hub / "pytorchcv" / f"{importers.PYTORCHCV_MODEL}-0000-{sha1[:8]}.pth")
+    said: list[str] = []
+    entries = import_imagenet("imagenet", weights_dir=tmp_path, torchvision_weights="V1", report=said.append)
+    assert [e.variant for e in entries] == ["resnet50", "se", "cbam"]
+    assert len(said) == 3 and all("downloaded" in line for line in said)
+    assert Manifest(tmp_path).get("imagenet").models.keys() == {"resnet50", "se", "cbam"}
+    for variant, source in (("resnet50", torchvision_source), ("se", timm_source), ("cbam", pytorchcv_source)):
+        assert relative_difference(attnviz_logits(tmp_path, "imagenet", variant, source.image), source.logits) <= 1e-5
 
 
 def test_download_urls_are_the_ones_the_libraries_use(monkeypatch, tmp_path):
