@@ -37,6 +37,9 @@ commit=$(git -C "$repo" rev-parse HEAD)
   || echo "[space] note: uncommitted changes are not in the copy; it holds commit ${commit:0:12}"
 mkdir -p "$dest"
 git -C "$repo" archive --format=tar HEAD | tar -x -C "$dest"
+# The Hub keeps no symbolic links: the copy leaves them out (examples/ links to attnviz/examples/, which the app
+# reads as package data).
+find "$dest" -type l -delete
 
 cd "$dest"
 git init --quiet --initial-branch=main

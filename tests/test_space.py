@@ -89,8 +89,10 @@ def test_the_copy_holds_a_commit_of_this_repository_and_names_it(space):
     subject = git(space, "log", "-1", "--format=%s")
     source = re.fullmatch(r"attnviz ([0-9a-f]{12}) as a Hugging Face Space\n", subject)
     assert source, subject
-    committed = set(git(REPO, "ls-tree", "-r", "-z", "--name-only", source[1]).split("\0")[:-1])
+    entries = [line.split("\t", 1) for line in git(REPO, "ls-tree", "-r", "-z", source[1]).split("\0")[:-1]]
+    committed = {name for meta, name in entries if not meta.startswith("120000")}  # symbolic links are left out
     assert set(tracked(space)) == committed | {".gitattributes"}
+    assert not [path for path in space.rglob("*") if path.is_symlink()]
 
 
 def test_every_file_over_10_mb_and_every_binary_file_is_in_lfs_there(space):
