@@ -20,6 +20,7 @@ optional with the page's defaults; ``archive=True`` asks for the zip too:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -48,6 +49,7 @@ from attnviz.page import (  # noqa: E402
     QUEUE_SIZE,
     TRANSLATIONS,
     Analysis,
+    api_picture,
     domain_notice,
     error_text,
     family_kinds,
@@ -55,6 +57,7 @@ from attnviz.page import (  # noqa: E402
     installed_sets,
     model_choices,
     page_layers,
+    page_picture,
     release_memory,
     request_key,
     t,
@@ -100,9 +103,12 @@ class AttnvizApp:
                 method: str = DEFAULT_METHOD, target: str | None = OWN_TOP1, layer: str = DEFAULT_LAYER,
                 opacity: float = DEFAULT_OPACITY, colormap: str = DEFAULT_COLORMAP, aug_smooth: bool = False,
                 eigen_smooth: bool = False, progress=None, archive: bool = False, precision: str = "fp32",
-                knockout: str | None = None, knockout_value: str = "identity", sanity: bool = False) -> Analysis:
+                knockout: str | None = None, knockout_value: str = "identity", sanity: bool = False,
+                files: Callable[[str], bool] = lambda name: False) -> Analysis:
         """Explain one image with the chosen models and draw every picture; write the zip only with ``archive``
-        (it costs about as much as the three models' explanations, and most requests never download it)."""
+        (it costs about as much as the three models' explanations, and most requests never download it).
+        The pictures ``files`` picks by name (``Rendered.images``, without ".png") are written to files while the
+        rest are drawn."""
         if image is None or (isinstance(image, str) and not image):
             raise AttnvizError("no image yet: upload, drop or paste one, or click an example scene", code="no_image")
         if progress is not None:
@@ -121,8 +127,13 @@ class AttnvizApp:
         checked = sanity_ui.run(explainer, image, method, chosen, report) if sanity else None
         if progress is not None:
             progress(1.0, desc="drawing")
-        rendered = render_explanation(explanation, colormap=colormap, opacity=float(opacity))
-        analysis = Analysis(explanation, rendered, sanity=checked)
+        analysis = Analysis(explanation, None, sanity=checked)  # type: ignore[arg-type] - drawn next
+
+        def drawn(name: str, picture) -> None:
+            if files(name):
+                analysis.write_soon(name, picture)
+
+        analysis.rendered = render_explanation(explanation, colormap=colormap, opacity=float(opacity), drawn=drawn)
         if archive:
             self.write_archive(analysis)
         return analysis
@@ -162,7 +173,7 @@ class AttnvizApp:
                 return self._page_values(redrawn, again="done_redrawn")
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
                                     aug_smooth, eigen_smooth, progress, precision=precision, knockout=knockout,
-                                    knockout_value=knockout_value, sanity=bool(sanity))
+                                    knockout_value=knockout_value, sanity=bool(sanity), files=page_picture)
             analysis.excitation = self._excitation(analysis.explanation, excitation_block)
         except AttnvizError as exc:
             gr.Warning(str(exc), title="attnviz")  # toasts show text as it is: the library's English line
@@ -195,7 +206,7 @@ class AttnvizApp:
             analysis = self.analyse(image, model_set, models, method, target, layer, opacity, colormap,
                                     aug_smooth, eigen_smooth, progress, archive=bool(archive),
                                     precision=precision, knockout=knockout, knockout_value=knockout_value,
-                                    sanity=bool(sanity))
+                                    sanity=bool(sanity), files=api_picture)
         except AttnvizError as exc:
             raise gr.Error(str(exc), title="attnviz", print_exception=False) from None
         summary = analysis.explanation.summary()

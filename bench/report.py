@@ -1,6 +1,6 @@
 """The benchmark results as markdown: the tables the README shows, written from bench/results/*.json.
 
-    python bench/report.py [--results bench/results] [--out bench/results/REPORT.md]
+    python bench/report.py [--results bench/results] [--out bench/results/REPORT.md] [--readme README.md]
 
 Every figure in the README's performance section comes from here, so none is copied by hand; a result file
 that is missing is named in the output instead of its table.
@@ -42,10 +42,12 @@ def _machine(data: dict) -> str:
             + (f", load average at start {load[0]}" if load else ""))
 
 
-def explain_section(data: dict) -> list[str]:
+def explain_section(data: dict, layers: tuple[str, ...] | None = None) -> list[str]:
     lines = [f"Machine: {_machine(data)}; {data['config']['runs']} runs per variant after "
              f"{data['config']['warmup']} warm-up, round-robin; input {data['config']['input']}.", ""]
     for layer, result in data["layers"].items():
+        if layers is not None and layer not in layers:
+            continue
         lines += [f"**{layer}**{' (targets)' if layer == 'layer4' else ' (reported, not targeted)'}: "
                   f"median / p90 in ms", "",
                   "| model | forward | default pytorch-grad-cam | TorchCAM | attnviz explain | app handler | "
@@ -72,6 +74,8 @@ def explain_section(data: dict) -> list[str]:
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
             lines.append(f"| {name} | {value} | {met} |")
         lines.append("")
+    if layers is not None:
+        lines += ["Layers 3 to 1 (reported, not targeted) are in `bench/results/REPORT.md`.", ""]
     return lines
 
 
@@ -218,6 +222,22 @@ def startup_section(data: dict) -> list[str]:
     return [*lines, ""]
 
 
+def png_section(data: dict) -> list[str]:
+    lines = [f"Machine: {_machine(data)}; the {data['pictures_per_request']} pictures the page writes for each of "
+             f"{', '.join(data['scenes'])} (set {data['set']}), {data['rounds']} rounds, the writers alternating; "
+             f"medians. Both files decode to the drawn pixels.", "",
+             "| picture | Pillow, level 1: ms | KB | attnviz: ms | KB | time | size |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for kind, e in data["kinds"].items():
+        before, ours = e["pillow_level1"], e["attnviz"]
+        lines.append(f"| {kind} | {before['ms_median']:.1f} | {before['kb_median']:.0f} | {ours['ms_median']:.1f} | "
+                     f"{ours['kb_median']:.0f} | {e['time_ratio']:.2f}x | {e['size_ratio']:.2f}x |")
+    before, ours = data["per_request"]["pillow_level1"], data["per_request"]["attnviz"]
+    lines.append(f"| one page request | {before['ms']:.0f} | {before['kb']:.0f} | {ours['ms']:.0f} | "
+                 f"{ours['kb']:.0f} | {ours['ms'] / before['ms']:.2f}x | {ours['kb'] / before['kb']:.2f}x |")
+    return [*lines, ""]
+
+
 SECTIONS = (
     ("Time per request", "explain.json", "python bench/bench_explain.py --random --runs 21", explain_section),
     ("Memory of a serving process", "memory.json", "python bench/bench_memory.py --random --requests 50",
@@ -232,6 +252,7 @@ SECTIONS = (
     ("Batches", "batch.json", "python bench/bench_batch.py --images 16 --batch-sizes 1 4 8 16 --rounds 3",
      batch_section),
     ("Score-CAM in bounded memory", "scorecam.json", "python bench/bench_scorecam.py --rounds 1", scorecam_section),
+    ("The page's PNG files", "png.json", "python bench/bench_png.py --random", png_section),
     ("Start-up", "startup.json", "python bench/bench_startup.py --rounds 3", startup_section),
     ("Start-up of the previous main", "startup_before.json",
      "git worktree add /tmp/before 06b46fb && python bench/bench_startup.py --rounds 3 --repo /tmp/before "
@@ -252,15 +273,59 @@ def report(folder: Path) -> str:
     return "\n".join(lines)
 
 
+# The README shows layer4 of "Time per request" under this heading, and after README_MARKER these sections, in
+# this order; the rest of its performance section is prose.
+README_EXPLAIN = "### Time per request, layer4"
+README_MARKER = "<!-- performance sections from bench/report.py -->"
+README_SECTIONS = ("Batches", "Score-CAM in bounded memory", "The page's PNG files", "Start-up",
+                   "Start-up of the previous main", "Under load: 16 clients, the previous main against this one")
+
+
+def readme_command(command: str, name: str) -> list[str]:
+    """A section's command as the README writes it: run from the quick start's virtual environment; one that
+    needs a worktree of the previous main, which the README's commands do not make, is marked as not run."""
+    command = command.replace("python bench/", ".venv/bin/python bench/")
+    if "/tmp/before" not in command:
+        return [f"`{command}` (writes `bench/results/{name}`)", ""]
+    why = ("a worktree of the previous main at /tmp/before" if "worktree add" in command
+           else "the worktree of the previous main at /tmp/before (see above)")
+    steps = [step.strip() for part in command.split(" && ") for step in part.split("; ")]
+    return [f"<!-- not run: needs {why} -->", "```bash", *steps, "```", ""]
+
+
+def readme_text(readme: str, folder: Path) -> str:
+    """The README with its benchmark tables rewritten from the results."""
+    by_title = {title: (name, command, section) for title, name, command, section in SECTIONS}
+    name, command, _ = by_title["Time per request"]
+    data = _load(folder, name)
+    start = readme.index(README_EXPLAIN)
+    end = readme.index("\n### ", start + 1)
+    body = ([README_EXPLAIN, "", *readme_command(command, name), *explain_section(data, ("layer4",))]
+            if data is not None else [README_EXPLAIN, "", f"Not measured yet: `bench/results/{name}` is missing.", ""])
+    readme = readme[:start] + "\n".join(body).rstrip("\n") + "\n" + readme[end:]
+    lines = [README_MARKER, ""]
+    for title in README_SECTIONS:
+        name, command, section = by_title[title]
+        data = _load(folder, name)
+        lines += [f"### {title}", "", *readme_command(command, name)]
+        lines += section(data) if data is not None else [f"Not measured yet: `bench/results/{name}` is missing.", ""]
+    start = readme.index(README_MARKER)
+    end = readme.index("\n## ", start)
+    return readme[:start] + "\n".join(lines).rstrip("\n") + "\n" + readme[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON results")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark tables from the results")
     args = parser.parse_args(argv)
     text = report(args.results)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.readme:
+        args.readme.write_text(readme_text(args.readme.read_text(), args.results))
     return 0
 
 

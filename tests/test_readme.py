@@ -281,3 +281,13 @@ def app_url() -> Iterator[str]:
 @pytest.mark.parametrize("block", [b for b in RUNNABLE_PYTHON if APP_URL in b.code], ids=lambda b: b.where)
 def test_python_block_against_the_app_runs(block, app_url):
     run_python(block, block.code.replace(APP_URL, app_url))
+
+
+def test_the_performance_tables_are_those_bench_report_writes_from_the_results():
+    """No benchmark figure in the README is copied by hand: rewriting its tables from bench/results changes
+    nothing (after a benchmark run: bench/report.py --readme README.md)."""
+    spec = importlib.util.spec_from_file_location("bench_report", REPO / "bench" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    readme = (REPO / "README.md").read_text()
+    assert report.readme_text(readme, REPO / "bench" / "results") == readme

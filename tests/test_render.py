@@ -11,9 +11,9 @@ import zipfile
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from matplotlib import colormaps
+from matplotlib import colormaps, font_manager
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from attnviz import render
 from attnviz.attention import family
@@ -214,6 +214,16 @@ def smooth_explanation(seed: int) -> Explanation:
     return explanation
 
 
+def test_render_tells_of_each_picture_as_it_is_drawn_heatmaps_first(explanation):
+    told = []
+    rendered = render.render_explanation(explanation, drawn=lambda name, picture: told.append((name, picture)))
+    images = {name[:-4]: image for name, image in rendered.images().items() if "top_k" not in name}
+    assert [name for name, _ in told][:1 + len(explanation.results)] == \
+        ["view", *(f"{v}_overlay" for v in explanation.results)]
+    assert {name for name, _ in told} == set(images) and len(told) == len(images)
+    assert all(picture is images[name] for name, picture in told)
+
+
 def test_painted_figures_match_full_matplotlib_draws(monkeypatch):
     """The painted figures put each request's data in the boxes, colours and scale of a full matplotlib draw of
     the same figure: only text rendering and resampling differ, by a few grey levels."""
@@ -238,6 +248,36 @@ def test_painted_text_is_the_requests_number():
     disjoint = render.agreement_figure(make_explanation({"se": maps["se"], "cbam": 1 - maps["se"]}))
     changed = np.argwhere(np.abs(same.astype(int) - disjoint.astype(int)).max(axis=2) > 60)
     assert len(changed) > 200  # the off-diagonal cells: their colour, and 1.00 against 0.00 written in them
+
+
+def test_painted_texts_are_pillows_own_to_the_bit():
+    """Texts are written from cached glyph masks: the pixels equal Pillow drawing each text afresh, for every
+    alignment, at whole and fractional positions, over any background, the first time and from the cache."""
+    figure = Figure(figsize=(3, 2), dpi=templates.DPI)
+    artists = []
+    for i, (ha, va) in enumerate([("left", "baseline"), ("center", "center"), ("right", "top"), ("center", "bottom"),
+                                  ("left", "center_baseline")]):
+        artists.append(figure.text(0.1 + 0.17 * i + 0.0013 * i, 0.15 + 0.16 * i, "x", ha=ha, va=va,
+                                   fontsize=7 + 1.5 * i))
+    rng = np.random.default_rng(3)
+    background = rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    writes = [(artist, text, colour) for artist in artists
+              for text, colour in [("0.83", "black"), ("−0.07 s", "white"), ("layer4.2", "#d97706")]]
+    for _ in range(2):  # the second time every mask comes from the cache
+        for artist, text, colour in writes:
+            canvas = templates.Canvas(figure, background.copy())
+            canvas.text(artist, text, colour)
+            canvas._draw_texts()
+            picture = Image.fromarray(background.copy())
+            x, y = artist.get_transform().transform(artist.get_position())
+            font = templates._font(font_manager.findfont(artist.get_fontproperties()),
+                                   artist.get_fontsize() * templates.DPI / 72.0)
+            anchor = templates._ANCHOR_X[artist.get_horizontalalignment()] + \
+                templates._ANCHOR_Y[artist.get_verticalalignment()]
+            ImageDraw.Draw(picture).text((x, 200 - y), text, font=font, anchor=anchor,
+                                         fill=tuple(int(v) for v in pixels.colour_rgb(colour)))
+            assert np.array_equal(canvas.pixels, np.asarray(picture)), (text, anchor)
+            assert not np.array_equal(canvas.pixels, background)
 
 
 def test_colorize_gives_matplotlibs_colours_exactly():

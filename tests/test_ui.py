@@ -107,6 +107,26 @@ def test_page_shows_three_overlays_top_k_and_attention_figures(app, tmp_path):
     assert zipfile.is_zipfile(download(app, out))
 
 
+def test_every_file_the_page_and_the_api_show_holds_the_drawn_picture_exactly(app, tmp_path):
+    """The pictures are written (some while the others are drawn) as PNGs that decode to the drawn arrays, in
+    RGB order, and a finished request leaves no file being written."""
+    out = page(app, save(scene(seed=4), tmp_path / "scene.png"))
+    analysis = out["last"]
+    assert not analysis.writing
+    drawn = analysis.rendered.models
+    shown = {"difference": analysis.rendered.difference, "agreement": analysis.rendered.agreement,
+             **{f"{v}_overlay": m.overlay for v, m in drawn.items()},
+             "se_channel": drawn["se"].channel_weights, "cbam_spatial": drawn["cbam"].spatial_maps}
+    for name, picture in shown.items():
+        assert np.array_equal(pixels(out[name]), picture), name
+    summary, images, _ = app.explain_api(save(scene(seed=4), tmp_path / "scene2.png"), "tiny", ["se", "cbam"],
+                                         "gradcam", ui.OWN_TOP1, "layer4", 0.5, "jet", False, False)
+    assert np.array_equal(pixels(images[1][0]), drawn["se"].overlay)
+    assert np.array_equal(pixels(images[2][0]), drawn["cbam"].overlay)
+    assert {p.name for p in Path(images[0][0]).parent.iterdir()} == {"view.png", "se_overlay.png",
+                                                                     "cbam_overlay.png"}
+
+
 def test_the_zip_is_written_once_per_result_and_only_for_a_result(app, tmp_path):
     out = page(app, save(scene(), tmp_path / "scene.png"), models=ONE_MODEL)
     first = download(app, out)

@@ -99,23 +99,45 @@ class Rendered:
         return out
 
 
-def render_explanation(explanation: Explanation, colormap: str = "jet", opacity: float = 0.5) -> Rendered:
-    """All the pictures the app shows for one explanation (the top-k charts are drawn when first used)."""
+def render_explanation(explanation: Explanation, colormap: str = "jet", opacity: float = 0.5,
+                       drawn: Callable[[str, np.ndarray], None] | None = None) -> Rendered:
+    """All the pictures the app shows for one explanation (the top-k charts are drawn when first used).
+
+    ``drawn(name, picture)`` is told of each picture as soon as it exists, by its file name without ".png"
+    (``Rendered.images``): the view and the heatmaps first, the figures after, so that a caller can write the
+    first ones while the rest are drawn."""
     check_style(colormap, opacity)
+    tell = drawn or (lambda name, picture: None)
     view = explanation.view
+    tell("view", view)
     models = {}
     for variant, result in explanation.results.items():
         knocked = result.knockout if result.knockout is not None and result.knockout.affected else None
         models[variant] = RenderedModel(
             result=result,
             overlay=overlay(view, result.heatmap, colormap, opacity),
-            figures=attention_figures(view, result, colormap),
+            figures={},
             knockout_overlay=None if knocked is None else overlay(view, knocked.heatmap, colormap, opacity),
             knockout_difference=None if knocked is None else difference_overlay(view, result.heatmap,
                                                                                knocked.heatmap),
         )
-    return Rendered(view=view, models=models, difference=difference_figure(explanation),
-                    agreement=agreement_figure(explanation), colormap=colormap, opacity=opacity)
+        tell(f"{variant}_overlay", models[variant].overlay)
+        if knocked is not None:
+            tell(f"{variant}_knockout_overlay", models[variant].knockout_overlay)
+            tell(f"{variant}_knockout_difference", models[variant].knockout_difference)
+    for variant, result in explanation.results.items():
+        models[variant].figures = attention_figures(view, result, colormap)
+        for name, picture in models[variant].figures.items():
+            tell(f"{variant}_{name}", picture)
+    difference = difference_figure(explanation)
+    if difference is not None:
+        tell("difference_maps", difference)
+    agreement = agreement_figure(explanation)
+    tell("agreement", agreement)
+    return Rendered(view=view, models=models, difference=difference, agreement=agreement, colormap=colormap,
+                    opacity=opacity)
+
+
 def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", optimize=False)

@@ -21,11 +21,13 @@ registered with pyplot.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from weakref import WeakKeyDictionary
 
 import matplotlib
 import numpy as np
@@ -134,20 +136,64 @@ class Canvas:
         self.texts.append((artist, string, colour or artist.get_color()))
 
     def _draw_texts(self) -> None:
-        if not self.texts:
-            return
-        picture = Image.fromarray(self.pixels)
-        pen = ImageDraw.Draw(picture)
+        """Write the texts as Pillow's ``ImageDraw.text`` would, to the bit, from cached glyph masks: a figure's
+        numbers repeat between requests, and rendering them again cost most of a painted figure's time."""
         for artist, string, colour in self.texts:
-            x, y = artist.get_transform().transform(artist.get_position())
-            path = font_manager.findfont(artist.get_fontproperties())
-            font = _font(path, artist.get_fontsize() * self.figure.dpi / 72.0)
-            anchor = _ANCHOR_X.get(artist.get_horizontalalignment(), "l") + \
-                _ANCHOR_Y.get(artist.get_verticalalignment(), "s")
-            fill = tuple(int(v) for v in colour_rgb(colour))
-            pen.text((x, self._row(y)), string, font=font, anchor=anchor, fill=fill)
-        self.pixels = np.asarray(picture).copy()
+            x, y, path, size_px, anchor = _place(artist, self.pixels.shape[0], self.figure.dpi)
+            (start_x, whole_x), (start_y, whole_y) = math.modf(x), math.modf(y)  # as Pillow splits them
+            mask, left, top = _text_mask(string, path, size_px, anchor, start_x, start_y)
+            left, top = int(whole_x) + left, int(whole_y) + top
+            _blend_mask(self.pixels, mask, left, top, colour_rgb(colour))
         self.texts.clear()
+
+
+def _place(artist: Text, height: int, dpi: float) -> tuple[float, float, str, float, str]:
+    """Where and how a template's text artist writes: its anchor point in pixels (x right, y down), font file,
+    size in pixels and Pillow anchor. Templates never move their artists, so this is kept per artist."""
+    place = _PLACES.get(artist)
+    if place is None:
+        x, y = artist.get_transform().transform(artist.get_position())
+        path = font_manager.findfont(artist.get_fontproperties())
+        size_px = artist.get_fontsize() * dpi / 72.0
+        anchor = _ANCHOR_X.get(artist.get_horizontalalignment(), "l") + \
+            _ANCHOR_Y.get(artist.get_verticalalignment(), "s")
+        place = _PLACES[artist] = (float(x), float(height - y), path, size_px, anchor)
+    return place
+
+
+_PLACES: WeakKeyDictionary[Text, tuple] = WeakKeyDictionary()
+
+
+@lru_cache(maxsize=4096)
+def _text_mask(string: str, path: str, size_px: float, anchor: str, start_x: float, start_y: float
+               ) -> tuple[np.ndarray, int, int]:
+    """A text's coverage (0-255) as Pillow renders it at this sub-pixel start, and where its top-left corner
+    goes relative to the whole-pixel anchor point."""
+    font = _font(path, size_px)
+    glyphs, (left, top) = font.getmask2(string, "L", anchor=anchor, start=(start_x, start_y))
+    width, height = glyphs.size
+    # drawn alone with white ink on a black page of its own, at the same sub-pixel start, the text's pixels are
+    # its coverage; the page leaves room for a mask that starts left of or above the anchor point
+    x, y = max(0, -left), max(0, -top)
+    page = Image.new("L", (x + left + width, y + top + height), 0)
+    ImageDraw.Draw(page).text((x + start_x, y + start_y), string, fill=255, font=font, anchor=anchor)
+    mask = np.asarray(page)[y + top:y + top + height, x + left:x + left + width]
+    mask.setflags(write=False)
+    return mask, left, top
+
+
+def _blend_mask(pixels: np.ndarray, mask: np.ndarray, left: int, top: int, ink: np.ndarray) -> None:
+    """Ink laid over the pixels (in place) through a coverage mask, with Pillow's blend and rounding: each value
+    becomes ``(under * (255 - cover) + ink * cover) / 255``, the division rounded as Pillow's ``DIV255``."""
+    height, width = pixels.shape[:2]
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + mask.shape[0], height), min(left + mask.shape[1], width)
+    if y0 >= y1 or x0 >= x1:
+        return
+    cover = mask[y0 - top:y1 - top, x0 - left:x1 - left, None].astype(np.uint32)
+    under = pixels[y0:y1, x0:x1]
+    mixed = under * (255 - cover) + ink.astype(np.uint32) * cover + 128
+    under[...] = ((mixed >> 8) + mixed) >> 8
 
 
 Paint = Callable[[dict, Canvas], None]
