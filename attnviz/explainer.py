@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -49,6 +48,7 @@ from attnviz.results import (
     top_region_iou,
     top_region_mask,
 )
+from attnviz.set_cache import SetCache, model_bytes
 from attnviz.settings import PRECISIONS, ExplainSettings, check_layer
 from attnviz.weights import LoadedSet, load_model_set
 
@@ -400,17 +400,14 @@ def _agreement(explanation: Explanation) -> dict[str, float]:
     return {f"{a}|{b}": masks_iou(regions[a], regions[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
 
 
-_EXPLAINERS: dict[tuple[str | None, str | None], Explainer] = {}
-_EXPLAINERS_LOCK = threading.Lock()
+EXPLAINERS: SetCache[Explainer] = SetCache(lambda key: Explainer(load_model_set(*key)),
+                                           lambda explainer: model_bytes(explainer.model_set.models))
 
 
 def get_explainer(set_name: str | None = None, weights_dir: str | None = None) -> Explainer:
-    """The process-wide explainer of a model set, loaded on first use and then kept."""
-    key = (set_name, str(weights_dir) if weights_dir else None)
-    with _EXPLAINERS_LOCK:
-        if key not in _EXPLAINERS:
-            _EXPLAINERS[key] = Explainer(load_model_set(set_name, weights_dir))
-        return _EXPLAINERS[key]
+    """The process-wide explainer of a model set, loaded on first use and then kept while the loaded sets fit
+    their memory budget (``attnviz.set_cache``: least recently used out first)."""
+    return EXPLAINERS.get((set_name, str(weights_dir) if weights_dir else None))
 
 
 def explain(

@@ -25,6 +25,7 @@ TIME_LIMIT_S = 300  # slow methods (Score-CAM, Ablation-CAM) stop after this, pe
 PRECISION = "fp32"
 KNOCKOUT_VALUE = "identity"  # what a switched-off gate outputs: 1, or its mean ("mean")
 SCORE_CAM_BATCH = 4  # masked copies per pass: as fast per image as 8 or 32 here, and under 100 MB over a forward
+SET_CACHE_MB = 768  # loaded model sets kept (parameters and buffers): built-in + ImageNet fit (attnviz.set_cache)
 OWN_TOP1 = "own top-1"  # the target that means "each model's own top-1" (also None or "")
 
 

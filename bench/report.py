@@ -238,6 +238,29 @@ def png_section(data: dict) -> list[str]:
     return [*lines, ""]
 
 
+def sets_section(data: dict) -> list[str]:
+    lines = [f"Machine: {_machine(data)}; three random-weight sets at 224 px: the built-in set's four models "
+             f"(12 classes) and two ImageNet-shaped sets (ResNet50, +SE, +CBAM, 1000 classes); one request per "
+             f"step, {data['rounds']} rounds; each mode in a process of its own. RSS after the phase's last "
+             f"request, the largest after any of its requests, and the process's peak (VmHWM, which includes "
+             f"the moment a set is loaded before the least recently used one is put out).", "",
+             "| mode | both in use: RSS last / max MB | sets loaded | past the budget: RSS last / max MB | "
+             "sets loaded | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
+    for mode, s in data["summary"].items():
+        two, three = s["both in use"], s["past the budget"]
+        name = f"budget {s['budget_mb']:.0f} MiB" if mode == "budget" else "every set kept (before)"
+        lines.append(f"| {name} | {two['rss_last_mb']:.0f} / {two['rss_max_mb']:.0f} | {two['loads']} | "
+                     f"{three['rss_last_mb']:.0f} / {three['rss_max_mb']:.0f} | {three['loads']} | "
+                     f"{s['peak_rss_mb']:.0f} |")
+    steps = data["modes"]["budget"]["phases"]["past the budget"]["steps"]
+    loaded = [s["seconds"] for s in steps if s["loaded"]]
+    kept = [s["seconds"] for s in steps if not s["loaded"]]
+    if loaded and kept:
+        lines += ["", f"Past the budget a request that loads its set takes {min(loaded):.2f}-{max(loaded):.2f} s, "
+                  f"one whose set is kept {min(kept):.2f}-{max(kept):.2f} s."]
+    return [*lines, ""]
+
+
 SECTIONS = (
     ("Time per request", "explain.json", "python bench/bench_explain.py --random --runs 21", explain_section),
     ("Memory of a serving process", "memory.json", "python bench/bench_memory.py --random --requests 50",
@@ -253,9 +276,10 @@ SECTIONS = (
      batch_section),
     ("Score-CAM in bounded memory", "scorecam.json", "python bench/bench_scorecam.py --rounds 1", scorecam_section),
     ("The page's PNG files", "png.json", "python bench/bench_png.py --random", png_section),
+    ("Switching model sets", "sets.json", "python bench/bench_sets.py --rounds 3", sets_section),
     ("Start-up", "startup.json", "python bench/bench_startup.py --rounds 3", startup_section),
     ("Start-up of the previous main", "startup_before.json",
-     "git worktree add /tmp/before 06b46fb && python bench/bench_startup.py --rounds 3 --repo /tmp/before "
+     "git worktree add /tmp/before 4628969 && python bench/bench_startup.py --rounds 3 --repo /tmp/before "
      "--json bench/results/startup_before.json", startup_section),
     ("Under load: 16 clients, the previous main against this one", "load16_before.json + load16.json",
      "python bench/load_test.py --random --clients 16 --requests 25 --app /tmp/before/app.py --json "
@@ -277,7 +301,7 @@ def report(folder: Path) -> str:
 # this order; the rest of its performance section is prose.
 README_EXPLAIN = "### Time per request, layer4"
 README_MARKER = "<!-- performance sections from bench/report.py -->"
-README_SECTIONS = ("Batches", "Score-CAM in bounded memory", "The page's PNG files", "Start-up",
+README_SECTIONS = ("Batches", "Score-CAM in bounded memory", "The page's PNG files", "Switching model sets", "Start-up",
                    "Start-up of the previous main", "Under load: 16 clients, the previous main against this one")
 
 

@@ -1,0 +1,77 @@
+"""The model sets a process keeps loaded: least recently used out first, within a memory budget.
+
+A server that switches between the built-in set and an imported ImageNet set would otherwise keep every set it
+ever loaded. The budget counts the bytes of the models' parameters and buffers (what a set holds; a ResNet50
+in float32 is about 90-107 MiB) and is ``attnviz.settings.SET_CACHE_MB`` (768 MiB: the built-in four-model set
+and the three ImageNet models together hold 692 MiB; a third set puts the least recently used out) unless
+``ATTNVIZ_SET_CACHE_MB`` says otherwise. The set just
+asked for is never put out, even alone over the budget; a request still running on a set that was put out
+finishes with it, and its memory goes back when that request ends (``bench/bench_sets.py`` measures RSS).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+from torch import nn
+
+from attnviz.errors import AttnvizError
+from attnviz.settings import SET_CACHE_MB
+
+Loaded = TypeVar("Loaded")
+BUDGET_ENV = "ATTNVIZ_SET_CACHE_MB"
+
+
+def model_bytes(models: dict[str, nn.Module]) -> int:
+    """The bytes of the models' parameters and buffers."""
+    return sum(t.numel() * t.element_size() for m in models.values() for t in (*m.parameters(), *m.buffers()))
+
+
+def budget_bytes() -> int:
+    """The budget: ``ATTNVIZ_SET_CACHE_MB`` when set (a whole number of MB, at least 1), else SET_CACHE_MB."""
+    raw = os.environ.get(BUDGET_ENV, "").strip()
+    if not raw:
+        return SET_CACHE_MB * 2**20
+    if not raw.isdigit() or int(raw) < 1:
+        raise AttnvizError(f"{BUDGET_ENV} must be a whole number of megabytes, at least 1, not {raw!r}",
+                           code="choice")
+    return int(raw) * 2**20
+
+
+class SetCache(Generic[Loaded]):
+    """Loaded things by key, each with its size; loading one that takes the total over the budget puts out the
+    least recently used others until it fits (or only it is left)."""
+
+    def __init__(self, load: Callable[[Hashable], Loaded], size: Callable[[Loaded], int],
+                 budget: Callable[[], int] = budget_bytes) -> None:
+        self._load, self._size, self._budget = load, size, budget
+        self._items: OrderedDict[Hashable, tuple[Loaded, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Loaded:
+        with self._lock:  # one load at a time: two requests for a new set load it once
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key][0]
+            value = self._load(key)
+            self._items[key] = (value, self._size(value))
+            budget = self._budget()
+            while len(self._items) > 1 and self.total() > budget:
+                self._items.popitem(last=False)
+            return value
+
+    def total(self) -> int:
+        return sum(size for _, size in self._items.values())
+
+    def kept(self) -> dict[Hashable, int]:
+        """What is loaded now, least recently used first, with its size in bytes."""
+        with self._lock:
+            return {key: size for key, (_, size) in self._items.items()}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
