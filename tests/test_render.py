@@ -154,6 +154,16 @@ def test_channel_weights_figure_colours_follow_the_weights():
     assert near_top(high) > 20 * max(near_top(low), 1)  # strips fill with the top colour; only the colorbar has it
 
 
+def test_models_with_the_same_blocks_share_one_channel_template_each_with_its_own_title():
+    render.clear_templates()
+    records = attention_records("se", np.random.default_rng(0), value=0.5)
+    se = render.channel_weights_figure(records, "ResNet50 + SE: channel attention weights per block")
+    eca = render.channel_weights_figure(records, "ResNet50 + ECA: channel attention weights per block")
+    assert templates.templates_kept() == 1
+    title_rows = np.abs(se.astype(int) - eca.astype(int)).max(axis=(1, 2)).nonzero()[0]
+    assert len(title_rows) > 3 and title_rows.max() < 30  # only the titles, at the top, differ
+
+
 def test_spatial_maps_figure_is_none_for_se():
     assert render.spatial_maps_figure(np.zeros((SIZE, SIZE, 3), np.uint8),
                                       attention_records("se", np.random.default_rng(0))) is None

@@ -57,8 +57,8 @@ def test_the_budget_comes_from_the_environment_or_the_settings(monkeypatch):
 
 
 def test_switching_sets_past_the_budget_frees_the_one_put_out(tmp_path, monkeypatch):
-    """Two one-model sets (a ResNet50 with 4 classes is about 90 MiB) under a 150 MB budget: loading the second puts the first
-    out, and nothing keeps it alive; asking for the first again loads it afresh."""
+    """Two one-model sets (a ResNet50 with 4 classes is about 90 MiB) under a 150 MB budget: loading the second
+    puts the first out, and nothing keeps it alive; asking for the first again loads it afresh."""
     first = make_model_set(tmp_path / "first", "first", variants=("resnet50",))
     second = make_model_set(tmp_path / "second", "second", variants=("resnet50",))
     monkeypatch.setenv(BUDGET_ENV, "150")
