@@ -301,6 +301,7 @@ def report(folder: Path) -> str:
 # this order; the rest of its performance section is prose.
 README_EXPLAIN = "### Time per request, layer4"
 README_MARKER = "<!-- performance sections from bench/report.py -->"
+README_COMPARES = ("compare.json", "compare_architecture.json")  # the before/after tables in the prose above
 README_SECTIONS = ("Batches", "Score-CAM in bounded memory", "The page's PNG files", "Switching model sets", "Start-up",
                    "Start-up of the previous main", "Under load: 16 clients, the previous main against this one")
 
@@ -317,8 +318,34 @@ def readme_command(command: str, name: str) -> list[str]:
     return [f"<!-- not run: needs {why} -->", "```bash", *steps, "```", ""]
 
 
+def compare_table(data: dict) -> list[str]:
+    """A before/after table of bench/compare.py's result (medians in ms, old -> new, and their ratio)."""
+    lines = ["| model | forward | explain | handler |", "|---|---|---|---|"]
+    for variant, row in data["ratios"].items():
+        cells = [f"{row[t]['old_median_ms']:.0f} → {row[t]['new_median_ms']:.0f} ({row[t]['new_over_old']:.3f}x)"
+                 for t in ("forward", "explain", "handler")]
+        lines.append(f"| {TITLES.get(variant, variant)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _with_compare_tables(readme: str, folder: Path) -> str:
+    """Each before/after table under a bench/compare.py command, rewritten from the JSON the command names."""
+    for name in README_COMPARES:
+        data = _load(folder, name)
+        at = readme.find(f"bench/results/{name}`")
+        if data is None or at < 0:
+            continue
+        start = readme.index("\n| model |", at) + 1
+        end = start
+        while readme.startswith("|", end):
+            end = readme.index("\n", end) + 1
+        readme = readme[:start] + "\n".join(compare_table(data)) + "\n" + readme[end:]
+    return readme
+
+
 def readme_text(readme: str, folder: Path) -> str:
     """The README with its benchmark tables rewritten from the results."""
+    readme = _with_compare_tables(readme, folder)
     by_title = {title: (name, command, section) for title, name, command, section in SECTIONS}
     name, command, _ = by_title["Time per request"]
     data = _load(folder, name)
