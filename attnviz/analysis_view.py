@@ -22,6 +22,7 @@ from attnviz.analysis.findings import findings_markdown
 from attnviz.analysis.report import render_summary
 from attnviz.analysis.results import analysis_dir, read_result, regenerate_command
 from attnviz.errors import AttnvizError
+from attnviz.scenes import CLASSES
 from attnviz.texts import text
 from attnviz.weights import Manifest, default_weights_dir
 
@@ -34,6 +35,16 @@ def _command(weights_dir: Path | str | None, set_name: str) -> str:
     """The command for this set, naming the weights folder only when it is not the default one."""
     default = weights_dir is None or Path(weights_dir).resolve() == default_weights_dir().resolve()
     return regenerate_command(set_name, None if default else weights_dir)
+
+
+def _other_classes(weights_dir: Path | str | None, set_name: str) -> list[str] | None:
+    """The set's classes when they are not the generated scenes' (an imported set: the analysis cannot measure
+    it), else None (also when the set is not in the manifest)."""
+    try:
+        classes = Manifest(Path(weights_dir) if weights_dir else None).get(set_name).classes
+    except AttnvizError:
+        return None
+    return None if sorted(classes) == sorted(CLASSES) else classes
 
 
 def build_analysis_tab(
@@ -73,7 +84,10 @@ def build_analysis_tab(
         return components
     if result is None:
         make(gr.Markdown, tr("analysis_title"))
-        components["status"] = make(gr.Markdown, f"{tr('analysis_missing')} `{command}`", elem_id="analysis-status")
+        other = _other_classes(weights_dir, set_name)
+        line = f"{tr('analysis_missing')} `{command}`" if other is None else (
+            f"{tr('analysis_other_classes')} ({len(other)}: {', '.join(other[:3])}, …)")
+        components["status"] = make(gr.Markdown, line, elem_id="analysis-status")
         return components
 
     # The same first two components in every case (title, status): gradio's frontend keeps the elem_id of the

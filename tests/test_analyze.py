@@ -348,6 +348,19 @@ def test_analysis_tab_says_how_to_make_a_missing_analysis(tmp_path):
     assert "\n" not in line.strip() and not shown["plots"]
 
 
+def test_analysis_tab_says_an_imported_set_cannot_be_measured_and_what_it_would_need(tmp_path):
+    from conftest import make_model_set
+
+    classes = ["tench", "goldfish", "great white shark", "tiger shark"]
+    make_model_set(tmp_path, "imported", classes=classes, variants=("resnet50",))
+    with gr.Blocks():
+        shown = build_analysis_tab(tmp_path, "imported")
+    line = shown["status"].value
+    assert "other classes than the generated scenes" in line and "a mask of the object" in line
+    assert "(4: tench, goldfish, great white shark, …)" in line and "python -m attnviz.analyze" not in line
+    assert not shown["plots"]
+
+
 def test_analysis_tab_names_no_weights_folder_for_the_default_one():
     from attnviz.analysis_view import _command
     from attnviz.weights import default_weights_dir
