@@ -48,7 +48,7 @@ from attnviz.results import (
     top_region_iou,
     top_region_mask,
 )
-from attnviz.set_cache import SetCache, model_bytes
+from attnviz.set_cache import SetCache, model_bytes, set_bytes_on_load
 from attnviz.settings import PRECISIONS, ExplainSettings, check_layer
 from attnviz.weights import LoadedSet, load_model_set
 
@@ -401,7 +401,8 @@ def _agreement(explanation: Explanation) -> dict[str, float]:
 
 
 EXPLAINERS: SetCache[Explainer] = SetCache(lambda key: Explainer(load_model_set(*key)),
-                                           lambda explainer: model_bytes(explainer.model_set.models))
+                                           lambda explainer: model_bytes(explainer.model_set.models),
+                                           estimate=lambda key: set_bytes_on_load(*key))
 
 
 def get_explainer(set_name: str | None = None, weights_dir: str | None = None) -> Explainer:
