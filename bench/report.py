@@ -242,8 +242,7 @@ def sets_section(data: dict) -> list[str]:
     lines = [f"Machine: {_machine(data)}; three random-weight sets at 224 px: the built-in set's four models "
              f"(12 classes) and two ImageNet-shaped sets (ResNet50, +SE, +CBAM, 1000 classes); one request per "
              f"step, {data['rounds']} rounds; each mode in a process of its own. RSS after the phase's last "
-             f"request, the largest after any of its requests, and the process's peak (VmHWM, which includes "
-             f"the moment a set is loaded before the least recently used one is put out).", "",
+             f"request, the largest after any of its requests, and the process's peak (VmHWM).", "",
              "| mode | both in use: RSS last / max MB | sets loaded | past the budget: RSS last / max MB | "
              "sets loaded | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
     for mode, s in data["summary"].items():
