@@ -144,18 +144,24 @@ def test_page_speaks_simplified_chinese_to_a_chinese_browser(browser, app_url):
     page.context.close()
 
 
-def test_analysis_tab_says_how_to_make_a_missing_analysis(browser, app_url):
+def test_analysis_tab_says_a_set_of_other_classes_cannot_be_measured_and_what_it_would_need(browser, app_url):
+    """The tiny set's classes (shapes) are not the scenes': the tab says so instead of offering a command that
+    would refuse the set (the command for a scene set without analysis: tests/test_analyze.py)."""
     from playwright.sync_api import expect
 
     page, _ = open_page(browser, app_url)
     page.get_by_role("tab", name="Analysis").click()
-    expect(page.locator("#analysis-status")).to_contain_text("python -m attnviz.analyze")
+    status = page.locator("#analysis-status")
+    expect(status).to_contain_text("other classes than the generated scenes")
+    expect(status).to_contain_text("a mask of the object")
+    expect(status).not_to_contain_text("python -m attnviz.analyze")
     page.context.close()
 
 
 @pytest.fixture(scope="module")
 def two_set_url(tmp_path_factory) -> Iterator[str]:
-    """An app with two sets: "tiny" (the default, no analysis) and "scenes" with a quick analysis written."""
+    """An app with two sets: "tiny" (the default, shapes: no analysis can measure it) and "scenes" with a quick
+    analysis written."""
     from conftest import make_model_set
 
     from attnviz.analysis import cli as analysis_cli
@@ -177,7 +183,7 @@ def test_analysis_tab_follows_the_chosen_model_set(browser, two_set_url):
 
     page, _ = open_page(browser, two_set_url)
     page.get_by_role("tab", name="Analysis").click()
-    expect(page.locator("#analysis-status")).to_contain_text("No analysis for this model set yet")
+    expect(page.locator("#analysis-status")).to_contain_text("other classes than the generated scenes")
     page.get_by_role("tab", name="Explain an image").click()
     page.get_by_label("Model set").click()
     page.get_by_role("option", name="scenes").click()
