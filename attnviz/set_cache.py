@@ -13,9 +13,8 @@ measures RSS).
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -25,7 +24,7 @@ from torch import nn
 
 from attnviz.errors import AttnvizError
 from attnviz.settings import SET_CACHE_MB
-from attnviz.weights import Manifest
+from attnviz.weights import Manifest, safetensors_header
 
 Loaded = TypeVar("Loaded")
 BUDGET_ENV = "ATTNVIZ_SET_CACHE_MB"
@@ -46,15 +45,10 @@ def set_bytes_on_load(set_name: str | None, weights_dir: str | None) -> int:
     try:
         manifest = Manifest(weights_dir)
         for entry in manifest.get(set_name).models.values():
-            with open(manifest.weights_dir / entry.file, "rb") as fh:
-                header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
-            for name, tensor in header.items():
-                if name != "__metadata__":
-                    count = 1
-                    for side in tensor["shape"]:
-                        count *= side
-                    total += count * _INTEGER_BYTES.get(tensor["dtype"], 4)  # floating point loads as float32
-    except (AttnvizError, OSError, ValueError, KeyError, struct.error):
+            header = safetensors_header(manifest.weights_dir / entry.file)
+            total += sum(math.prod(tensor["shape"]) * _INTEGER_BYTES.get(tensor["dtype"], 4)  # floats: float32
+                         for name, tensor in header.items() if name != "__metadata__")
+    except (AttnvizError, OSError, KeyError):
         return 0
     return total
 

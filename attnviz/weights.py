@@ -241,8 +241,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_safetensors_header(path: Path) -> None:
-    """Refuse pickles and truncated or foreign files before parsing them."""
+def safetensors_header(path: Path) -> dict:
+    """A safetensors file's header (tensor name -> dtype, shape, offsets), read without its tensors; pickles and
+    truncated or foreign files are refused in one line."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
@@ -274,6 +275,7 @@ def _check_safetensors_header(path: Path) -> None:
         raise AttnvizError(
             f"{path}: is truncated ({size} bytes, needs {8 + header_len + end}); download or copy it again"
         )
+    return header
 
 
 def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, origin: str) -> None:
@@ -307,7 +309,7 @@ def read_safetensors(path: Path, expected_sha256: str | None = None) -> dict[str
     path = Path(path)
     if not path.exists():
         raise AttnvizError(f"{path}: weights file is missing; restore it (git lfs / git checkout) or re-import the set")
-    _check_safetensors_header(path)
+    safetensors_header(path)  # refuses pickles and truncated files before parsing them
     if expected_sha256 is not None:
         actual = sha256_of(path)
         if actual != expected_sha256:
