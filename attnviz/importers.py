@@ -263,26 +263,72 @@ def import_weights(source: str, set_name: str, file: Path | str | None = None, w
     return install_fetched(source, set_name, fetched, manifest, torchvision_weights)
 
 
+# How ``import imagenet --files DIR`` tells the three files apart: the names they are published under.
+IMAGENET_FILE_PATTERNS = {
+    "torchvision-resnet50": ("resnet50-*.pth",),
+    "timm-seresnet50": (*TIMM_SE_FILES, "*seresnet50*.safetensors", "*seresnet50*.pth", "*seresnet50*.bin"),
+    "pytorchcv-cbam-resnet50": ("cbam_resnet50-*.pth",),
+}
+
+
+def imagenet_files(folder: Path | str) -> dict[str, Path]:
+    """The three published files in ``folder`` (downloaded by hand, e.g. for a machine or an image build without
+    internet), by source; one line naming what is missing or ambiguous."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AttnvizError(f"{folder}: no such folder; give the folder holding the three downloaded files")
+    found, problems = {}, []
+    for source, patterns in IMAGENET_FILE_PATTERNS.items():
+        matches = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+        if len(matches) == 1:
+            found[source] = matches[0]
+        else:
+            seen = f" ({', '.join(p.name for p in matches)})" if matches else ""
+            count = "several files" if matches else "no file"
+            problems.append(f"{source}: {count} named {' or '.join(patterns)}{seen}")
+    if problems:
+        raise AttnvizError(f"{folder}: " + "; ".join(problems) + "; put exactly one file of each there (as "
+                           "published: torchvision's resnet50-*.pth, timm's model.safetensors, pytorchcv's "
+                           "cbam_resnet50-*.pth unzipped)")
+    return found
+
+
 def import_imagenet(set_name: str = "imagenet", weights_dir: Path | str | None = None,
                     torchvision_weights: str | None = None,
-                    report: Callable[[str], None] | None = None) -> list[ModelEntry]:
+                    report: Callable[[str], None] | None = None,
+                    installed: Callable[[ModelEntry], None] | None = None,
+                    files: Path | str | None = None) -> list[ModelEntry]:
     """The three published models of ``IMAGENET_SOURCES`` (ResNet50, +SE, +CBAM) into one set, in one step.
 
     Every download comes first (each through its library, into its cache), then each model is converted and
     installed: a download that fails (offline: one line within a few seconds) adds nothing, and a second try
-    finds the files already downloaded in the caches. ``report`` gets a line per step."""
+    finds the files already downloaded in the caches. ``report`` gets a line per download, ``installed`` each
+    model's entry once it is installed. With ``files``, a folder holding the three files, nothing is downloaded
+    (``imagenet_files``)."""
     _check_set_name(set_name)
     version = (torchvision_weights or "V1").upper()
     if version not in TORCHVISION_WEIGHTS:
         raise AttnvizError(f"--torchvision-weights must be V1 or V2, not {torchvision_weights!r}")
     manifest = Manifest(Path(weights_dir) if weights_dir else None)
-    fetched = {}
+    fetched: dict[str, Path | dict[str, torch.Tensor]] = {}
+    if files is not None:
+        fetched.update(imagenet_files(files))
     for source in IMAGENET_SOURCES:  # offline, the first one stops it: one line, nothing said before
+        if source in fetched:
+            continue
         fetched[source] = _source(source).download(version)
         if report is not None:
             report(f"{source}: downloaded (or found in its library's cache)")
-    return [install_fetched(source, set_name, got, manifest, torchvision_weights if "torchvision" in source else None)
-            for source, got in fetched.items()]
+    entries = []
+    for source in IMAGENET_SOURCES:
+        got = fetched[source]
+        # A file torchvision's cache holds is the release asked for (torch.hub checked its hash when it came, and
+        # torchvision uses it as it is); a file given with ``files`` is told by its hash, or the option.
+        release = None if "torchvision" not in source else torchvision_weights if files is not None else version
+        entries.append(install_fetched(source, set_name, got, manifest, release))
+        if installed is not None:
+            installed(entries[-1])
+    return entries
 
 
 def install_fetched(source: str, set_name: str, fetched: Path | dict[str, torch.Tensor], manifest: Manifest,

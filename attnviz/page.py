@@ -22,14 +22,15 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attnviz.attention import RECORD_KINDS, family  # noqa: E402
+from attnviz.catalogue import Catalogue, catalogue  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
+from attnviz.get_imagenet import DOWNLOAD_MB  # noqa: E402
 from attnviz.images import MAX_FILE_BYTES  # noqa: E402
 from attnviz.models import RESNET50_LAYERS, TARGET_LAYERS  # noqa: E402
 from attnviz.render import Rendered  # noqa: E402
 from attnviz.results import Explanation  # noqa: E402
 from attnviz.settings import COLORMAP, LAYER, METHOD, OPACITY, TIME_LIMIT_S, TOP_K  # noqa: E402
 from attnviz.texts import LANGUAGES, fill, locale  # noqa: E402
-from attnviz.weights import Manifest  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # package data (examples/ at the top: a link)
 # The page's defaults are the library's (attnviz.settings); the target dropdown's OWN_TOP1 means each model's own
@@ -64,7 +65,8 @@ _MINUTES = DELETE_CACHE[1] // 60
 
 # Every text of the page is in the locale files (attnviz/locales, one per language, shared with the CLI's report);
 # a few name a setting of this module, filled in here.
-_SETTINGS_IN_TEXTS = {"time_limit_s": TIME_LIMIT_S, "import_commands": IMPORT_COMMANDS, "minutes": _MINUTES}
+_SETTINGS_IN_TEXTS = {"time_limit_s": TIME_LIMIT_S, "import_commands": IMPORT_COMMANDS, "minutes": _MINUTES,
+                      "download_mb": DOWNLOAD_MB}
 TRANSLATIONS: dict[str, dict[str, str]] = {
     lang: {key: fill(value, _SETTINGS_IN_TEXTS) for key, value in locale(lang).items()} for lang in LANGUAGES
 }
@@ -228,9 +230,10 @@ def _prune_results(max_age: float) -> None:
             pass
 
 
-def installed_sets(weights_dir: str | Path | None = None) -> tuple[Manifest, list[str]]:
-    """The manifest and its set names; a clear AttnvizError when no model set is installed."""
-    manifest = Manifest(Path(weights_dir) if weights_dir else None)
+def installed_sets(weights_dir: str | Path | None = None) -> tuple[Catalogue, list[str]]:
+    """The model sets of the weights folder and of the writable one the app downloads into, and their names; a
+    clear AttnvizError when no model set is installed."""
+    manifest = catalogue(weights_dir)
     names = manifest.set_names()
     if not names:
         raise AttnvizError(

@@ -74,7 +74,7 @@ def explain_scene(app, options: scene_lab.SceneOptions, set_name: str | None) ->
     explanation = explainer.explain(scene.image, ExplainSettings(target=target, time_limit=None))
     preprocessing = explainer.model_set.preprocessing
     masks = [localisation.view_mask(m, preprocessing) for m in scene.masks]
-    settings = localisation.localisation_settings(set_name, app.weights_dir)
+    settings = localisation.localisation_settings(set_name, app.sets.folder(set_name))
     folder = Path(tempfile.mkdtemp(prefix="scene-", dir=_results_dir()))
     Image.fromarray(scene.image).save(folder / "scene.png")
     for name, mask in zip(scene_lab.mask_names(len(scene.masks)), scene.masks, strict=True):

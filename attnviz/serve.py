@@ -40,10 +40,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     warming = warmup.start(args.weights_dir, args.set_name, _log)
 
     from attnviz.errors import AttnvizError
+    from attnviz.get_imagenet import downloads_allowed
     from attnviz.ui import AttnvizApp, launch
 
     try:
-        app = AttnvizApp(args.weights_dir, args.set_name)
+        # the ImageNet download button: on loopback by default, elsewhere only with ATTNVIZ_DOWNLOADS=1
+        app = AttnvizApp(args.weights_dir, args.set_name, downloads=downloads_allowed(args.host))
     except AttnvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

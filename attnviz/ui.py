@@ -27,7 +27,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from attnviz import lab_ui, sanity_ui  # noqa: E402
+from attnviz import imagenet_ui, lab_ui, sanity_ui  # noqa: E402
 from attnviz.analysis.findings import language_of  # noqa: E402
 from attnviz.analysis_view import build_analysis_tab  # noqa: E402
 from attnviz.attention import family  # noqa: E402
@@ -82,22 +82,27 @@ from attnviz.weights import BUILTIN_SET  # noqa: E402
 class AttnvizApp:
     """The app's handlers and its Blocks; the handlers work without a server."""
 
-    def __init__(self, weights_dir: str | Path | None = None, default_set: str | None = None) -> None:
+    def __init__(self, weights_dir: str | Path | None = None, default_set: str | None = None,
+                 downloads: bool = False) -> None:
+        """``downloads``: offer the button that downloads the ImageNet models when no such set is installed
+        (``attnviz.serve`` decides by the address it listens on: ``get_imagenet.downloads_allowed``)."""
         self.weights_dir = weights_folder(weights_dir)
-        self.manifest, self.set_names = installed_sets(self.weights_dir)
+        self.downloads = downloads
+        self.sets, self.set_names = installed_sets(self.weights_dir)  # the shipped folder and the writable one
         if default_set is not None and default_set not in self.set_names:
             raise AttnvizError(f"model set {default_set!r} is not installed (installed: {', '.join(self.set_names)}); "
                                f"choose one of them with --set")
-        self.default_set = startup_set(self.manifest, default_set)  # app.py's warm-up loads the same one
+        self.default_set = startup_set(self.sets, default_set)  # app.py's warm-up loads the same one
         self.components: dict[str, gr.components.Component | gr.blocks.BlockContext] = {}
 
     # ------------------------------------------------------------------ computing (explain) and drawing (render)
 
     def explainer(self, set_name: str | None):
-        return get_explainer(set_name or self.default_set, str(self.weights_dir))
+        name = set_name or self.default_set
+        return get_explainer(name, str(self.sets.folder(name)))
 
     def classes(self, set_name: str | None) -> list[str]:
-        return self.manifest.get(set_name or self.default_set).classes
+        return self.sets.get(set_name or self.default_set).classes
 
     def analyse(self, image, model_set: str | None = None, models: list[str] | None = None,
                 method: str = DEFAULT_METHOD, target: str | None = OWN_TOP1, layer: str = DEFAULT_LAYER,
@@ -182,7 +187,7 @@ class AttnvizApp:
         return self._page_values(analysis)
 
     def _excitation(self, explanation: Explanation, block: str) -> dict:
-        profiles = lab_ui.excitation_profiles(self.weights_dir, explanation.set_name)
+        profiles = lab_ui.excitation_profiles(self.sets.folder(explanation.set_name), explanation.set_name)
         return lab_ui.excitation_images(explanation, block, profiles)
 
     def archive_page(self, analysis: Analysis | None) -> dict:
@@ -240,7 +245,7 @@ class AttnvizApp:
 
     def set_changed(self, set_name: str) -> dict:
         """A new model set: its classes in the target dropdown and the page, its models in the checkbox group."""
-        info = self.manifest.get(set_name)
+        info = self.sets.get(set_name)
         variants = [v for v in VARIANTS if v in info.models]
         c = self.components
         return {
@@ -250,6 +255,14 @@ class AttnvizApp:
             c["builtin_note"]: gr.Markdown(visible=set_name == BUILTIN_SET),
             **{c[f"{v}_column"]: gr.Column(visible=v in variants) for v in VARIANTS},
         }
+
+    def get_imagenet_page(self, progress=gr.Progress(track_tqdm=True)) -> dict:  # noqa: B008 - gradio injects it
+        """The "Get the ImageNet models" button (``imagenet_ui.press``)."""
+        return imagenet_ui.press(self, progress)
+
+    def page_loaded(self) -> dict:
+        """A page opened: the sets installed now, and whether the button is offered (``imagenet_ui``)."""
+        return imagenet_ui.page_loaded(self)
 
     # ------------------------------------------------------------------ page values
 
@@ -313,7 +326,7 @@ class AttnvizApp:
 
         c = self.components
         classes = self.classes(self.default_set)
-        variants = [v for v in VARIANTS if v in self.manifest.get(self.default_set).models]
+        variants = [v for v in VARIANTS if v in self.sets.get(self.default_set).models]
         examples = sorted(EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
         with gr.Blocks(title="attnviz", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
             gr.Markdown(tr("title"))
@@ -325,7 +338,8 @@ class AttnvizApp:
                     @gr.render(inputs=c["model_set"])
                     def analysis_of(set_name: str, request: gr.Request) -> None:
                         # the findings are sentences made from the numbers: written in the browser's language
-                        build_analysis_tab(self.weights_dir, set_name or self.default_set, translate=tr, keyed=True,
+                        set_name = set_name or self.default_set
+                        build_analysis_tab(self.sets.folder(set_name), set_name, translate=tr, keyed=True,
                                            language=language_of(request.headers.get("accept-language")))
                 with gr.Tab(tr("tab_scene"), id="scene", elem_id="tab-scene"):
                     self.scene_tab = SceneTab(self)
@@ -361,6 +375,7 @@ class AttnvizApp:
                                   outputs=[c["target"], c["models"], c["classes"], c["builtin_note"],
                                            *(c[f"{v}_column"] for v in VARIANTS)],
                                   api_visibility="private")
+            imagenet_ui.wire(self, demo)
         demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, api_open=False)
         return demo
 
@@ -381,6 +396,7 @@ class AttnvizApp:
                     gr.Markdown(tr("no_examples"))
             with gr.Column(scale=4):
                 c["model_set"] = gr.Dropdown(self.set_names, value=self.default_set, label=tr("model_set"))
+                imagenet_ui.build_button(self, tr)
                 c["models"] = gr.CheckboxGroup(model_choices(variants), value=variants,
                                                label=tr("models"))
                 c["method"] = gr.Dropdown(

@@ -18,6 +18,7 @@ import numpy as np
 import safetensors.torch  # noqa: F401 - imported here, not first in the thread (see ``start``)
 
 from attnviz import settings as defaults
+from attnviz.catalogue import Catalogue, catalogue
 from attnviz.errors import AttnvizError
 from attnviz.explainer import get_explainer
 from attnviz.render import render_explanation
@@ -29,7 +30,7 @@ def weights_folder(weights_dir: str | Path | None) -> Path:
     return Path(weights_dir) if weights_dir else default_weights_dir()
 
 
-def startup_set(manifest: Manifest, requested: str | None = None) -> str | None:
+def startup_set(manifest: Manifest | Catalogue, requested: str | None = None) -> str | None:
     """The set the page starts with: the one asked for, else the manifest's default when it is installed, else
     the first installed one; None when ``requested`` is not installed or no set is (the app says so)."""
     names = manifest.set_names()
@@ -45,13 +46,12 @@ def warm_up(weights_dir: str | Path | None = None, set_name: str | None = None) 
     and the page's defaults and draw every figure of it. Returns the seconds it took; raises AttnvizError when
     the set cannot be loaded or run."""
     started = time.perf_counter()
-    folder = weights_folder(weights_dir)
-    manifest = Manifest(folder)
-    name = set_name or startup_set(manifest)
+    sets = catalogue(weights_folder(weights_dir))
+    name = set_name or startup_set(sets)
     if name is None:
-        raise AttnvizError(f"no model set is installed in {folder}")
-    explainer = get_explainer(name, str(folder))
-    side = manifest.get(name).preprocessing.crop
+        raise AttnvizError(f"no model set is installed in {sets.weights_dir}")
+    explainer = get_explainer(name, str(sets.folder(name)))
+    side = sets.get(name).preprocessing.crop
     settings = defaults.build_settings(explainer.classes, explainer.explainers)
     explanation = explainer.explain(np.full((side, side, 3), 128, np.uint8), settings)
     render_explanation(explanation, colormap=defaults.COLORMAP, opacity=defaults.OPACITY)
@@ -68,7 +68,7 @@ def start(weights_dir: str | Path | None, set_name: str | None,
     caller imports gradio (two threads importing modules that import each other can deadlock);
     tests/test_warmup.py checks it."""
     try:
-        name = startup_set(Manifest(weights_folder(weights_dir)), set_name)
+        name = startup_set(catalogue(weights_folder(weights_dir)), set_name)
     except AttnvizError:  # e.g. a broken manifest: the app says what is wrong
         return None
     if name is None:

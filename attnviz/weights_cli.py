@@ -2,7 +2,7 @@
 
     python -m attnviz.weights list
     python -m attnviz.weights verify [--set NAME]
-    python -m attnviz.weights import imagenet [--set NAME] [--torchvision-weights V1|V2]
+    python -m attnviz.weights import imagenet [--set NAME] [--torchvision-weights V1|V2] [--files DIR]
     python -m attnviz.weights import SOURCE [--file PATH] [--set NAME] [--torchvision-weights V1|V2]
     python -m attnviz.weights add FILE --variant V --classes FILE.txt --set NAME [--resize N --crop N]
 
@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("source", choices=[IMAGENET, *SOURCES],
                      help=f"{IMAGENET}: the three models ({', '.join(IMAGENET_SOURCES)}) in one step")
     imp.add_argument("--file", type=Path, help="a downloaded weights file (default: download through the library)")
+    imp.add_argument("--files", type=Path, metavar="DIR",
+                     help=f"{IMAGENET} only: a folder holding the three downloaded files (nothing is downloaded)")
     imp.add_argument("--set", dest="set_name", default="imagenet", help="the model set to add it to (default "
                                                                         "imagenet)")
     imp.add_argument("--torchvision-weights", type=str.upper, choices=TORCHVISION_WEIGHTS,
@@ -92,7 +94,7 @@ def _verify(manifest: Manifest, set_name: str | None) -> int:
 
 def _report(entry: ModelEntry, set_name: str, weights_dir: Path) -> None:
     print(f"added {VARIANT_TITLES[entry.variant]} to set {set_name!r}: {weights_dir / entry.file} "
-          f"(sha256 {entry.sha256[:12]}..., {len(entry.classes)} classes, {entry.source})")
+          f"(sha256 {entry.sha256[:12]}..., {len(entry.classes)} classes, {entry.source})", flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -108,10 +110,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.file is not None:
             raise AttnvizError("--file names one source's file: import it with that source (e.g. import "
                                "timm-seresnet50 --file PATH), or leave --file out to download all three")
-        for entry in import_imagenet(args.set_name, weights_dir, args.torchvision_weights,
-                                     report=lambda line: print(line, flush=True)):
-            _report(entry, args.set_name, weights_dir)
+        import_imagenet(args.set_name, weights_dir, args.torchvision_weights,
+                        report=lambda line: print(line, flush=True),
+                        installed=lambda entry: _report(entry, args.set_name, weights_dir), files=args.files)
         return 0
+    if args.command == "import" and args.files is not None:
+        raise AttnvizError(f"--files is for import {IMAGENET} (the three files in one folder); give one source's "
+                           f"file with --file PATH")
     if args.command == "import":
         entry = import_weights(args.source, args.set_name, file=args.file, weights_dir=weights_dir,
                                torchvision_weights=args.torchvision_weights)

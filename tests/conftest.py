@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,10 @@ import pytest
 import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The writable weights folder the app reads beside the shipped one (attnviz.weights.user_weights_dir): an empty one
+# of this test run's own, so that sets a developer downloaded change nothing the tests see (servers the tests
+# start inherit it). Tests that download into one give their own.
+os.environ["ATTNVIZ_USER_WEIGHTS"] = tempfile.mkdtemp(prefix="attnviz-user-weights-")
 
 from attnviz.models import VARIANTS, build_resnet50  # noqa: E402
 from attnviz.weights import Manifest, ModelEntry, Preprocessing, write_safetensors  # noqa: E402
@@ -134,3 +139,16 @@ def installed():
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def imagenet_caches(tmp_path_factory):
+    """Stand-ins for the three ImageNet downloads (tests/standins.py) in library caches of their own:
+    (TORCH_HOME, HF_HUB_CACHE, the stand-ins' ``Placed``). Only read by what uses them."""
+    pytest.importorskip("timm")
+    pytest.importorskip("pytorchcv")
+    from standins import place_in_caches, standin_models
+
+    root = tmp_path_factory.mktemp("imagenet-caches")
+    placed = place_in_caches(standin_models(), root / "torch-home", root / "hf-cache")
+    return root / "torch-home", root / "hf-cache", placed
