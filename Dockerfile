@@ -82,6 +82,33 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipcert \
 COPY --from=files /files/app.py ./
 COPY --from=files /files/weights/ weights/
 
+# Optional: the three published ImageNet models (ResNet50, +SE, +CBAM; about 300 MB) imported at build time, so
+# that a server or a Space with internet serves photos out of the box:
+#   --build-arg IMAGENET=download   downloads them through their publishers' libraries (timm and pytorchcv are
+#                                   installed for it) while building;
+#   --build-arg IMAGENET=DIR        imports the three files downloaded by hand into DIR, a folder of the build
+#                                   context (`python -m attnviz.weights import imagenet --files DIR`), e.g. for a
+#                                   build without internet.
+#   --build-arg IMAGENET_TORCHVISION=V2  torchvision's V2 weights instead of V1 (with DIR: which release a file
+#                                   holds, when its hash does not tell).
+# The libraries' caches are removed afterwards; the set is read-only in the image like the built-in one.
+ARG IMAGENET=""
+ARG IMAGENET_TORCHVISION=""
+RUN --mount=type=bind,target=/context --mount=type=secret,id=pipconf --mount=type=secret,id=pipcert \
+    if [ -n "$IMAGENET" ]; then \
+      if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi \
+      && pip install "timm>=1.0" "pytorchcv>=0.0.70" \
+      && export TORCH_HOME=/tmp/imagenet-cache/torch HF_HOME=/tmp/imagenet-cache/hf \
+      && if [ "$IMAGENET" = download ]; then \
+           python -m attnviz.weights import imagenet --weights-dir weights \
+             ${IMAGENET_TORCHVISION:+--torchvision-weights "$IMAGENET_TORCHVISION"}; \
+         else \
+           python -m attnviz.weights import imagenet --weights-dir weights --files "/context/$IMAGENET" \
+             ${IMAGENET_TORCHVISION:+--torchvision-weights "$IMAGENET_TORCHVISION"}; \
+         fi \
+      && rm -rf /tmp/imagenet-cache && chmod -R u=rwX,go=rX weights; \
+    fi
+
 # Everything above belongs to root and is only read: the app's user cannot change the code or the weights.
 USER 10001
 

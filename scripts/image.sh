@@ -8,21 +8,28 @@
 #      image's CMD started in a container (host network, listening on 127.0.0.1 only), the image's HEALTHCHECK
 #      command run in that container until it passes, an image sent to /explain with gradio_client, the app's
 #      process uid read, and write probes into the code, the weights and the app's own writable paths;
-#   4. the image's size and the build time printed.
+#   4. the image's size and the build time printed;
+#   5. with --imagenet DIR: the image built again with the Dockerfile's IMAGENET build argument, importing the
+#      three ImageNet files in DIR (copied into a build context of their own), and the set verified in it.
 # Needs root (buildah with chroot isolation); installs buildah and debootstrap with apt-get when they are missing.
 #
-# Usage: bash scripts/image.sh [--context DIR]      DIR: the build context (default: this repository)
+# Usage: bash scripts/image.sh [--context DIR] [--imagenet FILES]
+#   DIR: the build context (default: this repository); FILES: a folder with the three ImageNet files
+#   (python -m attnviz.weights import imagenet --files), torchvision's being the V1 release
 # Environment: ATTNVIZ_BUILDAH_DIR (storage and base, default /var/tmp/attnviz-buildah), TORCH_INDEX_URL (default:
 # PyTorch's CPU index when it answers, else the package index pip uses here, i.e. the CUDA build from PyPI),
 # DEBIAN_MIRROR (default: this machine's apt mirror), ATTNVIZ_IMAGE_START_TIMEOUT (seconds, default 900).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 context=$repo
+imagenet_files=""
 while [ $# -gt 0 ]; do
   case $1 in
     --context) context=$(cd "$2" && pwd); shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | cut -c3-; exit 0 ;;
-    *) echo "error: unknown argument $1 (usage: bash scripts/image.sh [--context DIR])" >&2; exit 2 ;;
+    --imagenet) imagenet_files=$(cd "$2" && pwd); shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0" | cut -c3-; exit 0 ;;
+    *) echo "error: unknown argument $1 (usage: bash scripts/image.sh [--context DIR] [--imagenet FILES])" >&2
+       exit 2 ;;
   esac
 done
 
@@ -282,6 +289,41 @@ EOF
 
 check_as ""
 check_as 1000
+
+if [ -n "$imagenet_files" ]; then
+  # The same Dockerfile and context, with the three files in a folder of the context: every layer before the
+  # IMAGENET step is the cached one of the build above.
+  ctx=$work/context-imagenet
+  mkdir -p "$ctx"
+  for item in Dockerfile .dockerignore pyproject.toml README.md app.py requirements.txt attnviz weights; do
+    cp -al "$context/$item" "$ctx/" 2>/dev/null || cp -a "$context/$item" "$ctx/"
+  done
+  cp -al "$imagenet_files" "$ctx/imagenet-files" 2>/dev/null || cp -a "$imagenet_files" "$ctx/imagenet-files"
+  imagenet_image=localhost/attnviz-imagenet:latest
+  say "building $imagenet_image with --build-arg IMAGENET=imagenet-files"
+  t0=$(date +%s)
+  if ! "${B[@]}" bud --isolation chroot --format docker --layers --force-rm --pull=never \
+         --build-arg "BASE_IMAGE=$base" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" \
+         --build-arg IMAGENET=imagenet-files --build-arg IMAGENET_TORCHVISION=V1 "${secrets[@]}" \
+         -f "$ctx/Dockerfile" -t "$imagenet_image" "$ctx" >"$work/build-imagenet.log" 2>&1; then
+    tail -40 "$work/build-imagenet.log" >&2
+    fail "buildah bud with IMAGENET failed (the end of its log is above)"
+  fi
+  say "built $imagenet_image in $(( $(date +%s) - t0 )) s"
+  ctr=$("${B[@]}" from --pull=never --name "attnviz-check-$$-imagenet" "$imagenet_image")
+  if ! "${B[@]}" run --isolation chroot "$ctr" -- python -m attnviz.weights verify >"$work/verify.log" 2>&1; then
+    cat "$work/verify.log" >&2
+    fail "the image's model sets do not verify (above)"
+  fi
+  sed 's/^/[image]   /' "$work/verify.log"
+  grep -q '^imagenet/cbam: ok$' "$work/verify.log" || fail "the image has no imagenet set"
+  if "${B[@]}" run --isolation chroot "$ctr" -- sh -c 'ls -d /tmp/imagenet-cache' >/dev/null 2>&1; then
+    fail "the libraries' caches were left in the image"
+  fi
+  "${B[@]}" rm "$ctr" >/dev/null
+  say "image $imagenet_image: the imagenet set of the build argument verifies, beside the built-in one"
+  "${B[@]}" rmi "$imagenet_image" >/dev/null 2>&1 || true
+fi
 
 base_note="base made in ${base_s} s"
 [ "$base_s" != 0 ] || base_note="base reused"

@@ -381,3 +381,74 @@ def test_an_out_of_domain_image_gets_the_notice_above_the_results(browser, flagg
     page.screenshot(path=str(artifacts_dir / "app_out_of_domain.png"), full_page=True)
     assert outside == []
     page.context.close()
+
+
+# --------------------------------------------------------------------------- the ImageNet models in one step
+
+
+@pytest.fixture(scope="module")
+def imagenet_button_url(tmp_path_factory, tiny_weights_dir, imagenet_caches) -> Iterator[tuple[str, Path]]:
+    """The app on loopback (so it offers the download) with the stand-in downloads in the libraries' caches
+    (tests/standins.py) and a writable weights folder of its own: (URL, that folder)."""
+    from standins import PYTORCHCV_SHA1_ENV
+
+    torch_home, hf_cache, placed = imagenet_caches
+    writable = tmp_path_factory.mktemp("writable-weights")
+    env = {"TORCH_HOME": str(torch_home), "HF_HUB_CACHE": str(hf_cache), PYTORCHCV_SHA1_ENV: placed.pytorchcv_sha1,
+           "ATTNVIZ_USER_WEIGHTS": str(writable), "ATTNVIZ_DOWNLOADS": ""}
+    with serving("tests/standin_app.py", "--weights-dir", str(tiny_weights_dir), env=env) as url:
+        yield url, writable
+
+
+def test_the_imagenet_button_adds_the_set_and_a_1000_class_set_works_on_the_page(browser, imagenet_button_url,
+                                                                                 example_image, artifacts_dir):
+    """Two people press the button at once: one download, both get the set chosen in the selector; then the
+    1000-class set: the target chooser filters as one types, the top-5 are ImageNet's names, and the Analysis tab
+    says what measuring it would need. A page opened later offers the set and no button."""
+    from playwright.sync_api import expect
+
+    from attnviz.catalogue import Catalogue
+
+    url, writable = imagenet_button_url
+    first, outside = open_page(browser, url)
+    second, _ = open_page(browser, url)
+    for page in (first, second):
+        expect(page.locator("#get-imagenet")).to_have_text("Get the ImageNet models (about 300 MB)")
+    first.locator("#get-imagenet").click()
+    second.locator("#get-imagenet").click()
+    first.screenshot(path=str(artifacts_dir / "app_imagenet_download.png"))
+    statuses = []
+    for page in (first, second):
+        expect(page.locator("#get-imagenet")).to_be_hidden()
+        expect(page.get_by_label("Model set")).to_have_value("imagenet")
+        expect(page.locator("#status")).to_contain_text("imagenet")
+        statuses.append(page.locator("#status").inner_text())
+    assert sum("installed and chosen" in s for s in statuses) == 1, statuses  # one download ...
+    assert sum("already installed" in s for s in statuses) == 1, statuses  # ... the other press waited for it
+    assert Catalogue([writable]).set_names() == ["imagenet"]
+    second.context.close()
+
+    page = first
+    chooser = page.get_by_label("Target class")
+    chooser.click()
+    chooser.press_sequentially("tabb", delay=50)  # as a person types (the list filters on keys, not on fill)
+    page.screenshot(path=str(artifacts_dir / "app_imagenet_target_filter.png"))
+    expect(page.get_by_role("option", name=re.compile(r"\btabby\b"))).to_be_visible()
+    assert page.get_by_role("option").count() < 10  # filtered, out of 1001
+    page.keyboard.press("Escape")
+    upload(page, example_image)
+    expect(page.locator("#top-resnet50")).to_contain_text("Top-5")
+    expect(page.locator("#status")).to_contain_text("Done")
+    top = page.locator("#top-cbam").inner_text()
+    assert not TINY_CLASSES.search(top) and re.search(r"\w", top)
+    page.screenshot(path=str(artifacts_dir / "app_imagenet.png"), full_page=True)
+    page.get_by_role("tab", name="Analysis").click()
+    expect(page.locator("#analysis-status")).to_contain_text("other classes than the generated scenes")
+    assert outside == []
+    page.context.close()
+
+    later, _ = open_page(browser, url)
+    expect(later.locator("#get-imagenet")).to_be_hidden()
+    later.get_by_label("Model set").click()
+    expect(later.get_by_role("option", name="imagenet")).to_be_visible()
+    later.context.close()

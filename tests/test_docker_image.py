@@ -31,13 +31,20 @@ def why_it_cannot_run() -> str | None:
 
 
 @pytest.mark.slow
-def test_the_image_builds_and_serves_explanations_as_its_user_and_as_uid_1000():
+def test_the_image_builds_and_serves_explanations_as_its_user_and_as_uid_1000(tmp_path):
+    """Also the IMAGENET build argument: stand-ins for the three ImageNet files (random-weight models from the
+    pip packages, tests/standins.py) in a folder of the build context, imported while building."""
     reason = why_it_cannot_run()
     if reason and os.environ.get("CI") != "true":
         pytest.skip(reason)
+    pytest.importorskip("timm")
+    pytest.importorskip("pytorchcv")
+    from standins import place_as_files, standin_models
+
+    place_as_files(standin_models(), tmp_path / "imagenet-files")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    result = subprocess.run(["bash", "scripts/image.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=SCRIPT_TIMEOUT_S)
+    result = subprocess.run(["bash", "scripts/image.sh", "--imagenet", str(tmp_path / "imagenet-files")], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
     output = result.stdout + result.stderr
     print(output)  # the measured size and build time, shown with -s or on failure
     assert result.returncode == 0, output[-4000:]
@@ -47,3 +54,5 @@ def test_the_image_builds_and_serves_explanations_as_its_user_and_as_uid_1000():
         assert f"as user {user}: cannot write the code or the weights" in output
     assert len(re.findall(r"/explain answered in [\d.]+ s: resnet50: .+, se: .+, cbam: .+", output)) == 2
     assert re.search(r"image localhost/attnviz:latest: .+ \(\d+ bytes of layers\), built in \d+ s", output)
+    assert "[image]   imagenet/resnet50: ok" in output and "[image]   builtin/cbam: ok" in output
+    assert "the imagenet set of the build argument verifies, beside the built-in one" in output
