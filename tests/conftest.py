@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -152,3 +153,17 @@ def imagenet_caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagenet-caches")
     placed = place_in_caches(standin_models(), root / "torch-home", root / "hf-cache")
     return root / "torch-home", root / "hf-cache", placed
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No name resolves and no socket connects; library caches point into tmp_path."""
+    import huggingface_hub.constants
+
+    def refuse(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))

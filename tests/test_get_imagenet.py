@@ -4,7 +4,6 @@ for two presses, and what a person sees offline; the downloads are stand-ins in 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -67,12 +66,20 @@ def test_the_app_lists_and_runs_a_set_of_the_writable_folder(tmp_path, monkeypat
     assert list(analysis.explanation.results) == ["se"] and analysis.explanation.classes == ["a", "b"]
 
 
-def test_a_set_installed_after_the_start_is_offered_to_pages_and_the_api(tmp_path, monkeypatch):
+@pytest.fixture
+def downloading_app(tmp_path, monkeypatch):
+    """An app offering downloads, with a one-model "tiny" set shipped and an empty writable folder:
+    (app, shipped folder, writable folder)."""
     shipped, writable = tmp_path / "shipped", tmp_path / "writable"
     make_model_set(shipped, "tiny", variants=("resnet50",))
     monkeypatch.setenv("ATTNVIZ_USER_WEIGHTS", str(writable))
     app = AttnvizApp(shipped, downloads=True)
     app.build()
+    return app, shipped, writable
+
+
+def test_a_set_installed_after_the_start_is_offered_to_pages_and_the_api(downloading_app):
+    app, _, writable = downloading_app
     c = app.components
     assert c["get_imagenet"].visible is True  # offered: no ImageNet set
     make_model_set(writable, "later", variants=("resnet50",), make_default=False)
@@ -95,26 +102,8 @@ def test_without_downloads_the_button_is_hidden_and_its_event_refused(tmp_path, 
     assert not (tmp_path / "writable").exists()
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No name resolves and no socket connects; empty library caches in tmp_path."""
-    import huggingface_hub.constants
-
-    def refuse(*args, **kwargs):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-
-
-def test_offline_the_button_says_so_at_once_and_installs_nothing(tmp_path, monkeypatch, offline):
-    shipped, writable = tmp_path / "shipped", tmp_path / "writable"
-    make_model_set(shipped, "tiny", variants=("resnet50",))
-    monkeypatch.setenv("ATTNVIZ_USER_WEIGHTS", str(writable))
-    app = AttnvizApp(shipped, downloads=True)
-    app.build()
+def test_offline_the_button_says_so_at_once_and_installs_nothing(downloading_app, offline):
+    app, _, writable = downloading_app
     c = app.components
     started = time.perf_counter()
     with pytest.warns(UserWarning, match="needs internet"):  # gr.Warning outside a request is a warning

@@ -6,7 +6,6 @@ import copy
 import hashlib
 import http.server
 import json
-import math
 import os
 import re
 import resource
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from standins import randomise
 from torch import nn
 
 from attnviz import importers
@@ -39,23 +39,6 @@ from attnviz.weights_cli import main
 
 timm = pytest.importorskip("timm")
 pytest.importorskip("pytorchcv")
-
-
-def randomise(model: nn.Module, seed: int) -> nn.Module:
-    """Every parameter and buffer random (BN scales and variances positive), so no mapping mistake can hide."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(int(torch.randint(1, 1000, (1,), generator=generator)))
-            elif name.endswith("running_var") or (tensor.dim() == 1 and name.endswith("weight")):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) + 0.5)
-            elif tensor.dim() > 1:
-                fan_in = tensor[0].numel()
-                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) / math.sqrt(fan_in))
-            else:
-                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) * 0.1)
-    return model.eval()
 
 
 def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -342,20 +325,6 @@ def _timed_offline_import(source: str, closed_port: int, tmp_path: Path) -> tupl
     timing = (f"{source}: {wall:.1f} s wall, {cpu:.1f} s CPU, torch's imports {spent['imports']:.1f} s, "
               f"then {spent['work']:.2f} s to answer")
     return cpu, spent["work"], timing
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No name resolves and no socket connects; library caches point into tmp_path."""
-    import huggingface_hub.constants
-
-    def refuse(*args, **kwargs):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
 
 
 @pytest.mark.parametrize("source", NETWORK_SOURCES)
