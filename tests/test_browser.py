@@ -400,11 +400,9 @@ def imagenet_button_url(tmp_path_factory, tiny_weights_dir, imagenet_caches) -> 
         yield url, writable
 
 
-def test_the_imagenet_button_adds_the_set_and_a_1000_class_set_works_on_the_page(browser, imagenet_button_url,
+def test_the_imagenet_button_adds_the_set_to_the_selector(browser, imagenet_button_url,
                                                                                  example_image, artifacts_dir):
-    """Two people press the button at once: one download, both get the set chosen in the selector; then the
-    1000-class set: the target chooser filters as one types, the top-5 are ImageNet's names, and the Analysis tab
-    says what measuring it would need. A page opened later offers the set and no button."""
+    """Two people press the button at once: one download, both get the set chosen in the selector."""
     from playwright.sync_api import expect
 
     from attnviz.catalogue import Catalogue
@@ -427,28 +425,5 @@ def test_the_imagenet_button_adds_the_set_and_a_1000_class_set_works_on_the_page
     assert sum("already installed" in s for s in statuses) == 1, statuses  # ... the other press waited for it
     assert Catalogue([writable]).set_names() == ["imagenet"]
     second.context.close()
-
-    page = first
-    chooser = page.get_by_label("Target class")
-    chooser.click()
-    chooser.press_sequentially("tabb", delay=50)  # as a person types (the list filters on keys, not on fill)
-    page.screenshot(path=str(artifacts_dir / "app_imagenet_target_filter.png"))
-    expect(page.get_by_role("option", name=re.compile(r"\btabby\b"))).to_be_visible()
-    assert page.get_by_role("option").count() < 10  # filtered, out of 1001
-    page.keyboard.press("Escape")
-    upload(page, example_image)
-    expect(page.locator("#top-resnet50")).to_contain_text("Top-5")
-    expect(page.locator("#status")).to_contain_text("Done")
-    top = page.locator("#top-cbam").inner_text()
-    assert not TINY_CLASSES.search(top) and re.search(r"\w", top)
-    page.screenshot(path=str(artifacts_dir / "app_imagenet.png"), full_page=True)
-    page.get_by_role("tab", name="Analysis").click()
-    expect(page.locator("#analysis-status")).to_contain_text("other classes than the generated scenes")
     assert outside == []
-    page.context.close()
-
-    later, _ = open_page(browser, url)
-    expect(later.locator("#get-imagenet")).to_be_hidden()
-    later.get_by_label("Model set").click()
-    expect(later.get_by_role("option", name="imagenet")).to_be_visible()
-    later.context.close()
+    first.context.close()
