@@ -319,13 +319,13 @@ def import_imagenet(set_name: str = "imagenet", weights_dir: Path | str | None =
         fetched[source] = _source(source).download(version)
         if report is not None:
             report(f"{source}: downloaded (or found in its library's cache)")
+    # A file torchvision's cache holds is the release asked for (torch.hub checked its hash when it came, and
+    # torchvision uses it as it is); a file given with ``files`` is told by its hash, or the option.
+    torchvision_release = torchvision_weights if files is not None else version
     entries = []
     for source in IMAGENET_SOURCES:
-        got = fetched[source]
-        # A file torchvision's cache holds is the release asked for (torch.hub checked its hash when it came, and
-        # torchvision uses it as it is); a file given with ``files`` is told by its hash, or the option.
-        release = None if "torchvision" not in source else torchvision_weights if files is not None else version
-        entries.append(install_fetched(source, set_name, got, manifest, release))
+        release = torchvision_release if source == "torchvision-resnet50" else None
+        entries.append(install_fetched(source, set_name, fetched[source], manifest, release))
         if installed is not None:
             installed(entries[-1])
     return entries
