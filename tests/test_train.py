@@ -122,8 +122,8 @@ def test_v2_recipe_trains_longer_than_v1_and_only_differs_where_it_says():
     assert v1 == Recipe() and not v1.augments and v2.augments and v2.batch_size == 32
     assert sum(n for _, n in v2.phases) > 2.5 * sum(n for _, n in v1.phases)
     assert {k for k in vars(v1) if getattr(v1, k) != getattr(v2, k)} == set(RECIPES["v2"]) | {"batch_size"}
-    with pytest.raises(ValueError, match="choose from v1, v2"):
-        recipe_named("v3")
+    with pytest.raises(ValueError, match="choose from v1, v2, v3"):
+        recipe_named("v9")
 
 
 def test_schedule_warms_up_then_decays_and_ends_at_full_resolution():
