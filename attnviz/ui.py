@@ -395,7 +395,8 @@ class AttnvizApp:
                 else:
                     gr.Markdown(tr("no_examples"))
             with gr.Column(scale=4):
-                c["model_set"] = gr.Dropdown(self.set_names, value=self.default_set, label=tr("model_set"))
+                c["model_set"] = gr.Dropdown(self.set_names, value=self.default_set, label=tr("model_set"),
+                                             elem_id="model-set")
                 imagenet_ui.build_button(self, tr)
                 c["models"] = gr.CheckboxGroup(model_choices(variants), value=variants,
                                                label=tr("models"))
@@ -403,7 +404,7 @@ class AttnvizApp:
                     method_choices(),
                     value=DEFAULT_METHOD, label=tr("method"), info=tr("method_info"))
                 c["target"] = gr.Dropdown(self._target_choices(classes), value=OWN_TOP1, label=tr("target"),
-                                          info=tr("target_info"), allow_custom_value=True)
+                                          info=tr("target_info"), allow_custom_value=True, elem_id="target")
                 c["layer"] = gr.Dropdown(page_layers(), value=DEFAULT_LAYER, label=tr("layer"),
                                          info=tr("layer_info"), elem_id="layer")
                 with gr.Row():

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import pytest
 from servers import REPO, running_app, serving
 
+from attnviz.importers import imagenet_classes
 from attnviz.models import VARIANTS
 
 CHROMIUM = "/usr/bin/chromium"
@@ -425,5 +426,33 @@ def test_the_imagenet_button_adds_the_set_to_the_selector(browser, imagenet_butt
     assert sum("already installed" in s for s in statuses) == 1, statuses  # ... the other press waited for it
     assert Catalogue([writable]).set_names() == ["imagenet"]
     second.context.close()
+
+    # the 1000 classes work in the page: the target chooser searches them as a user types (over the text shown)
+    target = first.locator("#target input")
+    target.click()
+    target.press("Control+a")
+    target.press_sequentially("tabb", delay=50)
+    expect(first.get_by_role("option")).to_have_text([re.compile(r"^\W*tabby$")])  # one option (a ✓ may lead)
+    first.screenshot(path=str(artifacts_dir / "app_imagenet_target_filter.png"))
+    first.get_by_role("option").click()
+    expect(target).to_have_value("tabby")
+    upload(first, example_image)  # ... every heatmap explains the class chosen; the top-5 are ImageNet's names
+    expect(first.locator("#status")).to_contain_text("Done")
+    for variant in ("resnet50", "se", "cbam"):
+        expect(first.locator(f"#info-{variant}")).to_contain_text("tabby")
+    first.locator("#top-cbam").scroll_into_view_if_needed()
+    first.screenshot(path=str(artifacts_dir / "app_imagenet_result.png"))
+    names = set(imagenet_classes())
+    for variant in ("resnet50", "se", "cbam"):
+        shown = [line.strip() for line in first.locator(f"#top-{variant}").inner_text().splitlines()]
+        assert sum(line in names for line in shown) == 5, (variant, shown)
+    first.get_by_role("tab", name="Analysis").click()  # ... and the Analysis tab says why it cannot measure them
+    expect(first.locator("#analysis-status")).to_contain_text("other classes than the generated scenes")
     assert outside == []
     first.context.close()
+
+    later, _ = open_page(browser, url)  # a page opened later offers the set, and no button
+    expect(later.locator("#get-imagenet")).to_be_hidden()
+    later.locator("#model-set input").click()
+    expect(later.get_by_role("option", name="imagenet")).to_be_visible()
+    later.context.close()
