@@ -33,6 +33,8 @@ from attnviz.recipe import (
     RECIPES,
     Recipe,
     batch_indices,
+    mix_style,
+    mix_style_draws,
     normalise,
     recipe_named,
 )
@@ -85,6 +87,23 @@ def _save_state(path: Path, model, optimizer, step: int, elapsed: float, history
     tmp.replace(path)
 
 
+MIX_STYLE_SITES = ("layer1", "layer2")  # after these stages, as the MixStyle paper's best ResNet placement
+
+
+def _mix_style_hooks(model, recipe: Recipe, step: int, batch: int) -> list:
+    """Forward hooks that apply this step's MixStyle draws after MIX_STYLE_SITES (none when the recipe has
+    none); the caller removes them after the forward pass."""
+    if recipe.mixstyle <= 0:
+        return []
+    hooks = []
+    for site, draw in zip(MIX_STYLE_SITES, mix_style_draws(recipe, step, batch, len(MIX_STYLE_SITES))):
+        if draw is not None:
+            weights, partner = (t.to(next(model.parameters()).device) for t in draw)
+            hooks.append(getattr(model, site).register_forward_hook(
+                lambda module, inputs, output, w=weights, p=partner: mix_style(output, w, p)))
+    return hooks
+
+
 def _step(model, optimizer, train_split: SceneSplit, recipe: Recipe, step: int, device: torch.device):
     """Optimisation step ``step`` of the recipe; returns (loss, accuracy, images, resolution)."""
     resolution = recipe.resolution_at(step)
@@ -98,9 +117,14 @@ def _step(model, optimizer, train_split: SceneSplit, recipe: Recipe, step: int, 
     y = torch.from_numpy(train_split.labels[idx, 0]).to(device)
     for group in optimizer.param_groups:
         group["lr"] = recipe.lr_at(step)
-    with _autocast(device, recipe.bf16):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+    hooks = _mix_style_hooks(model, recipe, step, len(idx))
+    try:
+        with _autocast(device, recipe.bf16):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+    finally:
+        for hook in hooks:
+            hook.remove()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -1,6 +1,7 @@
 """The training CLI on a handful of generated scenes: loss goes down, checkpoints load, runs resume."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,67 @@ def test_report_gives_each_splits_accuracy_with_its_wilson_interval(tmp_path, ca
     row = capsys.readouterr().out.splitlines()[-1]
     # 900 of 1200 and 50 of 100: Wilson 95 % intervals (72.5-77.4) and (40.4-59.6)
     assert row == "| resnet50.json | 75.0 % (72.5-77.4, 1200) | 50.0 % (40.4-59.6, 100) | 12.5 |"
+
+
+def test_hue_turn_keeps_greys_and_luma_and_a_full_turn_is_none():
+    from attnviz.recipe import rotate_hue
+
+    torch.manual_seed(0)
+    x = 0.25 + 0.5 * torch.rand(3, 3, 8, 8)  # away from 0 and 1: no clamping
+    grey = x[:, :1].expand(-1, 3, -1, -1).clone()
+    for angle in (0.0, 2 * math.pi):
+        assert torch.allclose(rotate_hue(x, torch.full((3,), angle)), x, atol=1e-5)
+    half = rotate_hue(x, torch.full((3,), math.pi / 2))
+    assert float((half - x).abs().max()) > 0.05
+    luma = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
+    small = 0.45 + 0.1 * torch.rand(3, 3, 8, 8)  # a turn of these stays inside [0, 1]
+    assert torch.allclose((rotate_hue(small, torch.full((3,), 1.0)) * luma).sum(1), (small * luma).sum(1), atol=1e-5)
+    assert torch.allclose(rotate_hue(grey, torch.tensor([0.5, 2.0, 4.0])), grey, atol=1e-5)
+
+
+def test_channel_shuffle_permutes_each_images_channels():
+    torch.manual_seed(1)
+    x = torch.rand(16, 3, 4, 4)
+    y = augment(x, Recipe(channel_shuffle=1.0), step=5)
+    moved = 0
+    for a, b in zip(x, y):
+        order = [next(j for j in range(3) if torch.equal(b[i], a[j])) for i in range(3)]
+        assert sorted(order) == [0, 1, 2]
+        moved += order != [0, 1, 2]
+    assert moved >= 8  # 5 of 6 permutations move something
+    assert torch.equal(augment(x, Recipe(channel_shuffle=1.0), step=5), y)
+
+
+def test_mix_style_moves_each_images_statistics_to_the_mix_and_keeps_it_at_weight_one():
+    from attnviz.recipe import mix_style
+
+    torch.manual_seed(2)
+    f = torch.randn(4, 5, 6, 6) * torch.rand(4, 5, 1, 1) * 3 + torch.randn(4, 5, 1, 1)
+    partner = torch.tensor([1, 2, 3, 0])
+    assert torch.allclose(mix_style(f, torch.ones(4), partner), f, atol=1e-4)
+    swapped = mix_style(f, torch.zeros(4), partner)
+    assert torch.allclose(swapped.mean(dim=(2, 3)), f[partner].mean(dim=(2, 3)), atol=1e-4)
+    assert torch.allclose(swapped.std(dim=(2, 3)), f[partner].std(dim=(2, 3)), atol=1e-3)
+
+
+def test_mix_style_hooks_change_the_training_forward_only_and_are_removed():
+    from attnviz.models import ModelSpec, build_model
+    from attnviz.train import MIX_STYLE_SITES, _mix_style_hooks
+
+    torch.manual_seed(3)
+    model = build_model(ModelSpec("se", num_classes=4, layers=(1, 1, 1, 1))).eval()
+    x = torch.rand(4, 3, 32, 32)
+    plain = model(x)
+    assert _mix_style_hooks(model, Recipe(), step=0, batch=4) == []
+    hooks = _mix_style_hooks(model, Recipe(mixstyle=1.0), step=0, batch=4)
+    assert len(hooks) == len(MIX_STYLE_SITES)
+    mixed = model(x)
+    for hook in hooks:
+        hook.remove()
+    assert not torch.allclose(mixed, plain, atol=1e-4)
+    assert all(not getattr(model, site)._forward_hooks for site in MIX_STYLE_SITES)
+    assert torch.equal(model(x), plain)
+    again = _mix_style_hooks(model, Recipe(mixstyle=1.0), step=0, batch=4)  # fixed by seed and step
+    assert torch.equal(model(x), mixed)
+    for hook in again:
+        hook.remove()
