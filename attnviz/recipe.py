@@ -201,7 +201,8 @@ def mix_style(features: torch.Tensor, weights: torch.Tensor, partner: torch.Tens
     return (features - mean) / std * mixed_std + mixed_mean
 
 
-def mix_style_draws(recipe: Recipe, step: int, batch: int, sites: int) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+def mix_style_draws(recipe: Recipe, step: int, batch: int,
+                    sites: int) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
     """For each of ``sites`` places of step ``step``: (weights, partner) when MixStyle runs there, else None;
     fixed by the recipe's seed and the step."""
     rng = np.random.default_rng([recipe.seed, 3 * 10**6 + step])

@@ -96,7 +96,7 @@ def _mix_style_hooks(model, recipe: Recipe, step: int, batch: int) -> list:
     if recipe.mixstyle <= 0:
         return []
     hooks = []
-    for site, draw in zip(MIX_STYLE_SITES, mix_style_draws(recipe, step, batch, len(MIX_STYLE_SITES))):
+    for site, draw in zip(MIX_STYLE_SITES, mix_style_draws(recipe, step, batch, len(MIX_STYLE_SITES)), strict=True):
         if draw is not None:
             weights, partner = (t.to(next(model.parameters()).device) for t in draw)
             hooks.append(getattr(model, site).register_forward_hook(

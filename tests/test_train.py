@@ -200,7 +200,7 @@ def test_channel_shuffle_permutes_each_images_channels():
     x = torch.rand(16, 3, 4, 4)
     y = augment(x, Recipe(channel_shuffle=1.0), step=5)
     moved = 0
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=True):
         order = [next(j for j in range(3) if torch.equal(b[i], a[j])) for i in range(3)]
         assert sorted(order) == [0, 1, 2]
         moved += order != [0, 1, 2]
