@@ -193,12 +193,13 @@ def rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
 def mix_style(features: torch.Tensor, weights: torch.Tensor, partner: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """MixStyle on (B, C, H, W) features: each image's per-channel mean and std become ``weights[i]`` of its
     own plus ``1 - weights[i]`` of image ``partner[i]``'s (statistics detached, as in the paper)."""
-    mean = features.mean(dim=(2, 3), keepdim=True).detach()
-    std = (features.var(dim=(2, 3), keepdim=True) + eps).sqrt().detach()
-    lam = weights.to(features.dtype)[:, None, None, None]
+    x = features.float()  # statistics in float32 also under bf16 autocast
+    mean = x.mean(dim=(2, 3), keepdim=True).detach()
+    std = (x.var(dim=(2, 3), keepdim=True) + eps).sqrt().detach()
+    lam = weights.float()[:, None, None, None]
     mixed_mean = lam * mean + (1 - lam) * mean[partner]
     mixed_std = lam * std + (1 - lam) * std[partner]
-    return (features - mean) / std * mixed_std + mixed_mean
+    return ((x - mean) / std * mixed_std + mixed_mean).to(features.dtype)
 
 
 def mix_style_draws(recipe: Recipe, step: int, batch: int,
