@@ -95,10 +95,10 @@ def _mix_style_hooks(model, recipe: Recipe, step: int, batch: int) -> list:
     none); the caller removes them after the forward pass."""
     if recipe.mixstyle <= 0:
         return []
-    hooks = []
+    hooks, device = [], next(model.parameters()).device
     for site, draw in zip(MIX_STYLE_SITES, mix_style_draws(recipe, step, batch, len(MIX_STYLE_SITES)), strict=True):
         if draw is not None:
-            weights, partner = (t.to(next(model.parameters()).device) for t in draw)
+            weights, partner = (t.to(device) for t in draw)
             hooks.append(getattr(model, site).register_forward_hook(
                 lambda module, inputs, output, w=weights, p=partner: mix_style(output, w, p)))
     return hooks

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import pytest
 from servers import REPO, running_app, serving
 
+from attnviz.get_imagenet import IMAGENET_VARIANTS
 from attnviz.importers import imagenet_classes
 from attnviz.models import VARIANTS
 
@@ -438,14 +439,13 @@ def test_the_imagenet_button_adds_the_set_to_the_selector(browser, imagenet_butt
     expect(target).to_have_value("tabby")
     upload(first, example_image)  # ... every heatmap explains the class chosen; the top-5 are ImageNet's names
     expect(first.locator("#status")).to_contain_text("Done")
-    for variant in ("resnet50", "se", "cbam"):
-        expect(first.locator(f"#info-{variant}")).to_contain_text("tabby")
-    first.locator("#top-cbam").scroll_into_view_if_needed()
-    first.screenshot(path=str(artifacts_dir / "app_imagenet_result.png"))
     names = set(imagenet_classes())
-    for variant in ("resnet50", "se", "cbam"):
+    for variant in IMAGENET_VARIANTS:
+        expect(first.locator(f"#info-{variant}")).to_contain_text("tabby")
         shown = [line.strip() for line in first.locator(f"#top-{variant}").inner_text().splitlines()]
         assert sum(line in names for line in shown) == 5, (variant, shown)
+    first.locator("#top-cbam").scroll_into_view_if_needed()
+    first.screenshot(path=str(artifacts_dir / "app_imagenet_result.png"))
     first.get_by_role("tab", name="Analysis").click()  # ... and the Analysis tab says why it cannot measure them
     expect(first.locator("#analysis-status")).to_contain_text("other classes than the generated scenes")
     assert outside == []
