@@ -161,18 +161,26 @@ def train(
     log_every: int = 50,
     max_steps: int | None = None,
     max_minutes: float | None = None,
+    compile: bool = False,
 ) -> dict:
     """Train one variant; returns the result record written next to the weights.
 
     ``max_steps`` / ``max_minutes`` end this invocation early (state saved, {} returned); the
-    same call later resumes where it stopped.
+    same call later resumes where it stopped. ``compile`` runs the training steps through
+    ``torch.compile`` (one compilation per resolution, about 2 minutes each here), which fuses the
+    attention gates' elementwise work: bench/bench_train_step.py measures what it saves per step.
     """
     from tqdm import tqdm
+
+    if compile and recipe.mixstyle > 0:
+        raise ValueError("compile does not support MixStyle recipes (their per-step hooks would recompile "
+                         "the model every step); train this recipe without --compile")
 
     train_split = SceneSplit(data / "train")
     classes = train_split.classes
     spec = ModelSpec(variant=variant, num_classes=len(classes))
     model, optimizer, step, elapsed, history = _start(spec, recipe, device, state_path)
+    forward = torch.compile(model, dynamic=False) if compile else model  # shares the model's parameters
 
     stop = {"now": False}
 
@@ -199,7 +207,7 @@ def train(
             if max_minutes is not None and time.perf_counter() - wall_start > 60 * max_minutes:
                 break
             started = time.perf_counter()
-            loss_value, acc, images, resolution = _step(model, optimizer, train_split, recipe, step, device)
+            loss_value, acc, images, resolution = _step(forward, optimizer, train_split, recipe, step, device)
             ema_loss = loss_value if ema_loss is None else 0.95 * ema_loss + 0.05 * loss_value
             ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
             step += 1
@@ -225,7 +233,7 @@ def train(
         _save_state(state_path, model, optimizer, step, elapsed, history)
         print(f"stopped at step {step}/{recipe.total_steps}; run the same command to resume", flush=True)
         return {}
-    return finish(model, spec, classes, data, out, recipe, device, elapsed, history)
+    return finish(model, spec, classes, data, out, recipe, device, elapsed, history, compiled=compile)
 
 
 def finish(
@@ -238,6 +246,7 @@ def finish(
     device: torch.device,
     elapsed: float,
     history: list,
+    compiled: bool = False,
 ) -> dict:
     """Write fp16 safetensors, then measure accuracy of exactly those weights in fp32."""
     out.mkdir(parents=True, exist_ok=True)
@@ -273,6 +282,7 @@ def finish(
             "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "compiled": compiled,
         },
         "history": history,
     }
@@ -430,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the training steps through torch.compile (needs a C compiler; about 2 minutes "
+                             "per resolution to compile, then faster steps for SE, ECA and CBAM)")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--domain-scenes", type=int, nargs=3, default=(1500, 600, 30),
                         metavar=("TRAIN", "VAL", "PROBES"),
@@ -467,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.device(args.device),
         progress=not args.quiet,
         max_minutes=args.max_minutes,
+        compile=args.compile,
     )
     return 0 if result else 1
 

@@ -40,7 +40,7 @@ class ChannelGate(nn.Module):
         if "avg" in self.pooling:
             logits = logits + self._mlp(x.mean(dim=(2, 3)))
         if "max" in self.pooling:
-            logits = logits + self._mlp(x.amax(dim=(2, 3)))
+            logits = logits + self._mlp(x.flatten(2).max(dim=2).values)
         return torch.sigmoid(logits)
 
 
@@ -60,7 +60,7 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the spatial map, (batch, 1, height, width) in (0, 1)."""
-        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        pooled = torch.cat([x.max(dim=1, keepdim=True).values, x.mean(dim=1, keepdim=True)], dim=1)
         return torch.sigmoid(self.bn(self.conv(pooled)))
 
 
