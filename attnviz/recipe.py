@@ -126,7 +126,8 @@ RECIPES = {
         "mixstyle": 0.5,
     },
     # v4 without the colour changes: MixStyle alone against the designs' shading and texture, v3's climb
-    # through 160 px, about 75 % of v2's samples.
+    # through 160 px, about 75 % of v2's samples. Its ResNet50 run ended 15 points below v3 on test (78.2 %)
+    # and 7 on the unseen design (42.2 %; bench/results/v2_recipe5_resnet50.json): not for the set either.
     "v5": {
         "phases": [(96, 100000), (128, 80000), (160, 20000), (224, 10000)],
         "crop_min": 0.7,
