@@ -313,39 +313,58 @@ def _outcome(job: ImageJob, out_dir: Path) -> str:
     return f"done     {job.label} -> {out_dir / job.folder}{flag}"
 
 
-def explain_all(jobs: list[ImageJob], run: Run, out_dir: Path, force: bool) -> bool:
-    """Process every job with one line per image on stdout; True when interrupted. A progress bar is drawn on
-    stderr only when stderr is a terminal: redirected to a file, a bar is hundreds of overdrawn lines."""
-    from tqdm import tqdm
+class Reporter:
+    """One line per finished image on stdout, and a progress bar on stderr only when stderr is a terminal:
+    redirected to a file, a bar is hundreds of overdrawn lines."""
 
-    isatty = getattr(sys.stderr, "isatty", None)
-    bar = tqdm(total=len(jobs), unit="image", desc="explaining", file=sys.stderr, dynamic_ncols=True,
-               disable=not (isatty and isatty()))
+    def __init__(self, total: int, out_dir: Path, desc: str = "explaining") -> None:
+        from tqdm import tqdm
 
-    def say(line: str) -> None:
-        if bar.disable:
+        isatty = getattr(sys.stderr, "isatty", None)
+        self.out_dir = out_dir
+        self.bar = tqdm(total=total, unit="image", desc=desc, file=sys.stderr, dynamic_ncols=True,
+                        disable=not (isatty and isatty()))
+
+    def say(self, line: str) -> None:
+        if self.bar.disable:
             print(line, flush=True)
         else:
+            from tqdm import tqdm
+
             tqdm.write(line, file=sys.stdout)  # clears the bar, writes the line, draws the bar again
             sys.stdout.flush()
 
-    def progress(_fraction: float, message: str) -> None:
-        bar.set_postfix_str(message)
+    def finished(self, job: ImageJob) -> None:
+        self.bar.update(1)
+        self.say(_outcome(job, self.out_dir))
 
+    def status(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+
+    def progress(self, _fraction: float, message: str) -> None:
+        """An explainer's progress callback: its message next to the bar."""
+        self.status(message)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def explain_all(jobs: list[ImageJob], run: Run, out_dir: Path, force: bool) -> bool:
+    """Process every job in this process with one line per image on stdout; True when interrupted."""
+    report = Reporter(len(jobs), out_dir)
     try:
         for start in range(0, len(jobs), run.batch_size):
             group = jobs[start : start + run.batch_size]
-            bar.set_postfix_str(group[0].label[-40:])
+            report.status(group[0].label[-40:])
             for job in group:
                 check_job(job, run, out_dir, force)
             pending = [job for job in group if job.status == "pending"]
             if pending:
-                process_batch(pending, run, out_dir, progress)
+                process_batch(pending, run, out_dir, report.progress)
             for job in group:
-                bar.update(1)
-                say(_outcome(job, out_dir))
+                report.finished(job)
     except KeyboardInterrupt:
         return True
     finally:
-        bar.close()
+        report.close()
     return False

@@ -1,0 +1,247 @@
+"""``attnviz explain --engine ray``: the batch explain path on a Ray cluster.
+
+The driver (the ``attnviz`` command) finds the images and checks the settings as the local run does, then
+starts one actor per worker (``ExplainWorker``, ``--worker-cpus`` CPUs each, torch threads set to them). Each
+actor loads the model set once and, for every batch it is given, does what the local loop does for a batch:
+hashes the files, skips those finished with these settings, explains the rest in one pass per model and writes
+each image's folder into ``--out`` itself (``attnviz.batch.process_batch``), so maps never travel through Ray's
+object store; only each image's status, reason and file hash come back. The driver keeps one batch in flight
+per actor, prints one line per image and draws the progress bar as the local run does, and writes the same
+report. A batch whose actor dies (its process or its node lost) is queued again for the other actors and a
+replacement actor is asked for; a batch that has lost its actor ``MAX_ATTEMPTS`` times is failed, image by
+image, with that reason.
+
+Every path is made absolute on the driver: workers start in other folders, and on a real cluster the images,
+``--out`` and the weights folder must be at the same path on every node (a shared file system).
+
+Without ``--address`` a local Ray instance is started on 127.0.0.1 (no dashboard, no usage statistics) and
+stopped at the end; with it, an existing cluster is joined (``auto`` for the one ``ray start`` made here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attnviz.batch import ImageJob, Reporter, Run, UsageError, prepare_run
+from attnviz.errors import AttnvizError
+
+INSTALL_HINT = "pip install 'attnviz[ray]' (in a checkout: .venv/bin/pip install -e '.[ray]')"
+MAX_ATTEMPTS = 3  # a batch whose actor died this many times fails instead of killing a fourth
+START_TIMEOUT_S = 600.0  # how long the job waits for a first (or, with none left, a new) worker
+
+
+def import_ray(address: str | None):
+    """Ray, imported so that it stays on loopback when the cluster is this machine's; one line if it is missing."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None or is_loopback(address):
+        # Read when ray is imported: without it Ray swaps 127.0.0.1 (the driver's own address and the cluster's)
+        # for this machine's outward address, and its servers would listen beyond loopback.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def is_loopback(address: str) -> bool:
+    """``host:port`` (or ``ray://host:port``) names this machine by a loopback address."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextmanager
+def ray_session(address: str | None):
+    """Connected to the cluster at ``address`` (None: a local instance on 127.0.0.1, stopped at the end)."""
+    ray = import_ray(address)
+    options = {"log_to_driver": False, "configure_logging": False}
+    try:
+        if address is None:
+            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **options)
+        elif is_loopback(address):
+            ray.init(address=address, _node_ip_address="127.0.0.1", **options)
+        else:
+            ray.init(address=address, **options)
+    except ConnectionError as exc:
+        raise AttnvizError(f"cannot join the Ray cluster at {address}: {' '.join(str(exc).split())}; start it "
+                           f"(ray start --head) or check --address") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _worker_class(ray):
+    """The actor class, made when Ray is imported (the package imports without Ray)."""
+
+    class ExplainWorker:
+        """One worker: the run's model set, loaded once; explains and writes batches of images."""
+
+        def __init__(self, args: argparse.Namespace, out_dir: str, threads: int) -> None:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+            self.args, self.out_dir, self.run = args, Path(out_dir), None
+
+        def ready(self) -> dict:
+            """Load the set (its error, raised here and not in the constructor, ends the job as in the local
+            run); where this worker runs."""
+            self.run = prepare_run(self.args)
+            self.run.explainer()
+            return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+        def process(self, jobs: list[ImageJob], force: bool) -> list[tuple[str, str, str]]:
+            """Check, explain and write ``jobs``; each one's (status, reason, sha256)."""
+            from attnviz.batch import check_job, process_batch
+
+            for job in jobs:
+                check_job(job, self.run, self.out_dir, force)
+            pending = [job for job in jobs if job.status == "pending"]
+            if pending:
+                process_batch(pending, self.run, self.out_dir)
+            return [(job.status, job.reason, job.sha256) for job in jobs]
+
+    return ray.remote(ExplainWorker)
+
+
+@dataclass
+class _Batch:
+    jobs: list[ImageJob]
+    attempts: int = 0
+    lost_on: list[str] = field(default_factory=list)
+
+
+def absolute_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The run's arguments with every path absolute, as the workers need them."""
+    from attnviz.weights import default_weights_dir
+
+    absolute = argparse.Namespace(**vars(args))
+    absolute.weights_dir = Path(args.weights_dir or default_weights_dir()).resolve()
+    absolute.out = Path(args.out).resolve()
+    absolute.paths = [Path(p).resolve() for p in args.paths]
+    return absolute
+
+
+def cluster_plan(ray, workers: int | None, worker_cpus: int) -> int:
+    """How many actors: as asked, else as many as the cluster's CPUs hold; refused when one cannot fit."""
+    total = int(ray.cluster_resources().get("CPU", 0))
+    if worker_cpus > total:
+        raise UsageError(f"--worker-cpus {worker_cpus} is more than the cluster's {total} CPUs; ask for fewer")
+    return workers or max(1, total // worker_cpus)
+
+
+def explain_on_ray(jobs: list[ImageJob], run: Run, args: argparse.Namespace, out_dir: Path, force: bool) -> bool:
+    """Explain every job on Ray workers with one line per image on stdout; True when interrupted. ``run`` is
+    the driver's check of the settings (its batch size is the workers')."""
+    ray_args = absolute_args(args)
+    for job in jobs:
+        job.path = Path(job.path).resolve()
+    with ray_session(args.address) as ray:
+        n_workers = cluster_plan(ray, args.workers, args.worker_cpus)
+        report = Reporter(len(jobs), out_dir, f"explaining ({n_workers} Ray workers)")
+        try:
+            return _dispatch(ray, jobs, ray_args, run.batch_size, str(out_dir.resolve()), force, n_workers, report)
+        except KeyboardInterrupt:
+            return True
+        finally:
+            report.close()
+
+
+def _dispatch(ray, jobs: list[ImageJob], ray_args: argparse.Namespace, batch_size: int, out_dir: str, force: bool,
+              n_workers: int, report: Reporter) -> bool:
+    from ray.exceptions import RayActorError, RayTaskError
+
+    Worker = _worker_class(ray).options(num_cpus=ray_args.worker_cpus, scheduling_strategy="SPREAD",
+                                        max_restarts=0)
+    queue = deque(_Batch(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size))
+    starting: dict = {}  # ready() ref -> actor
+    idle: list = []
+    running: dict = {}  # process() ref -> (actor, batch)
+    names: dict = {}  # actor -> "node:pid" once ready
+
+    def start_worker() -> None:
+        actor = Worker.remote(ray_args, out_dir, ray_args.worker_cpus)
+        starting[actor.ready.remote()] = actor
+
+    def unwrap(exc: RayTaskError) -> Exception:
+        cause = exc.cause if isinstance(exc, RayTaskError) else exc
+        return cause if isinstance(cause, AttnvizError | UsageError) else exc
+
+    for _ in range(n_workers):
+        start_worker()
+    waiting_since = time.monotonic()
+    try:
+        while queue or running:
+            while idle and queue:
+                actor, batch = idle.pop(), queue.popleft()
+                running[actor.process.remote(batch.jobs, force)] = (actor, batch)
+            if not running and not starting:
+                start_worker()  # every worker is gone: ask for a new one
+            ready, _ = ray.wait(list(starting) + list(running), num_returns=1, timeout=5.0)
+            if not ready:
+                if not running and time.monotonic() - waiting_since > START_TIMEOUT_S:
+                    raise AttnvizError(f"no Ray worker started in {START_TIMEOUT_S:.0f} s: the cluster has no "
+                                       f"{ray_args.worker_cpus} free CPUs for one; free some or lower --worker-cpus")
+                continue
+            ref = ready[0]
+            if ref in starting:  # a worker has loaded the set, or failed to
+                actor = starting.pop(ref)
+                try:
+                    where = ray.get(ref)
+                except RayTaskError as exc:
+                    raise unwrap(exc) from None  # the set cannot load: the same error as the local run
+                except RayActorError:
+                    continue  # died while starting (its node lost): the loop asks for another if none is left
+                names[actor] = f"{where['node'][:8]}:{where['pid']}"
+                idle.append(actor)
+                continue
+            actor, batch = running.pop(ref)
+            try:
+                outcomes = ray.get(ref)
+            except RayActorError:
+                waiting_since = time.monotonic()
+                _lost(batch, names.get(actor, "a worker"), queue, report)
+                start_worker()
+                continue
+            except RayTaskError as exc:
+                raise unwrap(exc) from None
+            for job, (status, reason, sha256) in zip(batch.jobs, outcomes, strict=True):
+                job.status, job.reason, job.sha256 = status, reason, sha256
+                report.finished(job)
+            idle.append(actor)
+    finally:
+        for actor in [*idle, *starting.values(), *(a for a, _ in running.values())]:
+            ray.kill(actor)
+    nodes = {name.split(":")[0] for name in names.values()}
+    print(f"Ray: {len(names)} worker{'s' if len(names) != 1 else ''} on {len(nodes)} node"
+          f"{'s' if len(nodes) != 1 else ''} explained these images", file=sys.stderr, flush=True)
+    return False
+
+
+def _lost(batch: _Batch, worker: str, queue: deque, report: Reporter) -> None:
+    """A batch whose worker died: queued again, or failed image by image after MAX_ATTEMPTS."""
+    batch.attempts += 1
+    batch.lost_on.append(worker)
+    if batch.attempts < MAX_ATTEMPTS:
+        queue.append(batch)
+        print(f"Ray worker {worker} lost; its {len(batch.jobs)} images go to another worker", file=sys.stderr,
+              flush=True)
+        return
+    for job in batch.jobs:
+        job.status = "failed"
+        job.reason = (f"the Ray worker explaining it died {MAX_ATTEMPTS} times ({', '.join(batch.lost_on)}); "
+                      f"a file that crashes the process, or nodes out of memory")
+        report.finished(job)
