@@ -203,9 +203,12 @@ def _dispatch(ray, jobs: list[ImageJob], ray_args: argparse.Namespace, batch_siz
                     where = ray.get(ref)
                 except RayTaskError as exc:
                     raise unwrap(exc) from None  # the set cannot load: the same error as the local run
-                except RayActorError:
-                    continue  # died while starting (its node lost): the loop asks for another if none is left
+                except RayActorError:  # died while starting (its node lost): ask for another
+                    print("a Ray worker was lost while starting; asking for another", file=sys.stderr, flush=True)
+                    start_worker()
+                    continue
                 names[actor] = f"{where['node'][:8]}:{where['pid']}"
+                print(f"Ray worker {names[actor]} (node:pid) ready", file=sys.stderr, flush=True)
                 idle.append(actor)
                 continue
             actor, batch = running.pop(ref)

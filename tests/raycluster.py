@@ -1,7 +1,8 @@
 """A real Ray cluster for the tests: a head and worker nodes as separate ``ray start`` processes on 127.0.0.1.
 
 Each node is ``tests/raynode.py`` (Ray's own ``ray start --block``, kept on loopback) in a process group of its
-own, with 1 CPU, no dashboard, no usage statistics and a temp folder of the cluster's; ``stop`` ends a node's
+own, with 1 CPU, no dashboard, no usage statistics, a temp folder of the cluster's and the cluster's own
+authentication token (``Cluster.env``: drivers need it too); ``stop`` ends a node's
 group with SIGTERM (``ray start --block`` then stops what it started), ``kill`` with SIGKILL (a node lost).
 ``listening_sockets`` reads /proc to list every listening TCP and bound UDP socket of a set of processes, so a
 test can check that nothing listens beyond loopback.
@@ -110,8 +111,21 @@ def _follow(process: subprocess.Popen, lines: list[str], log: Path) -> None:
             sink.flush()
 
 
+def auth_env(folder: Path) -> dict[str, str]:
+    """Ray token authentication with a token of its own in ``folder``: the environment for every node and driver.
+
+    Ray 2.60 turns token authentication on for a new cluster when ``~/.ray/auth_token`` exists (a local
+    ``ray.init`` writes one), and a joining node without the token is refused: the tests name their own."""
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    token = folder / "auth_token"
+    token.write_text(generate_new_authentication_token())
+    token.chmod(0o600)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
 def start_node(temp_dir: Path, log_dir: Path, name: str, head_port: int | None = None, address: str | None = None,
-               cpus: int = 1) -> Node:
+               cpus: int = 1, env: dict[str, str] | None = None) -> Node:
     """``ray start --block`` for a head (``head_port``) or a worker node joining ``address``."""
     args = [sys.executable, str(HERE / "raynode.py"), "--node-ip-address=127.0.0.1", "--disable-usage-stats",
             f"--num-cpus={cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}", "--object-store-memory=100000000",
@@ -121,7 +135,7 @@ def start_node(temp_dir: Path, log_dir: Path, name: str, head_port: int | None =
     else:
         args += [f"--address={address}"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, **RAY_ENV}, start_new_session=True)
+                               env={**os.environ, **RAY_ENV, **(env or {})}, start_new_session=True)
     node = Node(process, log_dir / f"{name}.log")
     threading.Thread(target=_follow, args=(process, node.lines, node.log), daemon=True).start()
     return node
@@ -135,14 +149,15 @@ class Cluster:
         # Ray's sockets live under its temp folder, and a socket path has at most 107 bytes: keep it short
         self.temp_dir = Path(tempfile.mkdtemp(prefix="attnviz-ray-"))
         self.root = root
+        self.env = auth_env(self.temp_dir)  # what a driver needs to join: the cluster's token
         port = free_port()
         self.address = f"127.0.0.1:{port}"
-        self.head = start_node(self.temp_dir, root, "head", head_port=port)
+        self.head = start_node(self.temp_dir, root, "head", head_port=port, env=self.env)
         self.nodes = [self.head]
         try:
             self.head.wait_started()
             for i in range(workers):
-                node = start_node(self.temp_dir, root, f"node{i + 1}", address=self.address)
+                node = start_node(self.temp_dir, root, f"node{i + 1}", address=self.address, env=self.env)
                 node.wait_started()
                 self.nodes.append(node)
         except BaseException:

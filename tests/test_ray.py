@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from raycluster import Cluster, beyond_loopback, listening_sockets
+from raycluster import Cluster, auth_env, beyond_loopback, listening_sockets
 
 from attnviz.models import VARIANTS
 
@@ -26,9 +26,10 @@ RUN_TIMEOUT_S = 1800
 pytest.importorskip("ray", reason="the Ray tests need Ray: pip install -e '.[ray]' (requirements-dev.txt has it)")
 
 
-def _env() -> dict:
+def _env(auth: dict | None = None) -> dict:
+    """The command's environment; ``auth`` the cluster's token (Cluster.env, or auth_env for a local instance)."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-            "RAY_USAGE_STATS_ENABLED": "0"}
+            "RAY_USAGE_STATS_ENABLED": "0", **(auth or {})}
 
 
 def _images(folder: Path, count: int, broken: bool = True) -> Path:
@@ -41,8 +42,8 @@ def _images(folder: Path, count: int, broken: bool = True) -> Path:
     return folder
 
 
-def explain(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(ATTNVIZ), "explain", *args], capture_output=True, text=True, env=_env(),
+def explain(*args: str, auth: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ATTNVIZ), "explain", *args], capture_output=True, text=True, env=_env(auth),
                           timeout=RUN_TIMEOUT_S)
 
 
@@ -64,7 +65,8 @@ def two_runs(cluster, photos, tiny_weights_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray-out")
     common = ("--weights-dir", str(tiny_weights_dir), "--batch-size", "2")
     local = explain(str(photos), "--out", str(out / "local"), *common)
-    on_ray = explain(str(photos), "--out", str(out / "ray"), *common, "--engine", "ray", "--address", cluster.address)
+    on_ray = explain(str(photos), "--out", str(out / "ray"), *common, "--engine", "ray", "--address", cluster.address,
+                     auth=cluster.env)
     return local, on_ray, out / "local", out / "ray"
 
 
@@ -102,7 +104,7 @@ def test_a_ray_run_writes_what_the_local_run_writes(two_runs):
 def test_a_second_ray_run_skips_what_the_first_finished(two_runs, photos, cluster, tiny_weights_dir):
     _, _, _, ray_out = two_runs
     again = explain(str(photos), "--out", str(ray_out), "--weights-dir", str(tiny_weights_dir), "--batch-size", "2",
-                    "--engine", "ray", "--address", cluster.address)
+                    "--engine", "ray", "--address", cluster.address, auth=cluster.env)
     assert again.returncode == 1
     assert again.stdout.count("skipped  ") == 6 and again.stdout.count("failed   ") == 1
 
@@ -128,7 +130,8 @@ def test_without_an_address_a_local_instance_on_loopback_is_started_and_stopped(
     before = _ray_processes()
     process = subprocess.Popen([str(ATTNVIZ), "explain", str(photos), "--out", str(tmp_path / "out"), "--weights-dir",
                                 str(tiny_weights_dir), "--batch-size", "1", "--engine", "ray", "--workers", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=_env(auth_env(tmp_path)))
     first = process.stdout.readline()  # the first image done: the instance and its worker are up
     started = _ray_processes() - before
     seen = listening_sockets(started)
@@ -168,15 +171,22 @@ def test_a_lost_node_has_its_images_explained_elsewhere(tiny_weights_dir, tmp_pa
         process = subprocess.Popen([str(ATTNVIZ), "explain", str(photos), "--out", str(tmp_path / "out"),
                                     "--weights-dir", str(tiny_weights_dir), "--batch-size", "1", "--engine", "ray",
                                     "--address", cluster.address],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-        first = process.stdout.readline()
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=_env(cluster.env))
+        ready = []
+        while len(ready) < 2:  # both workers up: the one on the worker node has a batch the moment it is ready
+            line = process.stderr.readline()
+            assert line, "the command ended before two workers were ready"
+            ready += [line] if " ready" in line else []
         cluster.nodes[1].kill()
         out, err = process.communicate(timeout=RUN_TIMEOUT_S)
     finally:
         cluster.stop()
     assert process.returncode == 0, err[-3000:]
-    lines = (first + out).splitlines()
-    assert len(lines) == 12 and all(line.startswith("done ") for line in lines)
+    lines = out.splitlines()
+    assert lines[-1].startswith("12 images: 12 explained, 0 skipped, 0 failed; report: "), out
+    lines = lines[:-1]
+    assert len(lines) == 12 and all(line.startswith("done ") for line in lines), out
     assert sorted(line.split()[1] for line in lines) == [f"photos/p{i:02d}.png" for i in range(12)]
     assert "lost; its 1 images go to another worker" in err
     for i in range(12):
