@@ -275,17 +275,20 @@ class ModelExplainer:
             attention = capture.records(0)
         return GridResult(self.variant, probabilities, maps, attention, time.perf_counter() - started)
 
-    def explain_batch(self, x: torch.Tensor, targets: list[int], configs: list[tuple[str, str]],
+    def explain_batch(self, x: torch.Tensor, targets: Sequence[int | None], configs: list[tuple[str, str]],
                       scorecam_batch: int = defaults.SCORE_CAM_BATCH, precision: str = "fp32",
                       replace: dict[str, torch.Tensor | float] | None = None) -> BatchResult:
-        """A batch of images, each with its own target class: one forward pass capturing every layer the
-        (method, layer) configs need, one backward from the targets' logits to the earliest of them, then every
-        map from those activations and gradients, and every block's records. Score-CAM runs its own passes
-        quietly (no progress bar per image). ``replace``: gates switched off (gate key -> output; knock-out)."""
+        """A batch of images, each with its own target class (None: the image's top-1 in this pass): one forward
+        pass capturing every layer the (method, layer) configs need, one backward from the targets' logits to the
+        earliest of them, then every map from those activations and gradients, and every block's records.
+        Score-CAM runs its own passes quietly (no progress bar per image). ``replace``: gates switched off (gate
+        key -> output; knock-out)."""
         layers = list(dict.fromkeys(layer for _, layer in configs))
         needs_grad = any(CAM_METHODS[m].pass_gradient for m, _ in configs)
         with Capture(self.model, layers, needs_grad=needs_grad, replace=replace, gates=self.gates) as capture:
             logits = capture.run(x, precision)
+            top1 = logits.detach().argmax(dim=1).tolist()
+            targets = [top1[i] if t is None else int(t) for i, t in enumerate(targets)]
             gradients = capture.gradients(logits, targets) if needs_grad else {}
             with contextlib.redirect_stderr(io.StringIO()):
                 maps = {(method, layer): maps_from_pass(self.model, method, self.layer(layer), x,
@@ -294,7 +297,7 @@ class ModelExplainer:
                         for method, layer in configs}
             records = capture.block_records()
             kinds = {gate.spec.record: gate.spec.kind for gate in capture.gates}
-        return BatchResult(logits=logits.detach().float(), maps=maps, records=records, kinds=kinds)
+        return BatchResult(logits=logits.detach().float(), maps=maps, records=records, kinds=kinds, targets=targets)
 
 
 class Explainer:

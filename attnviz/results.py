@@ -144,6 +144,7 @@ class BatchResult:
     maps: dict[tuple[str, str], np.ndarray]  # (method, layer) -> (B, H, W) float32 in [0, 1]
     records: dict[str, dict[str, np.ndarray]]  # block -> record name -> (B, ...) float32
     kinds: dict[str, str]  # record name -> record kind
+    targets: list[int] = field(default_factory=list)  # the class each image's maps explain (a None target resolved)
 
     def of_kind(self, kind: str) -> dict[str, np.ndarray]:
         """block -> (B, ...) for the records of ``kind`` (the first such record of each block)."""
