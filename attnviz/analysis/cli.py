@@ -7,14 +7,25 @@ import shlex
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from attnviz.analysis.config import DEFAULT_METHODS, PARTIAL_DIR, QUICK, QUICK_DIR, SECTIONS, AnalysisConfig
+from attnviz.analysis.config import (
+    DATA_DIR,
+    DEFAULT_METHODS,
+    PART_TITLES,
+    PARTIAL_DIR,
+    QUICK,
+    QUICK_DIR,
+    SECTIONS,
+    AnalysisConfig,
+)
+from attnviz.analysis.dataset import VAL_SHARE, folder_name
 from attnviz.analysis.report import write_report
 from attnviz.analysis.results import analysis_dir, read_result
-from attnviz.analysis.run import check_set, run_analysis, run_sections
+from attnviz.analysis.run import check_set, run_analysis, run_sections, skipped_parts
 from attnviz.errors import AttnvizError
 from attnviz.knockout import KNOCKOUT_VALUES
 from attnviz.models import VARIANTS
@@ -26,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m attnviz.analyze",
         description="Measure localisation and faithfulness per model and CAM method, and the attention read-out, "
-        "on attnviz's scenes; writes analysis.json, analysis.md and PNG plots.",
+        "on attnviz's scenes, or on your own images with a mask each (--images, --masks); writes analysis.json, "
+        "analysis.md and PNG plots.",
     )
     parser.add_argument("--set", dest="set_name", help="model set (default: the manifest's default, builtin)")
     parser.add_argument("--weights-dir", type=Path, help="folder holding manifest.json (default: weights/)")
@@ -43,7 +55,27 @@ def _parser() -> argparse.ArgumentParser:
         help="a handful of scenes, 4 steps, no Score-CAM, to try the pipeline (explicit options still win); "
         "written to <weights dir>/<set>/analysis-quick unless --out says otherwise",
     )
-    sizes = parser.add_argument_group("sample sizes (scenes 0..n-1 of each split)")
+    data = parser.add_argument_group(
+        "your own images (instead of the scenes; any model set, e.g. an imported ImageNet one)")
+    data.add_argument("--images", type=Path, metavar="DIR",
+                      help="measure on every image file under DIR (recursive: .png, .jpg, .jpeg, .webp, .gif, .bmp, "
+                           ".tif, .tiff), each preprocessed as the set says; needs --masks. Scene-only parts "
+                           "(unseen-glyph and two-object scenes) are skipped. Written to <weights dir>/<set>/"
+                           + DATA_DIR.format(name="<DIR's name>") + " unless --out says otherwise")
+    data.add_argument("--masks", type=Path, metavar="DIR",
+                      help="one mask PNG per image: the same relative path and stem with .png (DIR/a/x.jpg -> "
+                           "MASKS/a/x.png), the image's size, any mode (binary, greyscale, palette, colour): "
+                           "nonzero = object (a palette's index, so e.g. VOC's border index 255 counts too). An image "
+                           "without a usable mask is skipped with a line saying why")
+    data.add_argument("--labels", type=Path, metavar="FILE",
+                      help="CSV of 'file,class' rows (file: the image's path under --images, with or without its "
+                           "extension; class: a class name or index of the set): each image's CAMs explain that class "
+                           "and accuracy is measured. Without it each model explains its own top-1 class")
+    data.add_argument("--val-share", type=float, metavar="F",
+                      help=f"without --threshold: the share of the usable images, at most --val of them, held out at "
+                           f"random (--seed) to choose the IoU threshold and not measured (default {VAL_SHARE:g}); "
+                           f"with --test N a random N of the others are measured (default all)")
+    sizes = parser.add_argument_group("sample sizes (scenes 0..n-1 of each split; with --images see there)")
     for name, text in (
         ("val", "val scenes that choose the IoU threshold"),
         ("test", "test scenes"),
@@ -146,13 +178,56 @@ def measures_less(config: AnalysisConfig, models: Iterable[str]) -> bool:
 
 def output_dir(args: argparse.Namespace, config: AnalysisConfig, models: Iterable[str]) -> Path:
     """``--out`` when given; else ``<weights dir>/<set>/analysis`` (what the app shows) for a run that measures
-    at least the default, and ``analysis-quick`` / ``analysis-partial`` beside it for a quick or smaller run."""
+    at least the default, and ``analysis-quick`` / ``analysis-partial`` beside it for a quick or smaller run.
+    A run on the user's images (``--images``) goes to ``analysis-data-<folder's name>`` beside them (``-quick`` or
+    ``-partial`` appended likewise; its sample is the folder's, so only a --test limit makes it smaller)."""
     if args.out:
         return args.out
     shipped = analysis_dir(args.weights_dir, args.set_name)
+    if getattr(args, "images", None):
+        folder = shipped.with_name(DATA_DIR.format(name=folder_name(args.images)))
+        full = AnalysisConfig()
+        sized = replace(config, val=full.val, test=full.test, unseen=full.unseen, pairs=full.pairs)
+        if args.quick:
+            return folder.with_name(folder.name + "-quick")
+        less = measures_less(sized, models) or args.test is not None
+        return folder.with_name(folder.name + "-partial") if less else folder
     if args.quick:
         return shipped.with_name(QUICK_DIR)
     return shipped.with_name(PARTIAL_DIR) if measures_less(config, models) else shipped
+
+
+def _check_data_options(args: argparse.Namespace) -> None:
+    """One line when the options of the user's images do not go together."""
+    if bool(args.images) != bool(args.masks):
+        given, missing = ("--images", "--masks") if args.images else ("--masks", "--images")
+        raise AttnvizError(f"{given} needs {missing}: give both, a folder of images and one of their mask PNGs")
+    if not args.images and (args.labels or args.val_share is not None):
+        raise AttnvizError("--labels and --val-share go with --images DIR --masks DIR")
+
+
+def folder_source(args: argparse.Namespace, info, config: AnalysisConfig, out: Path):
+    """The user's folder as the analysis' items, each skipped image and each part that cannot run on it said in one
+    line on stderr; None without --images."""
+    if not args.images:
+        return None
+    from attnviz.analysis.dataset import FolderSource, find_pairs
+
+    found = find_pairs(args.images, args.masks, info.preprocessing, info.classes, args.labels, exclude=(out,))
+    for name, reason in found.skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    for line in found.notes:
+        print(f"note: {line}", file=sys.stderr)
+    limit = args.test if args.test is not None else (QUICK["test"] if args.quick else None)
+    source = FolderSource(args.images, args.masks, args.labels, found, info.preprocessing, config,
+                          VAL_SHARE if args.val_share is None else args.val_share, limit)
+    if found.skipped:
+        print(f"skipped {len(found.skipped)} of {found.files} image files; measuring {len(source.splits['test'])}"
+              + (f", {len(source.splits['val'])} held out for the IoU threshold" if source.splits["val"] else ""),
+              file=sys.stderr)
+    for name, reason in skipped_parts(source, source.config(config)).items():
+        print(f"skipping the {PART_TITLES.get(name, name)}: {reason}", file=sys.stderr)
+    return source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = "python -m attnviz.analyze" + (f" {shlex.join(argv)}" if argv else "")
     try:
+        _check_data_options(args)
         config = config_from_args(args)
         config.validate()
         if args.threads:
@@ -173,29 +249,33 @@ def main(argv: list[str] | None = None) -> int:
             written = write_report(read_result(out), out)
             print(f"rewrote {len(written)} files in {out}")
             return 0
+        variants = check_set(info.name, info.classes, info.models, config.variants, scenes=not args.images)
+        source = folder_source(args, info, config, out)
+        if source is not None:
+            config = source.config(config)
         if args.sections:
-            return _sections_command(args, info, config, out)
-        variants = check_set(info.name, info.classes, info.models, config.variants)
+            return _sections_command(args, info, config, out, source)
         model_set = load_model_set(info.name, args.weights_dir, variants=variants)
-        result = run_analysis(model_set, config, progress=not args.quiet, command=command)
+        result = run_analysis(model_set, config, progress=not args.quiet, command=command, source=source)
         written = write_report(result, out)
     except AttnvizError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {out} in {result['timing']['total_s'] / 60:.1f} min")
     shipped = analysis_dir(args.weights_dir, info.name)
-    if out.resolve() != shipped.resolve() and not args.out:
+    if out.resolve() != shipped.resolve() and not args.out and not args.images:
         kind = "a quick run" if args.quick else "a run with less than the default sample"
         print(f"{kind}: {shipped} (what the app shows) is untouched; give --out {shipped} to replace it")
     return 0
 
 
-def _sections_command(args: argparse.Namespace, info, config: AnalysisConfig, out: Path) -> int:
-    """--sections: the named sections over the analysis in ``out``, merged into it."""
+def _sections_command(args: argparse.Namespace, info, config: AnalysisConfig, out: Path, source=None) -> int:
+    """--sections: the named sections over the analysis in ``out``, merged into it (with --images, on that folder's
+    images, chosen again with the same seed)."""
     result = read_result(out)  # one line saying to run the analysis first when there is none
     model_set = load_model_set(info.name, args.weights_dir, variants=result["variants"])
     started = time.perf_counter()
-    run_sections(model_set, result, list(args.sections), config, progress=not args.quiet)
+    run_sections(model_set, result, list(args.sections), config, progress=not args.quiet, source=source)
     written = write_report(result, out)
     print(f"ran {', '.join(args.sections)} in {(time.perf_counter() - started) / 60:.1f} min; rewrote "
           f"{len(written)} files in {out}")

@@ -14,6 +14,10 @@ FORMAT = 2  # 2: "spatial" per model (format 1 had one, CBAM's); read_result upg
 ANALYSIS_DIR = "analysis"
 QUICK_DIR = "analysis-quick"  # --quick writes here unless --out says otherwise: never over analysis/
 PARTIAL_DIR = "analysis-partial"  # likewise any run that measures less than the default
+DATA_DIR = "analysis-data-{name}"  # a run on a folder of the user's images (--images): named after that folder
+# The parts a run can leave out (they cannot run on its data), as the command's lines and the report name them
+PART_TITLES = {"unseen": "unseen-glyph scenes", "pairs": "two-object scenes", "knockout": "knock-out section",
+               "sanity": "sanity section"}
 JSON_NAME = "analysis.json"
 MARKDOWN_NAME = "analysis.md"
 SCENE_SEED = 0  # the built-in dataset's seed (python -m attnviz.scenes generate, attnviz.train)
@@ -25,6 +29,7 @@ DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "
 BASELINE = "randomcam"
 PROFILE_CHANNELS = 64  # channels shown per block in the excitation figure
 PROFILE_CLASSES = ("dog", "fish", "aeroplane", "flower")  # four classes far apart, like the SE paper's figure
+PROFILE_MAX_CLASSES = 16  # classes whose channel profiles the result keeps (a 1000-class set: these)
 
 # name -> (label, higher is better, shown in percent)
 METRICS = {
@@ -52,6 +57,26 @@ SECTIONS = {"knockout": "attnviz.analysis.knockout", "sanity": "attnviz.analysis
 # scenes set the time: 37 passes per scene and model (the original, 18 cascade and 18 independent steps).
 SANITY_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
 SANITY_SCENES = 16
+
+
+def sample_words(result: dict, count: int | None = None) -> str:
+    """How the report and the plots name the main sample (``count`` of it, the sections' subset, when given):
+    "test scenes" (the first ``count``), or the images of the user's folder (a random ``count`` of them)."""
+    data = result.get("data")
+    if not data:
+        return "test scenes" if count is None else f"the first {count} test scenes"
+    measured = len(data["measured"])
+    if count is None or count >= measured:
+        return "images" if count is None else f"{count} images (all measured)"
+    return f"{count} of the images (a random subset, seed {data['seed']})"
+
+
+def split_n(result: dict, split: str) -> int:
+    """The number of scenes (images) a split's localisation was measured on (a run without true classes has no
+    accuracy to read it from)."""
+    if split in result["accuracy"]:
+        return result["accuracy"][split]["n"]
+    return next(iter(result["localisation"][split]["pointing"].values()))["n"]
 
 
 def plot_files(result: dict) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Faithfulness: deletion / insertion curves and ROAD of every layer4 method on the first test scenes."""
+"""Faithfulness: deletion / insertion curves and ROAD of every layer4 method on the first test scenes (a folder's
+images: a random subset), each scored on the class the model's maps explain."""
 
 from __future__ import annotations
 
@@ -71,14 +72,15 @@ def measure_faithfulness(ctx: _Context) -> None:
                 for variant, explainer in ctx.explainers.items():
                     model = explainer.model
                     original = ctx.faith_probability[i, variant]
+                    target = ctx.faith_target[i, variant]
                     with torch.no_grad():
-                        blurred = float(target_probability(model(baseline[None]), torch.tensor([item.target]))[0])
+                        blurred = float(target_probability(model(baseline[None]), torch.tensor([target]))[0])
                     found = deletion_insertion(
                         model,
                         item.tensor,
                         baseline,
                         ctx.faith_maps[i, variant],
-                        item.target,
+                        target,
                         config.steps,
                         config.batch_size,
                         tiebreak,
@@ -96,7 +98,7 @@ def measure_faithfulness(ctx: _Context) -> None:
                     scores = road_scores(
                         explainer.model,
                         ctx.faith_probability[i, variant],
-                        item.target,
+                        ctx.faith_target[i, variant],
                         imputed,
                         len(road_keys),
                         len(config.road_percentiles),

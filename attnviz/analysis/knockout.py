@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from attnviz.analysis.items import scene_items
+from attnviz.analysis.config import sample_words
 from attnviz.knockout import parse_knockout, replacements
 from attnviz.metrics import energy_in_mask, paired_bootstrap
 from attnviz.models import TARGET_LAYERS
@@ -27,6 +27,14 @@ def _measure(explainer, x, targets, own, replace) -> tuple[np.ndarray, np.ndarra
     out = explainer.explain_batch(x, targets, [CAM], replace=replace)
     correct = (out.logits.argmax(dim=1).numpy() == np.asarray(targets)).astype(np.float64)
     return correct, energy_in_mask(out.maps[CAM], own)
+
+
+def skip_reason(source, config) -> str | None:
+    """Why the section cannot run on ``source``'s items, or None: its accuracy needs each image's true class."""
+    if source.top1 and config.knockout_scenes:
+        return ("it measures accuracy against each image's true class, and without --labels each model explains "
+                "its own top-1; give --labels to run it")
+    return None
 
 
 def run_section(ctx) -> dict:
@@ -46,13 +54,16 @@ def run_section(ctx) -> dict:
     count = config.knockout_scenes
     result = {"value": value, "scenes": count, "cam": "gradcam@layer4", "stages": list(TARGET_LAYERS), "models": {},
               "note": note}
+    reason = skip_reason(ctx.source, config)
+    if reason:
+        return {**result, "skipped": reason}
     if not count or not gated:
         return result  # nothing to switch off, or asked for no scenes (--knockout-scenes 0)
     values: dict = {v: {"trained": ([], [])} | {s: ([], []) for s in TARGET_LAYERS} for v in gated}
+    positions = ctx.source.sample(count)  # the first test scenes; a folder's images: drawn at random
     with ctx.bar(count * len(gated), f"knock-out ({value})") as bar:
         for start in range(0, count, config.batch_size):
-            items = [it for i in range(start, min(count, start + config.batch_size))
-                     for it in scene_items("test", i, ctx.model_set.classes, ctx.model_set.preprocessing)]
+            items = [it for i in positions[start : start + config.batch_size] for it in ctx.source.items("test", i)]
             x = torch.stack([it.tensor for it in items])
             targets = [it.target for it in items]
             own = np.stack([it.own for it in items])
@@ -96,9 +107,9 @@ def markdown(result: dict, titles: dict) -> list[str]:
         return []
     lines = [f"## Switching each stage's attention off ({section['value']})", "",
              f"Each stage's gates output {_replaced_by(section['value'])}; "
-             f"the same {section['scenes']} test scenes, accuracy and Grad-CAM's energy in mask at layer4, each "
-             "change against the trained model on the same scenes with its paired 95 % interval (**bold**: the "
-             "interval excludes 0)." + (f" Note: {section['note']}." if section.get("note") else ""), "",
+             f"the same {section['scenes']} {sample_words(result)}, accuracy and Grad-CAM's energy in mask at "
+             "layer4, each change against the trained model on the same ones with its paired 95 % interval "
+             "(**bold**: the interval excludes 0)." + (f" Note: {section['note']}." if section.get("note") else ""), "",
              "| model | measure | trained | " + " | ".join(f"{s} off" for s in section["stages"]) + " | matters most |",
              "|---|---|---|" + "---|" * len(section["stages"]) + "---|"]
     for variant, model in section["models"].items():
@@ -140,8 +151,8 @@ def plot(result: dict, path) -> bool:
         ax.set_title(label)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend()
-    fig.suptitle(f"Each stage's attention switched off ({section['value']}), {section['scenes']} test\n"
-                 f"scenes, against the trained model on the same scenes (paired 95 % intervals)")
+    fig.suptitle(f"Each stage's attention switched off ({section['value']}), {section['scenes']} "
+                 f"{sample_words(result)},\nagainst the trained model on the same ones (paired 95 % intervals)")
     _save(fig, path)
     return True
 

@@ -26,6 +26,8 @@ from attnviz.analysis.config import (
     PROFILE_CLASSES,
     SECTIONS,
     CamConfig,
+    sample_words,
+    split_n,
 )
 from attnviz.attention import family
 from attnviz.metrics import curve_auc
@@ -154,7 +156,7 @@ def _plot_localisation(result: dict, path: Path) -> bool:
             ax.set_ylabel(f"{label} at {result['threshold']['value']:.2f}")
     axes[-1][0].tick_params(axis="x", labelrotation=20)
     _legend_below(fig, axes[1][0], ncols=2)
-    fig.suptitle(f"Layer4, {result['accuracy']['test']['n']} test scenes ({_confidence(result)} % CIs)")
+    fig.suptitle(f"Layer4, {split_n(result, 'test')} {sample_words(result)} ({_confidence(result)} % CIs)")
     _save(fig, path)
     return True
 
@@ -190,7 +192,7 @@ def _plot_layers(result: dict, path: Path) -> bool:
         ax.set_title(label + (" (%)" if percent else ""))
         ax.grid(alpha=0.3)
     _legend_below(fig, axes[0][1], ncols=3 if len(axes[0][1].get_legend_handles_labels()[1]) <= 4 else 2)
-    fig.suptitle(f"Grad-CAM, test scenes (bands: {_confidence(result)} % CIs)")
+    fig.suptitle(f"Grad-CAM, {sample_words(result)} (bands: {_confidence(result)} % CIs)")
     _save(fig, path)
     return True
 
@@ -249,7 +251,7 @@ def _plot_faithfulness(result: dict, path: Path) -> bool:
                     fontsize=8, color="0.35")
     axes[-1][0].tick_params(axis="x", labelrotation=20)
     _legend_below(fig, axes[0][0])
-    fig.suptitle(f"Layer4, {result['samples']['faithfulness']} test scenes ({_confidence(result)} % CIs)")
+    fig.suptitle(f"Layer4, {sample_words(result, result['samples']['faithfulness'])} ({_confidence(result)} % CIs)")
     _save(fig, path)
     return True
 
@@ -272,7 +274,7 @@ def _plot_curves(result: dict, path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(title="AUC", loc="upper right" if kind == "deletion" else "lower right")
     axes[0][0].set_ylabel("probability of the true class")
-    fig.suptitle(f"{CamConfig.label_of(key)}, mean of {result['samples']['faithfulness']} test scenes")
+    fig.suptitle(f"{CamConfig.label_of(key)}, mean of {sample_words(result, result['samples']['faithfulness'])}")
     _save(fig, path)
     return True
 
@@ -309,7 +311,7 @@ def _plot_excitation(result: dict, path: Path, variant: str) -> bool:
         axes[n // ncols][n % ncols].set_visible(False)
     _legend_below(fig, axes[0][0])
     fig.suptitle(f"{result['titles'][variant]}, first {PROFILE_CHANNELS} channels, {result['samples']['test']} "
-                 f"test scenes")
+                 f"{sample_words(result)}")
     _save(fig, path)
     return True
 
@@ -363,7 +365,7 @@ def _plot_spatial(result: dict, path: Path) -> bool:
     ax.set_ylim(0, None)
     ax.grid(alpha=0.3)
     _legend_below(fig, ax)
-    fig.suptitle(f"Spatial attention per block vs the true mask, {result['samples']['test']} test scenes")
+    fig.suptitle(f"Spatial attention per block vs the true mask, {result['samples']['test']} {sample_words(result)}")
     _save(fig, path)
     return True
 

@@ -13,9 +13,12 @@ from attnviz.analysis.config import (
     LOCALISATION,
     MARKDOWN_NAME,
     METRICS,
+    PART_TITLES,
     SECTIONS,
     CamConfig,
     plot_files,
+    sample_words,
+    split_n,
 )
 from attnviz.analysis.results import finite
 from attnviz.methods import CAM_METHODS
@@ -148,7 +151,8 @@ def render_markdown(result: dict) -> str:
     """analysis.md: how it was made, the headline table, then every section's tables with their intervals."""
     titles = result["titles"]
     lines = _header(result) + _summary_section(result)
-    split_titles = {"test": "test scenes", "unseen": "unseen-glyph scenes (glyphs never seen in training)"}
+    split_titles = {"test": "the images" if result.get("data") else "test scenes",
+                    "unseen": "unseen-glyph scenes (glyphs never seen in training)"}
     for split, title in split_titles.items():
         lines += _localisation_section(result, split, title)
     lines += _pairs_section(result) + _scorecam_section(result) + _faithfulness_section(result)
@@ -157,27 +161,74 @@ def render_markdown(result: dict) -> str:
         lines += _spatial_section(result, variant)
     for module in SECTIONS.values():
         lines += import_module(module).markdown(result, titles)
-    return "\n".join(lines + _definitions(result))
+    return "\n".join(lines + _skipped_images(result) + _definitions(result))
+
+
+def _data_lines(result: dict) -> list[str]:
+    """The sample of a run on the user's folder: where the images are, how many were measured and left out, and
+    the masks' mean area share (the chance level of energy in mask)."""
+    data, samples, config = result["data"], result["samples"], result["config"]
+    held, measured, skipped = len(data["held_out"]), len(data["measured"]), len(data["skipped"])
+    labels = f"; classes from `{data['labels']}`" if data["labels"] else ""
+    lines = [
+        f"- **Data**: the user's folder `{data['images']}` (masks `{data['masks']}`{labels}): {data['files']} image "
+        f"files, {data['usable']} usable"
+        + (f", {skipped} skipped (listed under \"Skipped images\")" if skipped else "")
+        + (f"; {held} held out at random (seed {data['seed']}) to choose the IoU threshold and not measured"
+           if held else "; the IoU threshold is given, so every usable image is measured")
+        + (f"; a random {measured} of the rest measured (--test)" if data["limit"] and data["limit"] == measured
+           else f"; {measured} measured") + ", in path order.",
+    ]
+    if "test" in result["area_share"]:
+        lines.append(f"- **Masks**: the object covers on average {result['area_share']['test']:.3f} of the model's "
+                     f"view ({result['input_size']} px after the set's resize and centre crop): the chance level of "
+                     f"energy in mask, which a uniform map scores.")
+    faith = samples["faithfulness"]
+    lines.append(f"- **Subsets**: faithfulness on {sample_words(result, faith) if faith else 'none'}; "
+                 + (f"Score-CAM on {sample_words(result, samples['scorecam'])}." if samples["scorecam"] else
+                    "no Score-CAM (`--scorecam N` adds it on N of the images).")
+                 + f" Deletion steps {config['steps']}.")
+    return lines
+
+
+def _skipped_images(result: dict, shown: int = 30) -> list[str]:
+    skipped = (result.get("data") or {}).get("skipped") or []
+    if not skipped:
+        return []
+    lines = ["## Skipped images", "", f"{len(skipped)} image file(s) of the folder were not measured:", ""]
+    lines += [f"- `{s['file']}`: {s['reason']}" for s in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append(f"- ... and {len(skipped) - shown} more (analysis.json, \"data\" -> \"skipped\")")
+    return lines + [""]
 
 
 def _header(result: dict) -> list[str]:
     config, samples, timing = result["config"], result["samples"], result["timing"]
     machine, versions = result["machine"], result["versions"]
     conf = int(round(config["confidence"] * 100))
-    lines = [
-        f"# attnviz analysis: model set `{result['set']}`",
-        "",
-        f"Regenerate with `{result['command']}` (every number and plot here comes from that command).",
-        "",
-        f"- **Sample** (scenes regenerated from seed {samples['scene_seed']}, the first *n* of each split): "
-        f"{samples['val']} val (IoU threshold), {samples['test']} test, {samples['unseen']} unseen-glyph, "
-        f"{samples['pairs']} two-object scenes; faithfulness on the first {samples['faithfulness']} test scenes; "
-        + (
-            f"Score-CAM on the first {samples['scorecam']}."
-            if samples["scorecam"]
-            else "no Score-CAM (one forward pass per channel of layer4, 2048 per scene and model: "
-            "`--scorecam N` adds it on the first N test scenes)."
-        ),
+    data = result.get("data")
+    title = f"# attnviz analysis: model set `{result['set']}`" + (f" on the images of `{data['images']}`"
+                                                                   if data else "")
+    lines = [title, "", f"Regenerate with `{result['command']}` (every number and plot here comes from that command).",
+             ""]
+    if data:
+        lines += _data_lines(result)
+    else:
+        lines.append(
+            f"- **Sample** (scenes regenerated from seed {samples['scene_seed']}, the first *n* of each split): "
+            f"{samples['val']} val (IoU threshold), {samples['test']} test, {samples['unseen']} unseen-glyph, "
+            f"{samples['pairs']} two-object scenes; faithfulness on the first {samples['faithfulness']} test scenes; "
+            + (
+                f"Score-CAM on the first {samples['scorecam']}."
+                if samples["scorecam"]
+                else "no Score-CAM (one forward pass per channel of layer4, 2048 per scene and model: "
+                "`--scorecam N` adds it on the first N test scenes)."
+            ))
+    if result.get("skipped"):
+        lines.append("- **Not measured here**: " + "; ".join(f"{PART_TITLES.get(name, name)} ({reason})"
+                                                            for name, reason in result["skipped"].items()) + ".")
+    unit = "images" if data else "scenes"
+    lines += [
         f"- **Target**: {result['target']}. Input {result['input_size']} px.",
         f"- **Time**: {timing['total_s'] / 60:.1f} min in all ("
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing["phases_s"].items())
@@ -185,25 +236,29 @@ def _header(result: dict) -> list[str]:
         f"- **Machine**: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads; "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
         + ".",
-        f"- **Intervals**: {conf} % paired percentile bootstrap over the same scenes ({config['resamples']} "
-        f"resamples, seed {config['seed']}); a difference such as CBAM − SE is taken scene by scene and is **bold** "
-        f"when its interval excludes 0. A two-object scene counts once (its two CAMs averaged).",
+        f"- **Intervals**: {conf} % paired percentile bootstrap over the same {unit} ({config['resamples']} "
+        f"resamples, seed {config['seed']}); a difference such as CBAM − SE is taken {unit[:-1]} by {unit[:-1]} and "
+        f"is **bold** when its interval excludes 0."
+        + ("" if data else " A two-object scene counts once (its two CAMs averaged)."),
     ]
     return lines + _coinciding_note(result) + [""]
 
 
 def _summary_section(result: dict) -> list[str]:
     summary = render_summary(result)
-    return ["## Summary: test scenes, Grad-CAM at layer4", "", summary, ""] if summary else []
+    return [f"## Summary: {sample_words(result)}, Grad-CAM at layer4", "", summary, ""] if summary else []
 
 
 def _localisation_section(result: dict, split: str, title: str) -> list[str]:
     if split not in result["localisation"]:
         return []
     variants, titles = result["variants"], result["titles"]
-    n = result["accuracy"][split]["n"]
-    lines = [f"## Localisation: {title} (n = {n})", ""]
-    lines += _comparison_table({"top-1 accuracy (%)": (result["accuracy"][split], True)}, variants, titles, "accuracy")
+    lines = [f"## Localisation: {title} (n = {split_n(result, split)})", ""]
+    if split in result["accuracy"]:
+        lines += _comparison_table({"top-1 accuracy (%)": (result["accuracy"][split], True)}, variants, titles,
+                                   "accuracy")
+    else:
+        lines.append("No accuracy: each model explains its own top-1 class (`--labels` gives each image's class).")
     lines.append("")
     for metric in LOCALISATION:
         group = result["localisation"][split][metric]
@@ -258,7 +313,8 @@ def _scorecam_section(result: dict) -> list[str]:
     if not result["scorecam"]:
         return []
     lines = [
-        f"## Score-CAM at layer4 (first {result['samples']['scorecam']} test scenes, Grad-CAM on the same scenes)",
+        f"## Score-CAM at layer4 ({sample_words(result, result['samples']['scorecam'])}, Grad-CAM on the same "
+        f"ones)",
         "",
         "Score-CAM runs one forward pass per channel of layer4 (2048 per image and model), so it gets only "
         "a few scenes: read these as examples, not as a measurement.",
@@ -280,9 +336,10 @@ def _faithfulness_section(result: dict) -> list[str]:
     pct = ", ".join(str(p) for p in config["road_percentiles"])
     road = ", ".join(CAM_METHODS[m].label for m in config.get("road_methods", config["methods"]))
     lines = [
-        f"## Faithfulness (first {result['samples']['faithfulness']} test scenes, layer4)",
+        f"## Faithfulness ({sample_words(result, result['samples']['faithfulness'])}, layer4)",
         "",
-        f"Score: the softmax probability of the true class. Deletion replaces the most relevant pixels "
+        f"Score: the softmax probability of the {'explained' if result.get('data') else 'true'} class. Deletion "
+        f"replaces the most relevant pixels "
         f"first by a blurred copy of the image (Gaussian, sigma {config['blur_sigma']:g} px at 224 px), "
         f"insertion puts them first into the blurred copy, in {config['steps']} steps of "
         f"{100 / config['steps']:.0f} % of the pixels; the AUC is the mean probability over the curve. "
@@ -307,11 +364,12 @@ def _excitation_section(result: dict) -> list[str]:
     lines = [
         "## Excitation (the SE paper's analysis)",
         "",
-        f"Channel weights of every attention block on the {result['samples']['test']} test scenes. *class "
+        f"Channel weights of every attention block on the {result['samples']['test']} {sample_words(result)}"
+        f"{', grouped by the class each model explains' if result.get('data') else ''}. *class "
         "specificity*: the share of the weights' variance across images that the class explains (eta², "
         "pooled over channels; 0 = the same for every class; about "
         f"{excitation[gated[0]]['chance_specificity']:.3f} by chance with "
-        "this many scenes per class). *spread*: the standard deviation across "
+        "this many per class). *spread*: the standard deviation across "
         "classes of each channel's class mean, averaged over channels. *near 1*: share of channels whose "
         "mean weight is above 0.9.",
         "",

@@ -1,4 +1,5 @@
-"""The measuring phases of a run: the IoU threshold, localisation per split, Score-CAM, and the sections."""
+"""The measuring phases of a run: the IoU threshold, localisation per split, Score-CAM, and the sections, on the
+items of a source (the generated scenes, or a folder of the user's images)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from attnviz.analysis.config import BASELINE, LOCALISATION, SECTIONS, AnalysisConfig, CamConfig
 from attnviz.analysis.faithfulness import measure_faithfulness
-from attnviz.analysis.items import BatchPass, Item, explain_batch, scene_items
+from attnviz.analysis.items import BatchPass, Item, SceneSource, explain_batch
 from attnviz.analysis.stats import ExcitationStats, Records, per_scene, summarise
 from attnviz.errors import AttnvizError
 from attnviz.explainer import ModelExplainer
@@ -41,11 +42,13 @@ class _Context:
     config: AnalysisConfig
     explainers: dict[str, ModelExplainer]
     progress: bool
+    source: SceneSource  # where the items come from (or a dataset.FolderSource)
     threshold: float = 0.5
     records: dict[str, Records] = field(default_factory=lambda: defaultdict(Records))
     faith_maps: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     faith_items: list[Item] = field(default_factory=list)
     faith_probability: dict[tuple[int, str], float] = field(default_factory=dict)
+    faith_target: dict[tuple[int, str], int] = field(default_factory=dict)  # the class each model's maps explain
     excitation: dict[str, ExcitationStats] = field(default_factory=dict)
     # variant -> block -> statistic -> values, for every model with spatial attention
     spatial: dict[str, dict[str, dict[str, list[float]]]] = field(
@@ -63,11 +66,12 @@ class _Context:
 
 
 def _batches(split: str, count: int, ctx: _Context):
-    """Items of ``count`` scenes, a batch of about ``batch_size`` CAMs at a time, with the number of scenes."""
+    """Items of ``count`` scenes (or images), a batch of about ``batch_size`` CAMs at a time, with the number of
+    scenes."""
     batch: list[Item] = []
     scenes = 0
     for index in range(count):
-        batch.extend(scene_items(split, index, ctx.model_set.classes, ctx.model_set.preprocessing))
+        batch.extend(ctx.source.items(split, index))
         scenes += 1
         if len(batch) >= ctx.config.batch_size:
             yield batch, scenes
@@ -89,7 +93,8 @@ def _main_configs(config: AnalysisConfig) -> list[CamConfig]:
 
 
 def _choose_threshold(ctx: _Context) -> dict:
-    """The IoU threshold that maximises the mean IoU of Grad-CAM at layer4 over every model on the val scenes."""
+    """The IoU threshold that maximises the mean IoU of Grad-CAM at layer4 over every model on the val scenes (a
+    folder's held-out images)."""
     config = ctx.config
     if config.threshold is not None:
         ctx.threshold = config.threshold
@@ -108,7 +113,8 @@ def _choose_threshold(ctx: _Context) -> dict:
     ctx.threshold, means = choose_threshold(np.concatenate(rows), THRESHOLD_GRID)
     return {
         "value": ctx.threshold,
-        "chosen_on": f"val, {config.val} scenes: the highest mean IoU of Grad-CAM at layer4 over every model",
+        "chosen_on": f"{ctx.source.threshold_sample(config.val)}: the highest mean IoU of Grad-CAM at layer4 over "
+                     f"every model",
         "grid": list(THRESHOLD_GRID),
         "mean_iou": np.round(means, 4).tolist(),
     }
@@ -120,11 +126,13 @@ def _localise(ctx: _Context, split: str, count: int) -> None:
     configs = _main_configs(config)
     records = ctx.records[split]
     faith_keys = [CamConfig(m, "layer4").key for m in config.methods]
+    # test position -> its place among the faithfulness items (the first test scenes; a folder's: drawn at random)
+    faith = {p: k for k, p in enumerate(ctx.source.sample(config.faithfulness))} if split == "test" else {}
     position = 0
     with ctx.bar(count, split) as bar, _numpy_seeded(config.seed, *split.encode()):
         for items, scenes in _batches(split, count, ctx):
             x = torch.stack([it.tensor for it in items])
-            targets = np.array([it.target for it in items])
+            given = [it.target for it in items]  # None: each model's own top-1
             own = np.stack([it.own for it in items])
             own_distance = np.stack([it.own_distance for it in items])
             pairs = items[0].other is not None
@@ -133,11 +141,12 @@ def _localise(ctx: _Context, split: str, count: int) -> None:
                 other_distance = np.stack([it.other_distance for it in items])
             ctx.area[split].extend(area_share(own).tolist())
             for variant, explainer in ctx.explainers.items():
-                out = explain_batch(explainer, x, targets.tolist(), configs)
+                out = explain_batch(explainer, x, given, configs)
+                targets = out.targets
                 if pairs:
                     top2 = out.logits.topk(2, dim=1).indices.numpy()
                     records.add("top2", variant, "", per_scene((top2 == targets[:, None]).any(axis=1)))
-                else:
+                elif not ctx.source.top1:  # accuracy needs each image's true class
                     records.add("accuracy", variant, "", out.logits.argmax(dim=1).numpy() == targets)
                 for key, maps in out.maps.items():
                     values = {
@@ -154,11 +163,12 @@ def _localise(ctx: _Context, split: str, count: int) -> None:
                     _read_attention(ctx, variant, out, targets, own)
                     probabilities = target_probability(out.logits, torch.from_numpy(targets)).numpy()
                     for b in range(len(items)):
-                        if position + b < config.faithfulness:
-                            ctx.faith_maps[position + b, variant] = np.stack([out.maps[k][b] for k in faith_keys])
-                            ctx.faith_probability[position + b, variant] = float(probabilities[b])
-            if split == "test":
-                ctx.faith_items.extend(items[: max(0, config.faithfulness - position)])
+                        k = faith.get(position + b)
+                        if k is not None:
+                            ctx.faith_maps[k, variant] = np.stack([out.maps[key][b] for key in faith_keys])
+                            ctx.faith_probability[k, variant] = float(probabilities[b])
+                            ctx.faith_target[k, variant] = int(targets[b])
+            ctx.faith_items.extend(it for b, it in enumerate(items) if position + b in faith)
             position += len(items)
             bar.update(scenes)
 
@@ -195,13 +205,15 @@ def _read_attention(ctx: _Context, variant: str, out: BatchPass, targets: np.nda
 
 
 def _scorecam(ctx: _Context) -> None:
-    """Score-CAM at layer4 on the first test scenes, with Grad-CAM's values on the same scenes beside it."""
+    """Score-CAM at layer4 on the first test scenes (a folder's: drawn at random), with Grad-CAM's values on the
+    same scenes beside it."""
     config = ctx.config
     scorecam = CamConfig("scorecam", "layer4")
     records = ctx.records["scorecam"]
-    with ctx.bar(config.scorecam * len(ctx.explainers), "Score-CAM") as bar:
-        for index in range(config.scorecam):
-            (item,) = scene_items("test", index, ctx.model_set.classes, ctx.model_set.preprocessing)
+    positions = ctx.source.sample(config.scorecam)
+    with ctx.bar(len(positions) * len(ctx.explainers), "Score-CAM") as bar:
+        for index in positions:
+            (item,) = ctx.source.items("test", index)
             for variant, explainer in ctx.explainers.items():
                 maps = explain_batch(
                     explainer, item.tensor[None], [item.target], [scorecam], config.scorecam_batch
@@ -215,18 +227,21 @@ def _scorecam(ctx: _Context) -> None:
     gradcam = CamConfig("gradcam", "layer4").key
     for metric in LOCALISATION:
         for variant in ctx.explainers:
-            same_scenes = ctx.records["test"].get(metric, variant, gradcam)[: config.scorecam]
-            if len(same_scenes) == config.scorecam:
-                records.add(metric, variant, gradcam, same_scenes)
+            measured = ctx.records["test"].get(metric, variant, gradcam)
+            if positions and len(measured) > positions[-1]:
+                records.add(metric, variant, gradcam, measured[positions])
 
 
-def check_set(name: str, classes: list[str], models: Iterable[str], variants: Iterable[str] | None = None) -> list[str]:
-    """The variants to analyse, in the usual order; one line of error when the set cannot be analysed."""
-    if sorted(classes) != sorted(CLASSES):
+def check_set(name: str, classes: list[str], models: Iterable[str], variants: Iterable[str] | None = None,
+              scenes: bool = True) -> list[str]:
+    """The variants to analyse, in the usual order; one line of error when the set cannot be analysed (on the
+    scenes it must know their classes; on a folder of the user's images, ``scenes=False``, any set can)."""
+    if scenes and sorted(classes) != sorted(CLASSES):
         shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
         raise AttnvizError(
             f"model set {name!r} has other classes ({shown}) than attnviz's scenes ({', '.join(CLASSES)}); "
-            f"the analysis needs a set trained on them, e.g. --set builtin"
+            f"the analysis needs a set trained on them, e.g. --set builtin, or your own images with masks "
+            f"(--images DIR --masks DIR)"
         )
     models = list(models)
     present = [v for v in VARIANTS if v in models]
@@ -238,17 +253,34 @@ def check_set(name: str, classes: list[str], models: Iterable[str], variants: It
     return present
 
 
+def skipped_parts(source, config: AnalysisConfig) -> dict[str, str]:
+    """The parts of the analysis that cannot run on ``source``'s items (e.g. the scene-only splits on a folder of
+    images, or a section that needs true classes), each with the reason: the report and the command say so."""
+    skipped = dict(source.skipped_parts(config))
+    for name, module in SECTIONS.items():
+        reason = getattr(import_module(module), "skip_reason", lambda source, config: None)(source, config)
+        if reason:
+            skipped[name] = reason
+    return skipped
+
+
 def run_analysis(
     model_set: LoadedSet,
     config: AnalysisConfig | None = None,
     progress: bool = True,
     command: str = "python -m attnviz.analyze",
+    source=None,
 ) -> dict:
-    """Measure everything on a loaded model set; returns the JSON-ready result that ``write_report`` writes."""
+    """Measure everything on a loaded model set; returns the JSON-ready result that ``write_report`` writes.
+    ``source``: where the items come from, the generated scenes by default (``SceneSource``) or a folder of the
+    user's images (``attnviz.analysis.dataset.FolderSource``)."""
     config = config or AnalysisConfig()
     config.validate()
-    variants = check_set(model_set.name, model_set.classes, model_set.models, config.variants)
-    ctx = _context(model_set, config, variants, progress)
+    source = source or SceneSource(model_set.classes, model_set.preprocessing)
+    variants = check_set(model_set.name, model_set.classes, model_set.models, config.variants,
+                         scenes=source.kind == "scenes")
+    ctx = _context(model_set, config, variants, progress, source)
+    skipped = skipped_parts(source, config)
     started = time.perf_counter()
 
     def phase(name: str, fn, *args):
@@ -259,9 +291,9 @@ def run_analysis(
 
     threshold = phase("val", _choose_threshold, ctx)
     phase("test", _localise, ctx, "test", config.test)
-    if config.unseen:
+    if config.unseen and "unseen" not in skipped:
         phase("unseen", _localise, ctx, "unseen", config.unseen)
-    if config.pairs:
+    if config.pairs and "pairs" not in skipped:
         phase("pairs", _localise, ctx, "pairs", config.pairs)
     if config.scorecam:
         phase("scorecam", _scorecam, ctx)
@@ -270,14 +302,16 @@ def run_analysis(
     result = phase("bootstrap", summarise, ctx, threshold, command)
     for name in SECTIONS:
         result[name] = phase(name, _section(name), ctx)
+    if skipped:
+        result["skipped"] = skipped
     result["timing"] = {"total_s": round(time.perf_counter() - started, 1), "phases_s": ctx.timing}
     return result
 
 
-def _context(model_set: LoadedSet, config: AnalysisConfig, variants: list[str], progress: bool) -> _Context:
+def _context(model_set: LoadedSet, config: AnalysisConfig, variants: list[str], progress: bool, source) -> _Context:
     explainers = {v: ModelExplainer(v, model_set.models[v], model_set.classes, model_set.gate_means_loader(v))
                   for v in variants}
-    return _Context(model_set, config, explainers, progress)
+    return _Context(model_set, config, explainers, progress, source)
 
 
 def _section(name: str):
@@ -287,16 +321,24 @@ def _section(name: str):
 
 
 def run_sections(model_set: LoadedSet, result: dict, names: list[str], config: AnalysisConfig | None = None,
-                 progress: bool = True) -> dict:
-    """Run only the named sections over the models of an earlier analysis and put their results into it."""
+                 progress: bool = True, source=None) -> dict:
+    """Run only the named sections over the models of an earlier analysis and put their results into it
+    (``source``: as for ``run_analysis``; the same data as that analysis')."""
     config = config or AnalysisConfig()
     config.validate()
-    variants = check_set(model_set.name, model_set.classes, model_set.models, result.get("variants"))
-    ctx = _context(model_set, config, variants, progress)
+    source = source or SceneSource(model_set.classes, model_set.preprocessing)
+    variants = check_set(model_set.name, model_set.classes, model_set.models, result.get("variants"),
+                         scenes=source.kind == "scenes")
+    ctx = _context(model_set, config, variants, progress, source)
     timing = result.setdefault("timing", {"total_s": 0.0, "phases_s": {}})
+    skipped = skipped_parts(source, config)
     for name in names:
         started = time.perf_counter()
         result[name] = _section(name)(ctx)
+        if name in skipped:
+            result.setdefault("skipped", {})[name] = skipped[name]
+        else:
+            result.get("skipped", {}).pop(name, None)
         seconds = round(time.perf_counter() - started, 1)
         timing["total_s"] = round(timing["total_s"] - timing["phases_s"].get(name, 0.0) + seconds, 1)
         timing["phases_s"][name] = seconds

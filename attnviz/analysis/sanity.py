@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from attnviz.analysis.items import scene_items
+from attnviz.analysis.config import sample_words
 from attnviz.methods import CAM_METHODS
 from attnviz.sanity import (
     DEFAULT_LAYER,
@@ -39,8 +39,7 @@ def run_section(ctx) -> dict:
               "confidence": config.confidence, "seed": config.seed, "steps": [], "models": {}}
     if not count:
         return result  # asked for no scenes (--sanity-scenes 0)
-    items = [it for i in range(count)
-             for it in scene_items("test", i, ctx.model_set.classes, ctx.model_set.preprocessing)]
+    items = [it for i in ctx.source.sample(count) for it in ctx.source.items("test", i)]  # a folder's: at random
     x = torch.stack([it.tensor for it in items])
     per_model = 1 + 2 * len(randomisation_steps(next(iter(ctx.explainers.values())).model))  # original + 2 a step
     with ctx.bar(count * len(ctx.explainers) * per_model, "sanity (passes)") as bar:
@@ -92,8 +91,9 @@ def markdown(result: dict, titles: dict) -> list[str]:
     steps = section["steps"]
     lines = ["## Sanity check: model-parameter randomisation (Adebayo et al. 2018)", "",
              f"Each model is re-initialised from the top on a copy, one step more at a time (cascade: "
-             f"{', '.join(steps[:2])}, ..., {steps[-2]}, {STEM} = conv1 and bn1), and each map of the first "
-             f"{section['scenes']} test scenes at {section['layer']} (explaining the trained model's predicted class) "
+             f"{', '.join(steps[:2])}, ..., {steps[-2]}, {STEM} = conv1 and bn1), and each map of the "
+             f"{'' if result.get('data') else 'first '}{section['scenes']} {sample_words(result)} at "
+             f"{section['layer']} (explaining the trained model's predicted class) "
              f"is compared with the original: Spearman rank correlation of absolute values and SSIM, means over "
              f"the scenes with bootstrap intervals; a map with one value everywhere (e.g. Grad-CAM's after its ReLU "
              f"cut every position) ranks nothing and correlates 0 with a varying original. The independent test "
@@ -146,7 +146,7 @@ def plot(result: dict, path, test: str = "cascade") -> bool:
                 ax.set_xlabel("steps randomised (0: the original)" if test == "cascade" else "the step randomised")
     _legend_below(fig, axes[0][0], ncols=4)
     what = "cascade: randomised from the top" if test == "cascade" else "independent: one step randomised"
-    fig.suptitle(f"Sanity check ({what}), {section['scenes']} test scenes, {section['layer']}, "
+    fig.suptitle(f"Sanity check ({what}), {section['scenes']} {sample_words(result)}, {section['layer']}, "
                  f"{int(round(section['confidence'] * 100))} % intervals")
     _save(fig, path)
     return True

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from attnviz.analysis.config import FAITHFULNESS, FORMAT, LOCALISATION, PROFILE_CHANNELS, SCENE_SEED, AnalysisConfig
+from attnviz.analysis.config import (
+    FAITHFULNESS,
+    FORMAT,
+    LOCALISATION,
+    PROFILE_CHANNELS,
+    PROFILE_CLASSES,
+    PROFILE_MAX_CLASSES,
+    AnalysisConfig,
+)
 from attnviz.attention import family
 from attnviz.metrics import paired_bootstrap
 
@@ -38,29 +46,44 @@ class Records:
 
 
 class ExcitationStats:
-    """Per block: count, sum and sum of squares of the channel weights per class, for the SE paper's analysis."""
+    """Per block: count, sum and sum of squares of the channel weights per class, for the SE paper's analysis.
+    Only the classes that occur get a row, so a set of 1000 classes measured on a few hundred images stays small."""
 
     def __init__(self, classes: int) -> None:
         self.classes = classes
-        self.count = np.zeros(classes)
+        self.rows: dict[int, int] = {}  # class index -> its row, in the order the classes first occur
+        self.count = np.zeros(0)
         self.sums: dict[str, np.ndarray] = {}
         self.squares: dict[str, np.ndarray] = {}
 
+    def _rows(self, targets: np.ndarray) -> np.ndarray:
+        for target in np.asarray(targets).tolist():
+            self.rows.setdefault(int(target), len(self.rows))
+        grow = len(self.rows) - len(self.count)
+        if grow:
+            self.count = np.concatenate([self.count, np.zeros(grow)])
+            for table in (self.sums, self.squares):
+                for block, values in table.items():
+                    table[block] = np.concatenate([values, np.zeros((grow, values.shape[1]))])
+        return np.array([self.rows[int(t)] for t in np.asarray(targets).tolist()], np.int64)
+
     def add(self, channel: dict[str, np.ndarray], targets: np.ndarray) -> None:
-        np.add.at(self.count, targets, 1)
+        rows = self._rows(targets)
+        np.add.at(self.count, rows, 1)
         for block, weights in channel.items():
             weights = weights.astype(np.float64)
             if block not in self.sums:
-                self.sums[block] = np.zeros((self.classes, weights.shape[1]))
-                self.squares[block] = np.zeros((self.classes, weights.shape[1]))
-            np.add.at(self.sums[block], targets, weights)
-            np.add.at(self.squares[block], targets, weights**2)
+                self.sums[block] = np.zeros((len(self.rows), weights.shape[1]))
+                self.squares[block] = np.zeros((len(self.rows), weights.shape[1]))
+            np.add.at(self.sums[block], rows, weights)
+            np.add.at(self.squares[block], rows, weights**2)
 
     def summary(self, class_names: list[str], profile_blocks: list[str]) -> dict:
-        present = self.count > 0
-        total = self.count.sum()
+        order = [self.rows[c] for c in sorted(self.rows)]  # the classes that occur, in the set's order
+        count = self.count[order]
+        total = count.sum()
         # eta squared of pure noise is about (classes - 1) / (images - 1): the floor a small sample cannot go below
-        chance = (present.sum() - 1) / (total - 1) if total > 1 else 1.0
+        chance = (len(order) - 1) / (total - 1) if total > 1 else 1.0
         out: dict = {
             "blocks": list(self.sums),
             "channels": [],
@@ -71,11 +94,14 @@ class ExcitationStats:
             "chance_specificity": float(chance),
             "profiles": {},
         }
-        for block, sums in self.sums.items():
-            class_means = sums[present] / self.count[present, None]
+        names = [class_names[c] for c in sorted(self.rows)]
+        shown = _profile_classes(names, count)
+        for block, all_sums in self.sums.items():
+            sums, squares = all_sums[order], self.squares[block][order]
+            class_means = sums / count[:, None]
             overall = sums.sum(axis=0) / total
-            between = (self.count[present, None] * (class_means - overall) ** 2).sum(axis=0)
-            within = np.maximum(self.squares[block][present] - self.count[present, None] * class_means**2, 0).sum(0)
+            between = (count[:, None] * (class_means - overall) ** 2).sum(axis=0)
+            within = np.maximum(squares - count[:, None] * class_means**2, 0).sum(0)
             variance = between.sum() + within.sum()
             out["channels"].append(int(sums.shape[1]))
             # eta squared: the share of the excitation's variance across images that the class explains
@@ -84,14 +110,25 @@ class ExcitationStats:
             out["mean"].append(float(overall.mean()))
             out["near_one"].append(float((overall > 0.9).mean()))
             if block in profile_blocks:
-                names = [n for n, p in zip(class_names, present, strict=True) if p]
                 out["profiles"][block] = {
-                    "classes": {
-                        n: np.round(m[:PROFILE_CHANNELS], 4).tolist() for n, m in zip(names, class_means, strict=True)
-                    },
+                    "classes": {names[i]: np.round(class_means[i, :PROFILE_CHANNELS], 4).tolist() for i in shown},
                     "all": np.round(overall[:PROFILE_CHANNELS], 4).tolist(),
                 }
         return out
+
+
+def _profile_classes(names: list[str], count: np.ndarray, most: int = PROFILE_MAX_CLASSES) -> list[int]:
+    """Which classes' profiles the result keeps: every class that occurs when there are at most ``most`` (all of
+    the scenes'); else the figure's classes that occur and the most frequent others, up to ``most``."""
+    if len(names) <= most:
+        return list(range(len(names)))
+    chosen = [names.index(c) for c in PROFILE_CLASSES if c in names]
+    for i in sorted(range(len(names)), key=lambda i: (-count[i], i)):
+        if len(chosen) >= most:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return sorted(chosen)
 
 
 def profile_blocks(blocks: list[str]) -> list[str]:
@@ -185,17 +222,15 @@ def summarise(ctx: _Context, threshold: dict, command: str) -> dict:
         "command": command,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "input_size": ctx.model_set.preprocessing.crop,
-        "target": "the true class of each scene; in a two-object scene each of its two classes in turn",
+        "target": ctx.source.target,
         "samples": {
-            "scene_seed": SCENE_SEED,
             "val": config.val if config.threshold is None else 0,
             "test": config.test,
             "unseen": config.unseen,
             "pairs": config.pairs,
             "faithfulness": len(ctx.faith_items),
             "scorecam": config.scorecam,
-            "note": "scenes 0..n-1 of each split, regenerated with attnviz.scenes.make_scene(seed, split, index); "
-            "faithfulness and Score-CAM use the first test scenes",
+            **ctx.source.samples(),
         },
         "threshold": threshold,
         "area_share": {split: float(np.mean(values)) for split, values in ctx.area.items() if values},
@@ -211,7 +246,9 @@ def summarise(ctx: _Context, threshold: dict, command: str) -> dict:
     }
     for split in ("test", "unseen"):
         if split in records:
-            result["accuracy"][split] = _compare({v: records[split].get("accuracy", v, "") for v in variants}, config)
+            if records[split].configs("accuracy"):  # none when each model explains its own top-1
+                result["accuracy"][split] = _compare({v: records[split].get("accuracy", v, "") for v in variants},
+                                                     config)
             result["localisation"][split] = {m: _group(records[split], m, variants, config) for m in LOCALISATION}
     if "pairs" in records:
         result["accuracy"]["pairs_top2"] = _compare({v: records["pairs"].get("top2", v, "") for v in variants}, config)
@@ -228,6 +265,9 @@ def summarise(ctx: _Context, threshold: dict, command: str) -> dict:
         result["excitation"][variant] = stats.summary(ctx.model_set.classes, profile_blocks(list(stats.sums)))
     for variant, blocks in ctx.spatial.items():
         result["spatial"][variant] = _spatial_summary(blocks, config)
+    data = ctx.source.describe()
+    if data is not None:  # a folder of the user's images: which, how many, and what was left out
+        result["data"] = data
     return result
 
 
