@@ -317,22 +317,24 @@ class Reporter:
     """One line per finished image on stdout, and a progress bar on stderr only when stderr is a terminal:
     redirected to a file, a bar is hundreds of overdrawn lines."""
 
-    def __init__(self, total: int, out_dir: Path, desc: str = "explaining") -> None:
+    def __init__(self, total: int, out_dir: Path, desc: str = "explaining", stream=None) -> None:
         from tqdm import tqdm
 
         isatty = getattr(sys.stderr, "isatty", None)
         self.out_dir = out_dir
+        self.stream = stream  # where the lines go: sys.stdout as it is when a line is written, unless given
         self.bar = tqdm(total=total, unit="image", desc=desc, file=sys.stderr, dynamic_ncols=True,
                         disable=not (isatty and isatty()))
 
     def say(self, line: str) -> None:
+        stream = self.stream or sys.stdout
         if self.bar.disable:
-            print(line, flush=True)
+            print(line, file=stream, flush=True)
         else:
             from tqdm import tqdm
 
-            tqdm.write(line, file=sys.stdout)  # clears the bar, writes the line, draws the bar again
-            sys.stdout.flush()
+            tqdm.write(line, file=stream)  # clears the bar, writes the line, draws the bar again
+            stream.flush()
 
     def finished(self, job: ImageJob) -> None:
         self.bar.update(1)

@@ -21,12 +21,12 @@ stopped at the end; with it, an existing cluster is joined (``auto`` for the one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import sys
 import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +63,7 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-@contextmanager
+@contextlib.contextmanager
 def ray_session(address: str | None):
     """Connected to the cluster at ``address`` (None: a local instance on 127.0.0.1, stopped at the end)."""
     ray = import_ray(address)
@@ -149,9 +149,12 @@ def explain_on_ray(jobs: list[ImageJob], run: Run, args: argparse.Namespace, out
     ray_args = absolute_args(args)
     for job in jobs:
         job.path = Path(job.path).resolve()
-    with ray_session(args.address) as ray:
+    stdout = sys.stdout
+    # Ray's driver prints cluster events ("(raylet) The node ... has been marked dead") to stdout: they go to
+    # stderr, so that stdout stays one line per image, as in the local run.
+    with contextlib.redirect_stdout(sys.stderr), ray_session(args.address) as ray:
         n_workers = cluster_plan(ray, args.workers, args.worker_cpus)
-        report = Reporter(len(jobs), out_dir, f"explaining ({n_workers} Ray workers)")
+        report = Reporter(len(jobs), out_dir, f"explaining ({n_workers} Ray workers)", stream=stdout)
         try:
             return _dispatch(ray, jobs, ray_args, run.batch_size, str(out_dir.resolve()), force, n_workers, report)
         except KeyboardInterrupt:
