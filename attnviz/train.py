@@ -172,9 +172,8 @@ def train(
     """
     from tqdm import tqdm
 
-    if compile and recipe.mixstyle > 0:
-        raise ValueError("compile does not support MixStyle recipes (their per-step hooks would recompile "
-                         "the model every step); train this recipe without --compile")
+    if compile and recipe.mixstyle > 0:  # its per-step hooks would recompile the model every step
+        raise ValueError("compile does not support MixStyle recipes; train this recipe without --compile")
 
     train_split = SceneSplit(data / "train")
     classes = train_split.classes
@@ -188,14 +187,8 @@ def train(
         stop["now"] = True
 
     previous = signal.signal(signal.SIGTERM, request_stop)
-    bar = tqdm(
-        total=recipe.total_steps,
-        initial=step,
-        desc=f"train {variant}",
-        unit="step",
-        disable=not progress,
-        mininterval=5,
-    )
+    bar = tqdm(total=recipe.total_steps, initial=step, desc=f"train {variant}", unit="step", disable=not progress,
+               mininterval=5)
     ema_loss, ema_acc = None, None
     first_step = step
     wall_start = time.perf_counter()

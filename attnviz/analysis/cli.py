@@ -32,6 +32,30 @@ from attnviz.models import VARIANTS
 from attnviz.weights import Manifest, load_model_set
 
 
+def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """--images, --masks, --labels and --val-share: measuring on the user's own images."""
+    data = parser.add_argument_group(
+        "your own images (instead of the scenes; any model set, e.g. an imported ImageNet one)")
+    data.add_argument("--images", type=Path, metavar="DIR",
+                      help="measure on every image file under DIR (recursive: .png, .jpg, .jpeg, .webp, .gif, .bmp, "
+                           ".tif, .tiff), each preprocessed as the set says; needs --masks. Scene-only parts "
+                           "(unseen-glyph and two-object scenes) are skipped. Written to <weights dir>/<set>/"
+                           + DATA_DIR.format(name="<DIR's name>") + " unless --out says otherwise")
+    data.add_argument("--masks", type=Path, metavar="DIR",
+                      help="one mask PNG per image: the same relative path and stem with .png (DIR/a/x.jpg -> "
+                           "MASKS/a/x.png), the image's size, any mode (binary, greyscale, palette, colour): "
+                           "nonzero = object (a palette's index, so e.g. VOC's border index 255 counts too). An image "
+                           "without a usable mask is skipped with a line saying why")
+    data.add_argument("--labels", type=Path, metavar="FILE",
+                      help="CSV of 'file,class' rows (file: the image's path under --images, with or without its "
+                           "extension; class: a class name or index of the set): each image's CAMs explain that class "
+                           "and accuracy is measured. Without it each model explains its own top-1 class")
+    data.add_argument("--val-share", type=float, metavar="F",
+                      help=f"without --threshold: the share of the usable images, at most --val of them, held out at "
+                           f"random (--seed) to choose the IoU threshold and not measured (default {VAL_SHARE:g}); "
+                           f"with --test N a random N of the others are measured (default all)")
+
+
 def _parser() -> argparse.ArgumentParser:
     defaults = AnalysisConfig()
     parser = argparse.ArgumentParser(
@@ -55,26 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a handful of scenes, 4 steps, no Score-CAM, to try the pipeline (explicit options still win); "
         "written to <weights dir>/<set>/analysis-quick unless --out says otherwise",
     )
-    data = parser.add_argument_group(
-        "your own images (instead of the scenes; any model set, e.g. an imported ImageNet one)")
-    data.add_argument("--images", type=Path, metavar="DIR",
-                      help="measure on every image file under DIR (recursive: .png, .jpg, .jpeg, .webp, .gif, .bmp, "
-                           ".tif, .tiff), each preprocessed as the set says; needs --masks. Scene-only parts "
-                           "(unseen-glyph and two-object scenes) are skipped. Written to <weights dir>/<set>/"
-                           + DATA_DIR.format(name="<DIR's name>") + " unless --out says otherwise")
-    data.add_argument("--masks", type=Path, metavar="DIR",
-                      help="one mask PNG per image: the same relative path and stem with .png (DIR/a/x.jpg -> "
-                           "MASKS/a/x.png), the image's size, any mode (binary, greyscale, palette, colour): "
-                           "nonzero = object (a palette's index, so e.g. VOC's border index 255 counts too). An image "
-                           "without a usable mask is skipped with a line saying why")
-    data.add_argument("--labels", type=Path, metavar="FILE",
-                      help="CSV of 'file,class' rows (file: the image's path under --images, with or without its "
-                           "extension; class: a class name or index of the set): each image's CAMs explain that class "
-                           "and accuracy is measured. Without it each model explains its own top-1 class")
-    data.add_argument("--val-share", type=float, metavar="F",
-                      help=f"without --threshold: the share of the usable images, at most --val of them, held out at "
-                           f"random (--seed) to choose the IoU threshold and not measured (default {VAL_SHARE:g}); "
-                           f"with --test N a random N of the others are measured (default all)")
+    _dataset_arguments(parser)
     sizes = parser.add_argument_group("sample sizes (scenes 0..n-1 of each split; with --images see there)")
     for name, text in (
         ("val", "val scenes that choose the IoU threshold"),
