@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import os
 import sys
 import time
@@ -54,13 +53,9 @@ def import_ray(address: str | None):
 
 def is_loopback(address: str) -> bool:
     """``host:port`` (or ``ray://host:port``) names this machine by a loopback address."""
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from attnviz.get_imagenet import is_loopback_host
+
+    return is_loopback_host(address.split("://", 1)[-1].rsplit(":", 1)[0])
 
 
 @contextlib.contextmanager

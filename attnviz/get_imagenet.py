@@ -45,7 +45,12 @@ def downloads_allowed(host: str | None, env: dict[str, str] | None = None) -> bo
     if value:
         raise AttnvizError(f"{DOWNLOADS_ENV}={value!r}: use 1 to offer the ImageNet download button on any "
                            f"address, 0 to never offer it, or leave it unset (offered on loopback only)")
-    host = (host or "").strip().strip("[]")
+    return is_loopback_host(host or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``host`` (a name or an address, IPv6 in brackets or not) is this machine's loopback."""
+    host = host.strip().strip("[]")
     if host == "localhost":
         return True
     try:
