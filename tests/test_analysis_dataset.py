@@ -166,7 +166,8 @@ def test_scene_only_parts_are_skipped_with_a_line_and_the_report_says_whose_data
     assert f"{len(GOOD) + len(BAD)} image files, {len(GOOD)} usable, {len(BAD)} skipped" in text
     assert f"covers on average {result['area_share']['test']:.3f} of the model's view" in text
     assert "the IoU threshold is given, so every usable image is measured" in text
-    assert "## Localisation: the images (n = 3)" in text and "## Skipped images" in text
+    assert "## Summary: the images, Grad-CAM at layer4" in text and "## Localisation: the images (n = 3)" in text
+    assert "## Skipped images" in text
     assert "**Not measured here**: unseen-glyph scenes (scene-only" in text
     assert result["target"].startswith("the class given for each image in ")
     assert set(result["plots"]) >= {"localisation.png", "faithfulness.png", "knockout.png", "spatial.png"}

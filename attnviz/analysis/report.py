@@ -246,7 +246,8 @@ def _header(result: dict) -> list[str]:
 
 def _summary_section(result: dict) -> list[str]:
     summary = render_summary(result)
-    return [f"## Summary: {sample_words(result)}, Grad-CAM at layer4", "", summary, ""] if summary else []
+    noun = "the images" if result.get("data") else "test scenes"
+    return [f"## Summary: {noun}, Grad-CAM at layer4", "", summary, ""] if summary else []
 
 
 def _localisation_section(result: dict, split: str, title: str) -> list[str]:
