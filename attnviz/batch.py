@@ -302,6 +302,16 @@ def process_batch(jobs: list[ImageJob], run: Run, out_dir: Path, progress=None) 
             job.status = "done"
 
 
+def explain_group(jobs: list[ImageJob], run: Run, out_dir: Path, force: bool, progress=None) -> None:
+    """One batch of the run: hash each file, skip those finished with these settings, explain and write the rest
+    in one pass per model; every job ends done, skipped or failed. The local loop and each Ray worker run it."""
+    for job in jobs:
+        check_job(job, run, out_dir, force)
+    pending = [job for job in jobs if job.status == "pending"]
+    if pending:
+        process_batch(pending, run, out_dir, progress)
+
+
 def _outcome(job: ImageJob, out_dir: Path) -> str:
     """The job's one line on stdout."""
     if job.status == "failed":
@@ -358,11 +368,7 @@ def explain_all(jobs: list[ImageJob], run: Run, out_dir: Path, force: bool) -> b
         for start in range(0, len(jobs), run.batch_size):
             group = jobs[start : start + run.batch_size]
             report.status(group[0].label[-40:])
-            for job in group:
-                check_job(job, run, out_dir, force)
-            pending = [job for job in group if job.status == "pending"]
-            if pending:
-                process_batch(pending, run, out_dir, report.progress)
+            explain_group(group, run, out_dir, force, report.progress)
             for job in group:
                 report.finished(job)
     except KeyboardInterrupt:

@@ -85,11 +85,11 @@ def _worker_class(ray):
     class ExplainWorker:
         """One worker: the run's model set, loaded once; explains and writes batches of images."""
 
-        def __init__(self, args: argparse.Namespace, out_dir: str, threads: int) -> None:
+        def __init__(self, args: argparse.Namespace) -> None:
             import torch
 
-            torch.set_num_threads(max(1, threads))
-            self.args, self.out_dir, self.run = args, Path(out_dir), None
+            torch.set_num_threads(args.worker_cpus)
+            self.args, self.run = args, None
 
         def ready(self) -> dict:
             """Load the set (its error, raised here and not in the constructor, ends the job as in the local
@@ -100,13 +100,9 @@ def _worker_class(ray):
 
         def process(self, jobs: list[ImageJob], force: bool) -> list[tuple[str, str, str]]:
             """Check, explain and write ``jobs``; each one's (status, reason, sha256)."""
-            from attnviz.batch import check_job, process_batch
+            from attnviz.batch import explain_group
 
-            for job in jobs:
-                check_job(job, self.run, self.out_dir, force)
-            pending = [job for job in jobs if job.status == "pending"]
-            if pending:
-                process_batch(pending, self.run, self.out_dir)
+            explain_group(jobs, self.run, self.args.out, force)
             return [(job.status, job.reason, job.sha256) for job in jobs]
 
     return ray.remote(ExplainWorker)
@@ -151,14 +147,14 @@ def explain_on_ray(jobs: list[ImageJob], run: Run, args: argparse.Namespace, out
         n_workers = cluster_plan(ray, args.workers, args.worker_cpus)
         report = Reporter(len(jobs), out_dir, f"explaining ({n_workers} Ray workers)", stream=stdout)
         try:
-            return _dispatch(ray, jobs, ray_args, run.batch_size, str(out_dir.resolve()), force, n_workers, report)
+            return _dispatch(ray, jobs, ray_args, run.batch_size, force, n_workers, report)
         except KeyboardInterrupt:
             return True
         finally:
             report.close()
 
 
-def _dispatch(ray, jobs: list[ImageJob], ray_args: argparse.Namespace, batch_size: int, out_dir: str, force: bool,
+def _dispatch(ray, jobs: list[ImageJob], ray_args: argparse.Namespace, batch_size: int, force: bool,
               n_workers: int, report: Reporter) -> bool:
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -171,12 +167,11 @@ def _dispatch(ray, jobs: list[ImageJob], ray_args: argparse.Namespace, batch_siz
     names: dict = {}  # actor -> "node:pid" once ready
 
     def start_worker() -> None:
-        actor = Worker.remote(ray_args, out_dir, ray_args.worker_cpus)
+        actor = Worker.remote(ray_args)
         starting[actor.ready.remote()] = actor
 
     def unwrap(exc: RayTaskError) -> Exception:
-        cause = exc.cause if isinstance(exc, RayTaskError) else exc
-        return cause if isinstance(cause, AttnvizError | UsageError) else exc
+        return exc.cause if isinstance(exc.cause, AttnvizError | UsageError) else exc
 
     for _ in range(n_workers):
         start_worker()
