@@ -44,6 +44,7 @@ from attnviz.batch import (
     prepare_run,
 )
 from attnviz.batch_report import n_images, write_report
+from attnviz.distributed import add_engine_arguments, engine_problem, import_ray
 from attnviz.errors import AttnvizError
 
 if TYPE_CHECKING:  # the command starts without importing torch; the explain command loads it when it runs
@@ -98,18 +99,8 @@ def _explain_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="N",
                         help=f"images per pass of each model, for the methods that come from one pass; the results "
                              f"are those of one image at a time ({BATCH_SIZE})")
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--engine", choices=("local", "ray"), default="local",
-                        help="local: this process; ray: Ray workers, each writing its images' folders itself "
-                             "(pip install 'attnviz[ray]')")
-    engine.add_argument("--address", metavar="ADDR",
-                        help="with --engine ray: the cluster to join (host:port, or auto); default: a local Ray "
-                             "instance on 127.0.0.1, stopped at the end")
-    engine.add_argument("--workers", type=int, metavar="N",
-                        help="with --engine ray: workers, each loading the set once (default: as many as the "
-                             "cluster's CPUs hold)")
-    engine.add_argument("--worker-cpus", type=int, default=1, metavar="N",
-                        help="with --engine ray: CPUs (and torch threads) per worker (1)")
+    add_engine_arguments(parser, "local: this process; ray: Ray workers, each writing its images' folders itself "
+                                 "(pip install 'attnviz[ray]')")
     parser.add_argument("--per-page", type=int, default=PER_PAGE, metavar="N",
                         help=f"images per page of the report; report.html is the index of the pages ({PER_PAGE})")
     return parser
@@ -125,15 +116,10 @@ def explain_command(argv: list[str]) -> int:
         raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; give a folder")
-    if args.engine != "ray":
-        given = [name for name, value in (("--address", args.address), ("--workers", args.workers)) if value]
-        if given or args.worker_cpus != 1:
-            raise UsageError(f"{(given or ['--worker-cpus'])[0]} needs --engine ray")
-    else:
-        if (args.workers is not None and args.workers < 1) or args.worker_cpus < 1:
-            raise UsageError("--workers and --worker-cpus must be at least 1")
-        from attnviz.distributed import import_ray
-
+    problem = engine_problem(args)
+    if problem:
+        raise UsageError(problem)
+    if args.engine == "ray":
         import_ray(args.address)  # without Ray: one line saying how to install it, before anything else
     jobs = find_images(args.paths, args.out)
     if not jobs:

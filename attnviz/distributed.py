@@ -37,6 +37,33 @@ MAX_ATTEMPTS = 3  # a batch whose actor died this many times fails instead of ki
 START_TIMEOUT_S = 600.0  # how long the job waits for a first (or, with none left, a new) worker
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser, engine_help: str, workers: str = "--workers") -> None:
+    """--engine, --address, the workers option (``workers``: its name) and --worker-cpus, for a command that runs
+    locally or on Ray."""
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local", help=engine_help)
+    engine.add_argument("--address", metavar="ADDR",
+                        help="with --engine ray: the cluster to join (host:port, or auto); default: a local Ray "
+                             "instance on 127.0.0.1, stopped at the end")
+    engine.add_argument(workers, type=int, metavar="N",
+                        help="with --engine ray: workers, each loading the set once (default: as many as the "
+                             "cluster's CPUs hold)")
+    engine.add_argument("--worker-cpus", type=int, default=1, metavar="N",
+                        help="with --engine ray: CPUs (and torch threads) per worker (1)")
+
+
+def engine_problem(args: argparse.Namespace, workers: str = "--workers") -> str | None:
+    """What is wrong with the engine options, in one line; None when they go together."""
+    count = getattr(args, workers.lstrip("-").replace("-", "_"))
+    if args.engine != "ray":
+        given = [name for name, value in (("--address", args.address), (workers, count)) if value]
+        if given or args.worker_cpus != 1:
+            return f"{(given or ['--worker-cpus'])[0]} needs --engine ray"
+    elif (count is not None and count < 1) or args.worker_cpus < 1:
+        return f"{workers} and --worker-cpus must be at least 1"
+    return None
+
+
 def import_ray(address: str | None):
     """Ray, imported so that it stays on loopback when the cluster is this machine's; one line if it is missing."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -109,9 +136,11 @@ def _worker_class(ray):
 
 
 @dataclass
-class _Batch:
-    jobs: list[ImageJob]
-    attempts: int = 0
+class Task:
+    """One piece of a job for a worker: the arguments of its ``process`` call, and the workers it was lost on."""
+
+    payload: tuple
+    label: str  # for messages, e.g. "its 4 images"
     lost_on: list[str] = field(default_factory=list)
 
 
@@ -156,88 +185,148 @@ def explain_on_ray(jobs: list[ImageJob], run: Run, args: argparse.Namespace, out
 
 def _dispatch(ray, jobs: list[ImageJob], ray_args: argparse.Namespace, batch_size: int, force: bool,
               n_workers: int, report: Reporter) -> bool:
-    from ray.exceptions import RayActorError, RayTaskError
-
-    Worker = _worker_class(ray).options(num_cpus=ray_args.worker_cpus, scheduling_strategy="SPREAD",
+    """Batches of ``batch_size`` images to the workers; each image's outcome to the report as it comes."""
+    worker = _worker_class(ray).options(num_cpus=ray_args.worker_cpus, scheduling_strategy="SPREAD",
                                         max_restarts=0)
-    queue = deque(_Batch(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size))
-    starting: dict = {}  # ready() ref -> actor
-    idle: list = []
-    running: dict = {}  # process() ref -> (actor, batch)
-    names: dict = {}  # actor -> "node:pid" once ready
+    tasks = [Task((jobs[i : i + batch_size], force), f"its {len(jobs[i : i + batch_size])} images")
+             for i in range(0, len(jobs), batch_size)]
 
-    def start_worker() -> None:
-        actor = Worker.remote(ray_args)
-        starting[actor.ready.remote()] = actor
+    def done(task: Task, outcomes: list) -> None:
+        for job, (status, reason, sha256) in zip(task.payload[0], outcomes, strict=True):
+            job.status, job.reason, job.sha256 = status, reason, sha256
+            report.finished(job)
 
-    def unwrap(exc: RayTaskError) -> Exception:
-        return exc.cause if isinstance(exc.cause, AttnvizError | UsageError) else exc
+    def failed(task: Task) -> None:
+        for job in task.payload[0]:
+            job.status = "failed"
+            job.reason = (f"the Ray worker explaining it died {MAX_ATTEMPTS} times ({', '.join(task.lost_on)}); "
+                          f"a file that crashes the process, or nodes out of memory")
+            report.finished(job)
 
-    for _ in range(n_workers):
-        start_worker()
-    waiting_since = time.monotonic()
+    names: dict = {}
+    pool: list = []
     try:
-        while queue or running:
-            while idle and queue:
-                actor, batch = idle.pop(), queue.popleft()
-                running[actor.process.remote(batch.jobs, force)] = (actor, batch)
-            if not running and not starting:
-                start_worker()  # every worker is gone: ask for a new one
-            ready, _ = ray.wait(list(starting) + list(running), num_returns=1, timeout=5.0)
-            if not ready:
-                if not running and time.monotonic() - waiting_since > START_TIMEOUT_S:
-                    raise AttnvizError(f"no Ray worker started in {START_TIMEOUT_S:.0f} s: the cluster has no "
-                                       f"{ray_args.worker_cpus} free CPUs for one; free some or lower --worker-cpus")
-                continue
-            ref = ready[0]
-            if ref in starting:  # a worker has loaded the set, or failed to
-                actor = starting.pop(ref)
-                try:
-                    where = ray.get(ref)
-                except RayTaskError as exc:
-                    raise unwrap(exc) from None  # the set cannot load: the same error as the local run
-                except RayActorError:  # died while starting (its node lost): ask for another
-                    print("a Ray worker was lost while starting; asking for another", file=sys.stderr, flush=True)
-                    start_worker()
-                    continue
-                names[actor] = f"{where['node'][:8]}:{where['pid']}"
-                print(f"Ray worker {names[actor]} (node:pid) ready", file=sys.stderr, flush=True)
-                idle.append(actor)
-                continue
-            actor, batch = running.pop(ref)
-            try:
-                outcomes = ray.get(ref)
-            except RayActorError:
-                waiting_since = time.monotonic()
-                _lost(batch, names.get(actor, "a worker"), queue, report)
-                start_worker()
-                continue
-            except RayTaskError as exc:
-                raise unwrap(exc) from None
-            for job, (status, reason, sha256) in zip(batch.jobs, outcomes, strict=True):
-                job.status, job.reason, job.sha256 = status, reason, sha256
-                report.finished(job)
-            idle.append(actor)
+        run_tasks(ray, lambda: worker.remote(ray_args), tasks, n_workers, ray_args.worker_cpus, done, failed,
+                  names, pool)
     finally:
-        for actor in [*idle, *starting.values(), *(a for a, _ in running.values())]:
+        for actor in pool:
             ray.kill(actor)
-    nodes = {name.split(":")[0] for name in names.values()}
-    print(f"Ray: {len(names)} worker{'s' if len(names) != 1 else ''} on {len(nodes)} node"
-          f"{'s' if len(nodes) != 1 else ''} explained these images", file=sys.stderr, flush=True)
+    print(workers_line(names, "explained these images"), file=sys.stderr, flush=True)
     return False
 
 
-def _lost(batch: _Batch, worker: str, queue: deque, report: Reporter) -> None:
-    """A batch whose worker died: queued again, or failed image by image after MAX_ATTEMPTS."""
-    batch.attempts += 1
-    batch.lost_on.append(worker)
-    if batch.attempts < MAX_ATTEMPTS:
-        queue.append(batch)
-        print(f"Ray worker {worker} lost; its {len(batch.jobs)} images go to another worker", file=sys.stderr,
-              flush=True)
+def workers_line(names: dict, what: str) -> str:
+    """"Ray: 2 workers on 2 nodes <what>" from the ready workers' "node:pid" names."""
+    nodes = {name.split(":")[0] for name in names.values()}
+    return (f"Ray: {len(names)} worker{'s' if len(names) != 1 else ''} on {len(nodes)} node"
+            f"{'s' if len(nodes) != 1 else ''} {what}")
+
+
+def run_tasks(ray, new_worker, tasks: list[Task], n_workers: int, worker_cpus: int, done, failed, names: dict,
+              pool: list) -> None:
+    """Every task through ``process`` of ``n_workers`` actors, one task in flight per actor; ``done(task, value)``
+    as each returns. ``new_worker()`` makes an actor (its ``ready()`` loads what it needs; an error there ends the
+    job with that error). A task whose actor dies (its process or node lost) goes to another actor and a
+    replacement is asked for; one lost ``MAX_ATTEMPTS`` times goes to ``failed(task)``. ``pool``: ready actors,
+    used first and left there for the caller's next call (the caller kills them); ``names``: actor -> "node:pid"
+    of every actor that became ready."""
+    queue = deque(tasks)
+    state = _Workers(ray, new_worker, names, list(pool))
+    for _ in range(n_workers - len(state.idle)):
+        state.start()
+    try:
+        while queue or state.running:
+            while state.idle and queue:
+                actor, task = state.idle.pop(), queue.popleft()
+                state.running[actor.process.remote(*task.payload)] = (actor, task)
+            if not state.running and not state.starting:
+                state.start()  # every worker is gone: ask for a new one
+            ref = state.next_ready(worker_cpus)
+            if ref is None or ref in state.starting and state.became_ready(ref):
+                continue
+            actor, task = state.running.pop(ref)
+            value = state.value(ref)
+            if value is _LOST:
+                _lost(task, names.get(actor, "a worker"), queue, failed)
+                state.start()
+                continue
+            done(task, value)
+            state.idle.append(actor)
+    finally:
+        pool[:] = state.idle
+        for actor in [*state.starting.values(), *(a for a, _ in state.running.values())]:
+            ray.kill(actor)
+
+
+_LOST = object()  # what a task's value is when its worker died
+
+
+class _Workers:
+    """The actors of ``run_tasks``: starting (ready() in flight), idle, and running (one task each)."""
+
+    def __init__(self, ray, new_worker, names: dict, idle: list) -> None:
+        self.ray, self.new_worker, self.names, self.idle = ray, new_worker, names, idle
+        self.starting: dict = {}  # ready() ref -> actor
+        self.running: dict = {}  # process() ref -> (actor, task)
+        self.waiting_since = time.monotonic()
+
+    def start(self) -> None:
+        actor = self.new_worker()
+        self.starting[actor.ready.remote()] = actor
+
+    def next_ready(self, worker_cpus: int):
+        """The next finished ready() or process() call; None after 5 s without one (an error when no worker has
+        started for START_TIMEOUT_S)."""
+        ready, _ = self.ray.wait(list(self.starting) + list(self.running), num_returns=1, timeout=5.0)
+        if ready:
+            return ready[0]
+        if not self.running and time.monotonic() - self.waiting_since > START_TIMEOUT_S:
+            raise AttnvizError(f"no Ray worker started in {START_TIMEOUT_S:.0f} s: the cluster has no "
+                               f"{worker_cpus} free CPUs for one; free some or lower --worker-cpus")
+        return None
+
+    def became_ready(self, ref) -> bool:
+        """A worker has loaded what it needs (then idle), failed to (the job ends with its error), or died
+        starting (a new one is asked for). True: ``ref`` was handled."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        actor = self.starting.pop(ref)
+        try:
+            where = self.ray.get(ref)
+        except RayTaskError as exc:
+            raise _unwrap(exc) from None  # the set cannot load: the same error as the local run
+        except RayActorError:  # died while starting (its node lost): ask for another
+            print("a Ray worker was lost while starting; asking for another", file=sys.stderr, flush=True)
+            self.start()
+            return True
+        self.names[actor] = f"{where['node'][:8]}:{where['pid']}"
+        print(f"Ray worker {self.names[actor]} (node:pid) ready", file=sys.stderr, flush=True)
+        self.idle.append(actor)
+        return True
+
+    def value(self, ref):
+        """A finished task's value; ``_LOST`` when its worker died."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return self.ray.get(ref)
+        except RayActorError:
+            self.waiting_since = time.monotonic()
+            return _LOST
+        except RayTaskError as exc:
+            raise _unwrap(exc) from None
+
+
+def _unwrap(exc) -> Exception:
+    """attnviz's own error raised in a worker, as the local run raises it; any other error as Ray gives it."""
+    return exc.cause if isinstance(exc.cause, AttnvizError | UsageError) else exc
+
+
+def _lost(task: Task, worker: str, queue: deque, failed) -> None:
+    """A task whose worker died: queued again, or given to ``failed`` after MAX_ATTEMPTS."""
+    task.lost_on.append(worker)
+    if len(task.lost_on) < MAX_ATTEMPTS:
+        queue.append(task)
+        print(f"Ray worker {worker} lost; {task.label} go to another worker", file=sys.stderr, flush=True)
         return
-    for job in batch.jobs:
-        job.status = "failed"
-        job.reason = (f"the Ray worker explaining it died {MAX_ATTEMPTS} times ({', '.join(batch.lost_on)}); "
-                      f"a file that crashes the process, or nodes out of memory")
-        report.finished(job)
+    failed(task)

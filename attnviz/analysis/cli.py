@@ -26,6 +26,8 @@ from attnviz.analysis.dataset import VAL_SHARE, folder_name
 from attnviz.analysis.report import write_report
 from attnviz.analysis.results import analysis_dir, read_result
 from attnviz.analysis.run import check_set, run_analysis, run_sections, skipped_parts
+from attnviz.batch import UsageError
+from attnviz.distributed import add_engine_arguments, engine_problem
 from attnviz.errors import AttnvizError
 from attnviz.knockout import KNOCKOUT_VALUES
 from attnviz.models import VARIANTS
@@ -54,6 +56,15 @@ def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"without --threshold: the share of the usable images, at most --val of them, held out at "
                            f"random (--seed) to choose the IoU threshold and not measured (default {VAL_SHARE:g}); "
                            f"with --test N a random N of the others are measured (default all)")
+
+
+def _engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--engine ray and its options (the analysis' measuring phases on a Ray cluster; --workers is ROAD's)."""
+    add_engine_arguments(
+        parser, "local (default), or ray: the measuring phases (val, test, unseen, pairs, Score-CAM, faithfulness) "
+                "spread over Ray workers, each unit's values kept in <out>/.attnviz-work until the report is "
+                "written, so a run that stopped goes on where it was; the sections (knock-out, sanity) run here. "
+                "Needs pip install 'attnviz[ray]'", workers="--ray-workers")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="processes for ROAD's imputation, 0 inline (default 2)")
     run.add_argument("--threads", type=int, help="torch threads (default: torch's own, which honours OMP_NUM_THREADS)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _engine_arguments(parser)
     run.add_argument(
         "--report-only",
         action="store_true",
@@ -203,7 +215,13 @@ def output_dir(args: argparse.Namespace, config: AnalysisConfig, models: Iterabl
 
 
 def _check_data_options(args: argparse.Namespace) -> None:
-    """One line when the options of the user's images do not go together."""
+    """One line when the options of the user's images, or of the engine, do not go together."""
+    problem = engine_problem(args, "--ray-workers")
+    if problem:
+        raise AttnvizError(problem)
+    if args.engine == "ray" and (args.sections or args.report_only):
+        raise AttnvizError(f"{'--sections' if args.sections else '--report-only'} runs here, not on Ray: leave out "
+                           f"--engine ray")
     if bool(args.images) != bool(args.masks):
         given, missing = ("--images", "--masks") if args.images else ("--masks", "--images")
         raise AttnvizError(f"{given} needs {missing}: give both, a folder of images and one of their mask PNGs")
@@ -239,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     command = "python -m attnviz.analyze" + (f" {shlex.join(argv)}" if argv else "")
+    if args.engine == "ray":  # Ray's workers start in other folders: every path absolute
+        for name in ("images", "masks", "labels", "weights_dir", "out"):
+            if getattr(args, name) is not None:
+                setattr(args, name, getattr(args, name).resolve())
     try:
         _check_data_options(args)
         config = config_from_args(args)
@@ -260,10 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             config = source.config(config)
         if args.sections:
             return _sections_command(args, info, config, out, source)
-        model_set = load_model_set(info.name, args.weights_dir, variants=variants)
-        result = run_analysis(model_set, config, progress=not args.quiet, command=command, source=source)
-        written = write_report(result, out)
-    except AttnvizError as exc:
+        result, written = _measure(args, info, variants, config, source, out, command)
+    except (AttnvizError, UsageError) as exc:  # UsageError: --engine ray without Ray installed
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {out} in {result['timing']['total_s'] / 60:.1f} min")
@@ -272,6 +292,37 @@ def main(argv: list[str] | None = None) -> int:
         kind = "a quick run" if args.quick else "a run with less than the default sample"
         print(f"{kind}: {shipped} (what the app shows) is untouched; give --out {shipped} to replace it")
     return 0
+
+
+def _measure(args: argparse.Namespace, info, variants: list[str], config: AnalysisConfig, source, out: Path,
+             command: str) -> tuple[dict, list]:
+    """Load the set, measure (here, or with --engine ray on Ray workers) and write the report."""
+    model_set = load_model_set(info.name, args.weights_dir, variants=variants)
+    if args.engine != "ray":
+        result = run_analysis(model_set, config, progress=not args.quiet, command=command, source=source)
+        return result, write_report(result, out)
+    import contextlib
+
+    from attnviz.analysis.items import SceneSource
+    from attnviz.analysis.on_ray import WORK_DIR, RayEngine, ray_setup
+    from attnviz.distributed import cluster_plan, ray_session
+    from attnviz.weights import default_weights_dir
+
+    source = source or SceneSource(model_set.classes, model_set.preprocessing)
+    weights_dir = Path(args.weights_dir or default_weights_dir()).resolve()
+    written = None
+    # Ray's driver prints cluster events to stdout: to stderr, so that stdout keeps the command's one line
+    with contextlib.redirect_stdout(sys.stderr), ray_session(args.address) as ray:
+        n_workers = cluster_plan(ray, args.ray_workers, args.worker_cpus)
+        setup = ray_setup(info, variants, config, source, args.worker_cpus, weights_dir)
+        engine = RayEngine(ray, out.resolve() / WORK_DIR, setup, n_workers, args.worker_cpus)
+        try:
+            result = run_analysis(model_set, config, progress=not args.quiet, command=command, source=source,
+                                  engine=engine)
+            written = write_report(result, out)
+        finally:
+            engine.close(remove=written is not None)
+    return result, written
 
 
 def _sections_command(args: argparse.Namespace, info, config: AnalysisConfig, out: Path, source=None) -> int:

@@ -238,6 +238,10 @@ class FolderSource:
         return image_items(split, index, load_image(pair.image), [read_mask(pair.mask)], [pair.target],
                            self.preprocessing)
 
+    def items_per_scene(self, split: str) -> int:
+        """One CAM per image (one mask each)."""
+        return 1
+
     def sample(self, count: int) -> list[int]:
         """The test positions of a section that measures ``count`` of them: a random subset (all when ``count``
         reaches the number measured), in path order; a smaller count's is a part of a larger one's."""

@@ -80,6 +80,10 @@ class SceneSource:
     def items(self, split: str, index: int) -> list[Item]:
         return scene_items(split, index, self.classes, self.preprocessing)
 
+    def items_per_scene(self, split: str) -> int:
+        """CAMs per scene: two in a two-object scene (one per class), else one."""
+        return 2 if split == "pairs" else 1
+
     def sample(self, count: int) -> list[int]:
         """The test positions of a section that measures ``count`` of them: the first ``count`` scenes."""
         return list(range(count))

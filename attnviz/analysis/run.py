@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from attnviz.analysis.config import BASELINE, LOCALISATION, SECTIONS, AnalysisConfig, CamConfig
-from attnviz.analysis.faithfulness import measure_faithfulness
+from attnviz.analysis.engine import Engine, LocalEngine, Unit, plan_units
+from attnviz.analysis.faithfulness import Imputer, faithfulness_unit, measure_faithfulness
 from attnviz.analysis.items import BatchPass, Item, SceneSource, explain_batch
 from attnviz.analysis.stats import ExcitationStats, Records, per_scene, summarise
 from attnviz.errors import AttnvizError
@@ -46,7 +47,7 @@ class _Context:
     threshold: float = 0.5
     records: dict[str, Records] = field(default_factory=lambda: defaultdict(Records))
     faith_maps: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
-    faith_items: list[Item] = field(default_factory=list)
+    faith_items: dict[int, Item] = field(default_factory=dict)  # place among the faithfulness items -> the item
     faith_probability: dict[tuple[int, str], float] = field(default_factory=dict)
     faith_target: dict[tuple[int, str], int] = field(default_factory=dict)  # the class each model's maps explain
     excitation: dict[str, ExcitationStats] = field(default_factory=dict)
@@ -56,6 +57,59 @@ class _Context:
     area: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     curves: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
     timing: dict[str, float] = field(default_factory=dict)
+    val_rows: list[np.ndarray] = field(default_factory=list)  # IoU curves of the val scenes, in order
+    imputer: Imputer | None = None  # ROAD's imputation processes while the faithfulness phase runs
+
+    def fresh(self, faith_inputs: bool = False) -> _Context:
+        """A context for one unit of work: the same models, data and threshold and empty accumulators (``partial``
+        takes them out, ``absorb`` adds them to another context); with ``faith_inputs``, this context's maps and
+        items of the faithfulness scenes, which a faithfulness unit reads."""
+        ctx = _Context(self.model_set, self.config, self.explainers, False, self.source, self.threshold,
+                       imputer=self.imputer)
+        if faith_inputs:
+            ctx.faith_maps, ctx.faith_items = self.faith_maps, self.faith_items
+            ctx.faith_probability, ctx.faith_target = self.faith_probability, self.faith_target
+        return ctx
+
+    def partial(self) -> dict:
+        """What this context measured, as plain picklable values (a Ray worker writes it to the work folder)."""
+        return {
+            "records": {split: dict(r.values) for split, r in self.records.items()},
+            "area": dict(self.area),
+            "excitation": dict(self.excitation),
+            "spatial": {v: {b: {k: list(x) for k, x in stats.items()} for b, stats in blocks.items()}
+                        for v, blocks in self.spatial.items()},
+            "curves": dict(self.curves),
+            "val_rows": list(self.val_rows),
+            "faith": {"maps": dict(self.faith_maps), "items": dict(self.faith_items),
+                      "probability": dict(self.faith_probability), "target": dict(self.faith_target)},
+        }
+
+    def absorb(self, partial: dict) -> None:
+        """Add a unit's measurements after those already here (units are absorbed in their order, so the values
+        are in the order a single pass over the data gives)."""
+        for split, values in partial["records"].items():
+            for key, rows in values.items():
+                self.records[split].values[key].extend(rows)
+        for split, values in partial["area"].items():
+            self.area[split].extend(values)
+        for variant, stats in partial["excitation"].items():
+            if variant in self.excitation:
+                self.excitation[variant].merge(stats)
+            else:
+                self.excitation[variant] = stats
+        for variant, blocks in partial["spatial"].items():
+            for block, stats in blocks.items():
+                for name, values in stats.items():
+                    self.spatial[variant][block][name].extend(values)
+        for key, rows in partial["curves"].items():
+            self.curves[key].extend(rows)
+        self.val_rows.extend(partial["val_rows"])
+        faith = partial["faith"]  # the faithfulness scenes' maps, from the test units
+        self.faith_maps.update(faith["maps"])
+        self.faith_items.update(faith["items"])
+        self.faith_probability.update(faith["probability"])
+        self.faith_target.update(faith["target"])
 
     def bar(self, total: int, desc: str):
         from tqdm import tqdm
@@ -65,19 +119,9 @@ class _Context:
         )
 
 
-def _batches(split: str, count: int, ctx: _Context):
-    """Items of ``count`` scenes (or images), a batch of about ``batch_size`` CAMs at a time, with the number of
-    scenes."""
-    batch: list[Item] = []
-    scenes = 0
-    for index in range(count):
-        batch.extend(ctx.source.items(split, index))
-        scenes += 1
-        if len(batch) >= ctx.config.batch_size:
-            yield batch, scenes
-            batch, scenes = [], 0
-    if batch:
-        yield batch, scenes
+def _unit_items(ctx: _Context, unit: Unit) -> list[Item]:
+    """The CAMs of the unit's scenes (or images), in order."""
+    return [item for index in range(unit.start, unit.stop) for item in ctx.source.items(unit.split, index)]
 
 
 def _main_configs(config: AnalysisConfig) -> list[CamConfig]:
@@ -92,25 +136,15 @@ def _main_configs(config: AnalysisConfig) -> list[CamConfig]:
     return configs
 
 
-def _choose_threshold(ctx: _Context) -> dict:
+def _choose_threshold(ctx: _Context, engine: Engine) -> dict:
     """The IoU threshold that maximises the mean IoU of Grad-CAM at layer4 over every model on the val scenes (a
     folder's held-out images)."""
     config = ctx.config
     if config.threshold is not None:
         ctx.threshold = config.threshold
         return {"value": config.threshold, "chosen_on": "given on the command line"}
-    gradcam = CamConfig("gradcam", "layer4")
-    rows = []
-    with ctx.bar(config.val, "val: IoU threshold") as bar:
-        for items, scenes in _batches("val", config.val, ctx):
-            x = torch.stack([it.tensor for it in items])
-            targets = [it.target for it in items]
-            masks = np.stack([it.own for it in items])
-            for explainer in ctx.explainers.values():
-                maps = explain_batch(explainer, x, targets, [gradcam]).maps[gradcam.key]
-                rows.append(iou_curve(maps, masks, THRESHOLD_GRID))
-            bar.update(scenes)
-    ctx.threshold, means = choose_threshold(np.concatenate(rows), THRESHOLD_GRID)
+    engine.run(ctx, plan_units(ctx.source, "val", "val", config.val, config.batch_size), "val: IoU threshold")
+    ctx.threshold, means = choose_threshold(np.concatenate(ctx.val_rows), THRESHOLD_GRID)
     return {
         "value": ctx.threshold,
         "chosen_on": f"{ctx.source.threshold_sample(config.val)}: the highest mean IoU of Grad-CAM at layer4 over "
@@ -120,63 +154,79 @@ def _choose_threshold(ctx: _Context) -> dict:
     }
 
 
-def _localise(ctx: _Context, split: str, count: int) -> None:
+def _val_unit(ctx: _Context, unit: Unit) -> None:
+    """The IoU curves of Grad-CAM at layer4 of every model on the unit's val scenes."""
+    gradcam = CamConfig("gradcam", "layer4")
+    items = _unit_items(ctx, unit)
+    x = torch.stack([it.tensor for it in items])
+    targets = [it.target for it in items]
+    masks = np.stack([it.own for it in items])
+    for explainer in ctx.explainers.values():
+        maps = explain_batch(explainer, x, targets, [gradcam]).maps[gradcam.key]
+        ctx.val_rows.append(iou_curve(maps, masks, THRESHOLD_GRID))
+
+
+def _localise(ctx: _Context, engine: Engine, split: str, count: int) -> None:
     """Accuracy and localisation of every config on ``count`` scenes of ``split``; the attention read-out on test."""
-    config = ctx.config
+    engine.run(ctx, plan_units(ctx.source, "localise", split, count, ctx.config.batch_size), split)
+
+
+def _localise_unit(ctx: _Context, unit: Unit) -> None:
+    """One batch of ``_localise``: its scenes' CAMs through every model."""
+    config, split = ctx.config, unit.split
     configs = _main_configs(config)
     records = ctx.records[split]
     faith_keys = [CamConfig(m, "layer4").key for m in config.methods]
     # test position -> its place among the faithfulness items (the first test scenes; a folder's: drawn at random)
     faith = {p: k for k, p in enumerate(ctx.source.sample(config.faithfulness))} if split == "test" else {}
-    position = 0
-    with ctx.bar(count, split) as bar, _numpy_seeded(config.seed, *split.encode()):
-        for items, scenes in _batches(split, count, ctx):
-            x = torch.stack([it.tensor for it in items])
-            given = [it.target for it in items]  # None: each model's own top-1
-            own = np.stack([it.own for it in items])
-            own_distance = np.stack([it.own_distance for it in items])
-            pairs = items[0].other is not None
+    items = _unit_items(ctx, unit)
+    with _numpy_seeded(config.seed, *split.encode(), unit.start):
+        x = torch.stack([it.tensor for it in items])
+        given = [it.target for it in items]  # None: each model's own top-1
+        own = np.stack([it.own for it in items])
+        own_distance = np.stack([it.own_distance for it in items])
+        pairs = items[0].other is not None
+        if pairs:
+            other = np.stack([it.other for it in items])
+            other_distance = np.stack([it.other_distance for it in items])
+        ctx.area[split].extend(area_share(own).tolist())
+        for variant, explainer in ctx.explainers.items():
+            out = explain_batch(explainer, x, given, configs)
+            targets = out.targets
             if pairs:
-                other = np.stack([it.other for it in items])
-                other_distance = np.stack([it.other_distance for it in items])
-            ctx.area[split].extend(area_share(own).tolist())
-            for variant, explainer in ctx.explainers.items():
-                out = explain_batch(explainer, x, given, configs)
-                targets = out.targets
+                top2 = out.logits.topk(2, dim=1).indices.numpy()
+                records.add("top2", variant, "", per_scene((top2 == targets[:, None]).any(axis=1)))
+            elif not ctx.source.top1:  # accuracy needs each image's true class
+                records.add("accuracy", variant, "", out.logits.argmax(dim=1).numpy() == targets)
+            for key, maps in out.maps.items():
+                values = {
+                    "pointing": pointing_hits(maps, own_distance, config.tolerance),
+                    "energy": energy_in_mask(maps, own),
+                    "iou": mask_iou(maps, own, ctx.threshold),
+                }
                 if pairs:
-                    top2 = out.logits.topk(2, dim=1).indices.numpy()
-                    records.add("top2", variant, "", per_scene((top2 == targets[:, None]).any(axis=1)))
-                elif not ctx.source.top1:  # accuracy needs each image's true class
-                    records.add("accuracy", variant, "", out.logits.argmax(dim=1).numpy() == targets)
-                for key, maps in out.maps.items():
-                    values = {
-                        "pointing": pointing_hits(maps, own_distance, config.tolerance),
-                        "energy": energy_in_mask(maps, own),
-                        "iou": mask_iou(maps, own, ctx.threshold),
-                    }
-                    if pairs:
-                        values["pointing_other"] = pointing_hits(maps, other_distance, config.tolerance)
-                        values["energy_other"] = energy_in_mask(maps, other)
-                    for metric, per_cam in values.items():
-                        records.add(metric, variant, key, per_scene(per_cam) if pairs else per_cam)
-                if split == "test":
-                    _read_attention(ctx, variant, out, targets, own)
-                    probabilities = target_probability(out.logits, torch.from_numpy(targets)).numpy()
-                    for b in range(len(items)):
-                        k = faith.get(position + b)
-                        if k is not None:
-                            ctx.faith_maps[k, variant] = np.stack([out.maps[key][b] for key in faith_keys])
-                            ctx.faith_probability[k, variant] = float(probabilities[b])
-                            ctx.faith_target[k, variant] = int(targets[b])
-            ctx.faith_items.extend(it for b, it in enumerate(items) if position + b in faith)
-            position += len(items)
-            bar.update(scenes)
+                    values["pointing_other"] = pointing_hits(maps, other_distance, config.tolerance)
+                    values["energy_other"] = energy_in_mask(maps, other)
+                for metric, per_cam in values.items():
+                    records.add(metric, variant, key, per_scene(per_cam) if pairs else per_cam)
+            if split == "test":
+                _read_attention(ctx, variant, out, targets, own)
+                probabilities = target_probability(out.logits, torch.from_numpy(targets)).numpy()
+                for b in range(len(items)):
+                    k = faith.get(unit.position + b)
+                    if k is not None:
+                        ctx.faith_maps[k, variant] = np.stack([out.maps[key][b] for key in faith_keys])
+                        ctx.faith_probability[k, variant] = float(probabilities[b])
+                        ctx.faith_target[k, variant] = int(targets[b])
+    for b, item in enumerate(items):
+        if unit.position + b in faith:
+            ctx.faith_items[faith[unit.position + b]] = item
 
 
 @contextlib.contextmanager
 def _numpy_seeded(*seed: int):
     """numpy's global generator seeded for the block, then put back: RandomCAM (pytorch-grad-cam's class) draws its
-    channel weights from it, and a run must give the same numbers every time."""
+    channel weights from it, and a run must give the same numbers every time, however its units are spread."""
     state = np.random.get_state()
     np.random.seed(list(seed))
     try:
@@ -204,32 +254,39 @@ def _read_attention(ctx: _Context, variant: str, out: BatchPass, targets: np.nda
         stats["outside"].extend(outside.tolist())
 
 
-def _scorecam(ctx: _Context) -> None:
+def _scorecam(ctx: _Context, engine: Engine) -> None:
     """Score-CAM at layer4 on the first test scenes (a folder's: drawn at random), with Grad-CAM's values on the
     same scenes beside it."""
-    config = ctx.config
-    scorecam = CamConfig("scorecam", "layer4")
-    records = ctx.records["scorecam"]
-    positions = ctx.source.sample(config.scorecam)
-    with ctx.bar(len(positions) * len(ctx.explainers), "Score-CAM") as bar:
-        for index in positions:
-            (item,) = ctx.source.items("test", index)
-            for variant, explainer in ctx.explainers.items():
-                maps = explain_batch(
-                    explainer, item.tensor[None], [item.target], [scorecam], config.scorecam_batch
-                ).maps[scorecam.key]
-                records.add(
-                    "pointing", variant, scorecam.key, pointing_hits(maps, item.own_distance[None], config.tolerance)
-                )
-                records.add("energy", variant, scorecam.key, energy_in_mask(maps, item.own[None]))
-                records.add("iou", variant, scorecam.key, mask_iou(maps, item.own[None], ctx.threshold))
-                bar.update(1)
+    positions = ctx.source.sample(ctx.config.scorecam)
+    engine.run(ctx, [Unit("scorecam", "test", p, p + 1, p) for p in positions], "Score-CAM")
     gradcam = CamConfig("gradcam", "layer4").key
     for metric in LOCALISATION:
         for variant in ctx.explainers:
             measured = ctx.records["test"].get(metric, variant, gradcam)
             if positions and len(measured) > positions[-1]:
-                records.add(metric, variant, gradcam, measured[positions])
+                ctx.records["scorecam"].add(metric, variant, gradcam, measured[positions])
+
+
+def _scorecam_unit(ctx: _Context, unit: Unit) -> None:
+    """Score-CAM of every model on one test scene."""
+    scorecam = CamConfig("scorecam", "layer4")
+    config, records = ctx.config, ctx.records["scorecam"]
+    (item,) = ctx.source.items("test", unit.start)
+    for variant, explainer in ctx.explainers.items():
+        maps = explain_batch(explainer, item.tensor[None], [item.target], [scorecam], config.scorecam_batch
+                             ).maps[scorecam.key]
+        records.add("pointing", variant, scorecam.key, pointing_hits(maps, item.own_distance[None], config.tolerance))
+        records.add("energy", variant, scorecam.key, energy_in_mask(maps, item.own[None]))
+        records.add("iou", variant, scorecam.key, mask_iou(maps, item.own[None], ctx.threshold))
+
+
+UNIT_RUNNERS = {"val": _val_unit, "localise": _localise_unit, "scorecam": _scorecam_unit,
+                "faithfulness": faithfulness_unit}
+
+
+def run_unit(ctx: _Context, unit: Unit) -> None:
+    """Measure one unit into ``ctx`` (a fresh context: ``_Context.fresh``)."""
+    UNIT_RUNNERS[unit.phase](ctx, unit)
 
 
 def check_set(name: str, classes: list[str], models: Iterable[str], variants: Iterable[str] | None = None,
@@ -270,6 +327,7 @@ def run_analysis(
     progress: bool = True,
     command: str = "python -m attnviz.analyze",
     source=None,
+    engine: Engine | None = None,
 ) -> dict:
     """Measure everything on a loaded model set; returns the JSON-ready result that ``write_report`` writes.
     ``source``: where the items come from, the generated scenes by default (``SceneSource``) or a folder of the
@@ -289,16 +347,17 @@ def run_analysis(
         ctx.timing[name] = round(time.perf_counter() - t0, 1)
         return value
 
-    threshold = phase("val", _choose_threshold, ctx)
-    phase("test", _localise, ctx, "test", config.test)
+    engine = engine or LocalEngine()
+    threshold = phase("val", _choose_threshold, ctx, engine)
+    phase("test", _localise, ctx, engine, "test", config.test)
     if config.unseen and "unseen" not in skipped:
-        phase("unseen", _localise, ctx, "unseen", config.unseen)
+        phase("unseen", _localise, ctx, engine, "unseen", config.unseen)
     if config.pairs and "pairs" not in skipped:
-        phase("pairs", _localise, ctx, "pairs", config.pairs)
+        phase("pairs", _localise, ctx, engine, "pairs", config.pairs)
     if config.scorecam:
-        phase("scorecam", _scorecam, ctx)
+        phase("scorecam", _scorecam, ctx, engine)
     if config.faithfulness:
-        phase("faithfulness", measure_faithfulness, ctx)
+        phase("faithfulness", measure_faithfulness, ctx, engine)
     result = phase("bootstrap", summarise, ctx, threshold, command)
     for name in SECTIONS:
         result[name] = phase(name, _section(name), ctx)

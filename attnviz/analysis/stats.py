@@ -78,6 +78,20 @@ class ExcitationStats:
             np.add.at(self.sums[block], rows, weights)
             np.add.at(self.squares[block], rows, weights**2)
 
+    def merge(self, other: ExcitationStats) -> None:
+        """Add another part's statistics (rows matched by class; classes new here are added in its order)."""
+        if not other.rows:
+            return
+        classes = np.array(sorted(other.rows, key=other.rows.get), np.int64)  # other's classes in its row order
+        rows = self._rows(classes)
+        self.count[rows] += other.count
+        for block, values in other.sums.items():
+            if block not in self.sums:
+                self.sums[block] = np.zeros((len(self.rows), values.shape[1]))
+                self.squares[block] = np.zeros((len(self.rows), values.shape[1]))
+            self.sums[block][rows] += values
+            self.squares[block][rows] += other.squares[block]
+
     def summary(self, class_names: list[str], profile_blocks: list[str]) -> dict:
         order = [self.rows[c] for c in sorted(self.rows)]  # the classes that occur, in the set's order
         count = self.count[order]
