@@ -10,6 +10,7 @@ them), or one line with that command when the files are not there.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,8 @@ def build_analysis_tab(
         make(gr.Markdown, tr("analysis_title"))
         other = _other_classes(weights_dir, set_name)
         line = f"{tr('analysis_missing')} `{command}`" if other is None else (
-            f"{tr('analysis_other_classes')} ({len(other)}: {', '.join(other[:3])}, …)")
+            f"{tr('analysis_other_classes')} ({len(other)}: {', '.join(other[:3])}, …). {tr('analysis_own_images')} "
+            f"`{command} --images DIR --masks DIR --out {shlex.quote(str(folder))}`")
         components["status"] = make(gr.Markdown, line, elem_id="analysis-status")
         return components
 
@@ -165,8 +167,14 @@ def _caption(name: str, result: dict, tr: Callable):
 def _sample_line(result: dict) -> str:
     """Which set, how many scenes, how long: plain facts from the JSON, the same in every language."""
     samples, timing = result["samples"], result["timing"]
+    data = result.get("data")
+    if data:  # a run on the user's own images with masks (--images, --masks)
+        measured = (f"{len(data['measured'])} images of `{data['images']}` ({len(data['held_out'])} held out for "
+                    f"the IoU threshold)")
+    else:
+        measured = (f"{samples['test']} test, {samples['unseen']} unseen-glyph, {samples['pairs']} two-object "
+                    f"scenes")
     return (
-        f"`{result['set']}`: {samples['test']} test, {samples['unseen']} unseen-glyph, {samples['pairs']} "
-        f"two-object scenes; faithfulness {samples['faithfulness']}, Score-CAM {samples['scorecam']}; "
+        f"`{result['set']}`: {measured}; faithfulness {samples['faithfulness']}, Score-CAM {samples['scorecam']}; "
         f"{timing['total_s'] / 60:.0f} min on {result['machine']['cores']} cores."
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,26 @@ def test_any_set_explains_its_own_top1_and_chooses_the_threshold_on_held_out_ima
     text = (out / analysis_config.MARKDOWN_NAME).read_text()
     assert "No accuracy: each model explains its own top-1 class" in text
     assert "1 held out at random (seed 0) to choose the IoU threshold and not measured" in text
+
+
+@pytest.mark.slow
+def test_the_analysis_tab_shows_a_run_on_the_users_images_of_an_imported_set(top1_run, tmp_path):
+    """The tab tells an imported set's user to run the analysis on their images with --out <set>/analysis: that
+    run's results then show there, like the scenes' analysis of the built-in set."""
+    import gradio as gr
+
+    from attnviz.analysis_view import build_analysis_tab
+
+    _, _, out, result = top1_run
+    weights = out.parent
+    shutil.copytree(out, weights / "other" / analysis_config.ANALYSIS_DIR)
+    with gr.Blocks():
+        shown = build_analysis_tab(weights, "other")
+    status = shown["status"].value
+    assert "other classes than the generated scenes" not in status, status
+    assert f"`other`: 2 images of `{result['data']['images']}` (1 held out for the IoU threshold)" in status
+    assert shown["plots"], "no plot of the run is shown"
+    assert result["target"].startswith("each model's own top-1 class")
 
 
 # --------------------------------------------------------------------------- the command's errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -357,7 +358,10 @@ def test_analysis_tab_says_an_imported_set_cannot_be_measured_and_what_it_would_
         shown = build_analysis_tab(tmp_path, "imported")
     line = shown["status"].value
     assert "other classes than the generated scenes" in line and "a mask of the object" in line
-    assert "(4: tench, goldfish, great white shark, …)" in line and "python -m attnviz.analyze" not in line
+    assert "(4: tench, goldfish, great white shark, …)" in line
+    out = shlex.quote(str(tmp_path / "imported" / analysis_config.ANALYSIS_DIR))
+    command = f"python -m attnviz.analyze --set imported --weights-dir {shlex.quote(str(tmp_path))}"
+    assert f"`{command} --images DIR --masks DIR --out {out}`" in line  # its results then show in this tab
     assert not shown["plots"]
 
 
