@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,6 +111,10 @@ class Run:
     opacity: float
     fingerprint: dict = field(default_factory=dict)
     batch_size: int = 1  # images per pass of each model (see batch_size_for)
+    # Which invocation wrote a result: a batch redone after its Ray worker died finds the images that worker
+    # finished in this run, and they count as done, not as finished earlier.
+    invocation: str = field(default_factory=lambda: uuid.uuid4().hex)
+    device: str = "cpu"  # where the models run (a Ray worker given a GPU: "cuda")
     _explainer: Explainer | None = None
 
     @property
@@ -124,7 +129,7 @@ class Run:
 
             from attnviz.explainer import ExplainSettings, get_explainer
 
-            explainer = get_explainer(self.info.name, self.weights_dir)
+            explainer = get_explainer(self.info.name, self.weights_dir, self.device)
             side = self.info.preprocessing.crop
             explainer.explain(np.full((side, side, 3), 128, np.uint8),
                               ExplainSettings(layer=self.settings.layer, top_k=1, variants=self.settings.variants))
@@ -206,7 +211,8 @@ def explain_one(job: ImageJob, run: Run, out_dir: Path, progress=None, explanati
     summary["render"] = {"colormap": run.colormap, "opacity": run.opacity}
     summary["files"] = list(images) + [preview["file"] for preview in previews.values()]
     summary["previews"] = previews
-    summary["run"] = {"key": run.key(job.sha256), "source": str(job.path), "source_sha256": job.sha256}
+    summary["run"] = {"key": run.key(job.sha256), "source": str(job.path), "source_sha256": job.sha256,
+                      "invocation": run.invocation, "device": run.device}
     (staging / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     final = out_dir / job.folder
     if final.exists():
@@ -262,14 +268,17 @@ def batch_size_for(settings: ExplainSettings, asked: int) -> int:
 
 
 def check_job(job: ImageJob, run: Run, out_dir: Path, force: bool) -> None:
-    """Hash the file; a job finished earlier with these settings is skipped, an unreadable file failed."""
+    """Hash the file; a job finished earlier with these settings is skipped (done, when this invocation finished
+    it: a batch redone after a lost worker), an unreadable file failed."""
     try:
         job.sha256 = _content_hash(job.path)
     except AttnvizError as exc:
         _fail(job, exc)
         return
-    if not force and is_finished(out_dir / job.folder, run.key(job.sha256)):
-        job.status = "skipped"
+    folder = out_dir / job.folder
+    if not force and is_finished(folder, run.key(job.sha256)):
+        same_run = (_read_summary(folder) or {}).get("run", {}).get("invocation") == run.invocation
+        job.status = "done" if same_run else "skipped"
 
 
 def process_batch(jobs: list[ImageJob], run: Run, out_dir: Path, progress=None) -> None:

@@ -100,7 +100,7 @@ def _explain_parser() -> argparse.ArgumentParser:
                         help=f"images per pass of each model, for the methods that come from one pass; the results "
                              f"are those of one image at a time ({BATCH_SIZE})")
     add_engine_arguments(parser, "local: this process; ray: Ray workers, each writing its images' folders itself "
-                                 "(pip install 'attnviz[ray]')")
+                                 "(pip install 'attnviz[ray]')", gpus=True)
     parser.add_argument("--per-page", type=int, default=PER_PAGE, metavar="N",
                         help=f"images per page of the report; report.html is the index of the pages ({PER_PAGE})")
     return parser

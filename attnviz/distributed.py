@@ -1,15 +1,15 @@
 """``attnviz explain --engine ray``: the batch explain path on a Ray cluster.
 
-The driver (the ``attnviz`` command) finds the images and checks the settings as the local run does, then
-starts one actor per worker (``ExplainWorker``, ``--worker-cpus`` CPUs each, torch threads set to them). Each
-actor loads the model set once and, for every batch it is given, does what the local loop does for a batch:
-hashes the files, skips those finished with these settings, explains the rest in one pass per model and writes
-each image's folder into ``--out`` itself (``attnviz.batch.process_batch``), so maps never travel through Ray's
-object store; only each image's status, reason and file hash come back. The driver keeps one batch in flight
-per actor, prints one line per image and draws the progress bar as the local run does, and writes the same
-report. A batch whose actor dies (its process or its node lost) is queued again for the other actors and a
-replacement actor is asked for; a batch that has lost its actor ``MAX_ATTEMPTS`` times is failed, image by
-image, with that reason.
+The driver (the ``attnviz`` command) finds the images and checks the settings as the local run does, then starts one
+actor per worker (``ExplainWorker``, ``--worker-cpus`` CPUs each, torch threads set to them, and a GPU each when the
+cluster has GPUs: its models then run there). Each actor loads the model set once and, for every batch it is given,
+does what the local loop does for a batch: hashes the files, skips those finished with these settings, explains the
+rest in one pass per model and writes each image's folder into ``--out`` itself (``attnviz.batch.process_batch``),
+so maps never travel through Ray's object store; only each image's status, reason and file hash come back. The
+driver keeps one batch in flight per actor, prints one line per image and draws the progress bar as the local run
+does, and writes the same report. A batch whose actor dies (its process or its node lost) is queued again for the
+other actors and a replacement actor is asked for; a batch that has lost its actor ``MAX_ATTEMPTS`` times is failed,
+image by image, with that reason.
 
 Every path is made absolute on the driver: workers start in other folders, and on a real cluster the images,
 ``--out`` and the weights folder must be at the same path on every node (a shared file system).
@@ -37,9 +37,10 @@ MAX_ATTEMPTS = 3  # a batch whose actor died this many times fails instead of ki
 START_TIMEOUT_S = 600.0  # how long the job waits for a first (or, with none left, a new) worker
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser, engine_help: str, workers: str = "--workers") -> None:
-    """--engine, --address, the workers option (``workers``: its name) and --worker-cpus, for a command that runs
-    locally or on Ray."""
+def add_engine_arguments(parser: argparse.ArgumentParser, engine_help: str, workers: str = "--workers",
+                         gpus: bool = False) -> None:
+    """--engine, --address, the workers option (``workers``: its name), --worker-cpus and, with ``gpus``,
+    --worker-gpus, for a command that runs locally or on Ray."""
     engine = parser.add_argument_group("engine")
     engine.add_argument("--engine", choices=("local", "ray"), default="local", help=engine_help)
     engine.add_argument("--address", metavar="ADDR",
@@ -50,13 +51,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser, engine_help: str, work
                              "cluster's CPUs hold)")
     engine.add_argument("--worker-cpus", type=int, default=1, metavar="N",
                         help="with --engine ray: CPUs (and torch threads) per worker (1)")
+    if gpus:
+        engine.add_argument("--worker-gpus", type=int, choices=(0, 1), metavar="N",
+                            help="with --engine ray: 1: each worker takes a GPU and runs its models there; 0: "
+                                 "workers use CPUs only (default: 1 when the cluster has GPUs, else 0)")
 
 
 def engine_problem(args: argparse.Namespace, workers: str = "--workers") -> str | None:
     """What is wrong with the engine options, in one line; None when they go together."""
     count = getattr(args, workers.lstrip("-").replace("-", "_"))
     if args.engine != "ray":
-        given = [name for name, value in (("--address", args.address), (workers, count)) if value]
+        gpus = getattr(args, "worker_gpus", None)
+        given = [name for name, value in (("--address", args.address), (workers, count),
+                                          ("--worker-gpus", gpus is not None)) if value]
         if given or args.worker_cpus != 1:
             return f"{(given or ['--worker-cpus'])[0]} needs --engine ray"
     elif (count is not None and count < 1) or args.worker_cpus < 1:
@@ -122,8 +129,11 @@ def _worker_class(ray):
             """Load the set (its error, raised here and not in the constructor, ends the job as in the local
             run); where this worker runs."""
             self.run = prepare_run(self.args)
+            self.run.invocation = self.args.invocation  # the driver's: results of a lost worker count as done
+            self.run.device, note = worker_device(ray)
             self.run.explainer()
-            return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+            return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": self.run.device,
+                    "note": note}
 
         def process(self, jobs: list[ImageJob], force: bool) -> list[tuple[str, str, str]]:
             """Check, explain and write ``jobs``; each one's (status, reason, sha256)."""
@@ -155,25 +165,56 @@ def absolute_args(args: argparse.Namespace) -> argparse.Namespace:
     return absolute
 
 
-def cluster_plan(ray, workers: int | None, worker_cpus: int) -> int:
-    """How many actors: as asked, else as many as the cluster's CPUs hold; refused when one cannot fit."""
-    total = int(ray.cluster_resources().get("CPU", 0))
+def cluster_plan(ray, workers: int | None, worker_cpus: int, worker_gpus: int | None = 0) -> tuple[int, int]:
+    """How many actors and GPUs each (``worker_gpus`` None: one when the cluster has GPUs): as asked, else as
+    many as the cluster's CPUs (and GPUs) hold; refused when one cannot fit, or when workers asked for would
+    wait for a GPU that never comes."""
+    resources = ray.cluster_resources()
+    total, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     if worker_cpus > total:
         raise UsageError(f"--worker-cpus {worker_cpus} is more than the cluster's {total} CPUs; ask for fewer")
-    return workers or max(1, total // worker_cpus)
+    per_worker = (1 if gpus else 0) if worker_gpus is None else worker_gpus
+    if per_worker and not gpus:
+        raise UsageError("--worker-gpus 1, but the cluster has no GPUs; leave the option out, or give 0")
+    if per_worker and workers and workers > gpus:
+        raise UsageError(f"{workers} workers with a GPU each need {workers} GPUs and the cluster has {gpus}; ask "
+                         f"for at most {gpus} workers, or --worker-gpus 0 for workers on CPUs only")
+    planned = workers or max(1, total // worker_cpus)
+    return (min(planned, gpus) if per_worker and not workers else planned), per_worker
+
+
+def worker_device(ray) -> tuple[str, str | None]:
+    """Where a worker's models run: "cuda" when Ray gave it a GPU (Ray sets CUDA_VISIBLE_DEVICES to it) that
+    torch can use, else "cpu"; with a line for the driver to print when the GPU was given but torch finds no CUDA
+    device (a worker's own output reaches the driver late, or not before it ends)."""
+    import torch
+
+    ids = ray.get_gpu_ids()
+    if not ids:
+        return "cpu", None
+    if torch.cuda.is_available():
+        return "cuda", None
+    return "cpu", (f"Ray gave it GPU {', '.join(map(str, ids))}, but its torch finds no CUDA device (a CPU-only "
+                   f"build, or no driver); its models run on the CPU")
+    if torch.cuda.is_available():
+        return "cuda"
+    print(f"Ray gave this worker GPU {', '.join(map(str, ids))}, but its torch finds no CUDA device (a CPU-only "
+          f"build, or no driver); its models run on the CPU", file=sys.stderr, flush=True)
+    return "cpu"
 
 
 def explain_on_ray(jobs: list[ImageJob], run: Run, args: argparse.Namespace, out_dir: Path, force: bool) -> bool:
     """Explain every job on Ray workers with one line per image on stdout; True when interrupted. ``run`` is
     the driver's check of the settings (its batch size is the workers')."""
     ray_args = absolute_args(args)
+    ray_args.invocation = run.invocation
     for job in jobs:
         job.path = Path(job.path).resolve()
     stdout = sys.stdout
     # Ray's driver prints cluster events ("(raylet) The node ... has been marked dead") to stdout: they go to
     # stderr, so that stdout stays one line per image, as in the local run.
     with contextlib.redirect_stdout(sys.stderr), ray_session(args.address) as ray:
-        n_workers = cluster_plan(ray, args.workers, args.worker_cpus)
+        n_workers, ray_args.worker_gpus = cluster_plan(ray, args.workers, args.worker_cpus, args.worker_gpus)
         report = Reporter(len(jobs), out_dir, f"explaining ({n_workers} Ray workers)", stream=stdout)
         try:
             return _dispatch(ray, jobs, ray_args, run.batch_size, force, n_workers, report)
@@ -186,8 +227,8 @@ def explain_on_ray(jobs: list[ImageJob], run: Run, args: argparse.Namespace, out
 def _dispatch(ray, jobs: list[ImageJob], ray_args: argparse.Namespace, batch_size: int, force: bool,
               n_workers: int, report: Reporter) -> bool:
     """Batches of ``batch_size`` images to the workers; each image's outcome to the report as it comes."""
-    worker = _worker_class(ray).options(num_cpus=ray_args.worker_cpus, scheduling_strategy="SPREAD",
-                                        max_restarts=0)
+    worker = _worker_class(ray).options(num_cpus=ray_args.worker_cpus, num_gpus=ray_args.worker_gpus,
+                                        scheduling_strategy="SPREAD", max_restarts=0)
     tasks = [Task((jobs[i : i + batch_size], force), f"its {len(jobs[i : i + batch_size])} images")
              for i in range(0, len(jobs), batch_size)]
 
@@ -300,7 +341,9 @@ class _Workers:
             self.start()
             return True
         self.names[actor] = f"{where['node'][:8]}:{where['pid']}"
-        print(f"Ray worker {self.names[actor]} (node:pid) ready", file=sys.stderr, flush=True)
+        on_gpu = ", its models on the GPU" if where.get("device", "cpu") != "cpu" else ""
+        note = f"; {where['note']}" if where.get("note") else ""
+        print(f"Ray worker {self.names[actor]} (node:pid) ready{on_gpu}{note}", file=sys.stderr, flush=True)
         self.idle.append(actor)
         return True
 

@@ -125,6 +125,7 @@ class ModelExplainer:
         self.variant = variant
         self.domain = domain
         self.model = model.eval()
+        self.device = next(model.parameters()).device  # where each image is moved before its pass
         self.classes = classes
         self.gates = model_gates(self.model)
         self._gate_means = gate_means
@@ -161,6 +162,7 @@ class ModelExplainer:
         """``explain`` for a batch of images in one pass (and one backward): one result per image, each the same
         as that image explained alone. ``seconds`` is the batch's time shared equally."""
         started = time.perf_counter()
+        x = x.to(self.device)
         found = self._pass(x, settings, [settings.target] * len(x), progress, deadline, score_domain=True)
         results = []
         for i, probabilities in enumerate(found.probabilities):
@@ -257,6 +259,7 @@ class ModelExplainer:
             raise AttnvizError(f"{CAM_METHODS[slow[0]].label} needs passes of its own for every class and layer; "
                                f"explain with it one class and layer at a time")
         started = time.perf_counter()
+        x = x.to(self.device)
         needs_grad = any(CAM_METHODS[m].pass_gradient for m in methods)
         with Capture(self.model, layers, needs_grad=needs_grad, gates=self.gates) as capture:
             logits = capture.run(x, precision)
@@ -283,6 +286,7 @@ class ModelExplainer:
         earliest of them, then every map from those activations and gradients, and every block's records.
         Score-CAM runs its own passes quietly (no progress bar per image). ``replace``: gates switched off (gate
         key -> output; knock-out)."""
+        x = x.to(self.device)
         layers = list(dict.fromkeys(layer for _, layer in configs))
         needs_grad = any(CAM_METHODS[m].pass_gradient for m, _ in configs)
         with Capture(self.model, layers, needs_grad=needs_grad, replace=replace, gates=self.gates) as capture:
@@ -297,7 +301,8 @@ class ModelExplainer:
                         for method, layer in configs}
             records = capture.block_records()
             kinds = {gate.spec.record: gate.spec.kind for gate in capture.gates}
-        return BatchResult(logits=logits.detach().float(), maps=maps, records=records, kinds=kinds, targets=targets)
+        return BatchResult(logits=logits.detach().float().cpu(), maps=maps, records=records, kinds=kinds,
+                           targets=targets)
 
 
 class Explainer:
@@ -405,13 +410,14 @@ def _agreement(explanation: Explanation) -> dict[str, float]:
 
 EXPLAINERS: SetCache[Explainer] = SetCache(lambda key: Explainer(load_model_set(*key)),
                                            lambda explainer: model_bytes(explainer.model_set.models),
-                                           estimate=lambda key: set_bytes_on_load(*key))
+                                           estimate=lambda key: set_bytes_on_load(*key[:2]))
 
 
-def get_explainer(set_name: str | None = None, weights_dir: str | None = None) -> Explainer:
+def get_explainer(set_name: str | None = None, weights_dir: str | None = None, device: str = "cpu") -> Explainer:
     """The process-wide explainer of a model set, loaded on first use and then kept while the loaded sets fit
-    their memory budget (``attnviz.set_cache``: least recently used out first)."""
-    return EXPLAINERS.get((set_name, str(weights_dir) if weights_dir else None))
+    their memory budget (``attnviz.set_cache``: least recently used out first). ``device``: where its models run
+    (images are moved there; every result comes back as numpy arrays)."""
+    return EXPLAINERS.get((set_name, str(weights_dir) if weights_dir else None, device))
 
 
 def explain(

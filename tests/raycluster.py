@@ -125,10 +125,12 @@ def auth_env(folder: Path) -> dict[str, str]:
 
 
 def start_node(temp_dir: Path, log_dir: Path, name: str, head_port: int | None = None, address: str | None = None,
-               cpus: int = 1, env: dict[str, str] | None = None) -> Node:
-    """``ray start --block`` for a head (``head_port``) or a worker node joining ``address``."""
+               cpus: int = 1, gpus: int = 0, env: dict[str, str] | None = None) -> Node:
+    """``ray start --block`` for a head (``head_port``) or a worker node joining ``address``; ``gpus``: GPUs the
+    node declares (Ray's resources are logical: declared on a machine without one, a worker given it finds no
+    CUDA device)."""
     args = [sys.executable, str(HERE / "raynode.py"), "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-            f"--num-cpus={cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}", "--object-store-memory=100000000",
+            f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--temp-dir={temp_dir}", "--object-store-memory=100000000",
             "--block"]
     if head_port is not None:
         args += ["--head", f"--port={head_port}", "--include-dashboard=false"]
@@ -142,9 +144,10 @@ def start_node(temp_dir: Path, log_dir: Path, name: str, head_port: int | None =
 
 
 class Cluster:
-    """A head and ``workers`` worker nodes, 1 CPU each, on 127.0.0.1; ``address`` is the head's."""
+    """A head and ``workers`` worker nodes, 1 CPU (and ``gpus`` GPUs) each, on 127.0.0.1; ``address`` is the
+    head's."""
 
-    def __init__(self, root: Path, workers: int = 1) -> None:
+    def __init__(self, root: Path, workers: int = 1, gpus: int = 0) -> None:
         root.mkdir(parents=True, exist_ok=True)
         # Ray's sockets live under its temp folder, and a socket path has at most 107 bytes: keep it short
         self.temp_dir = Path(tempfile.mkdtemp(prefix="attnviz-ray-"))
@@ -152,12 +155,13 @@ class Cluster:
         self.env = auth_env(self.temp_dir)  # what a driver needs to join: the cluster's token
         port = free_port()
         self.address = f"127.0.0.1:{port}"
-        self.head = start_node(self.temp_dir, root, "head", head_port=port, env=self.env)
+        self.head = start_node(self.temp_dir, root, "head", head_port=port, gpus=gpus, env=self.env)
         self.nodes = [self.head]
         try:
             self.head.wait_started()
             for i in range(workers):
-                node = start_node(self.temp_dir, root, f"node{i + 1}", address=self.address, env=self.env)
+                node = start_node(self.temp_dir, root, f"node{i + 1}", address=self.address, gpus=gpus,
+                                  env=self.env)
                 node.wait_started()
                 self.nodes.append(node)
         except BaseException:

@@ -264,6 +264,24 @@ def test_a_folder_without_a_usable_pair_is_one_error_after_the_lines_of_its_file
     assert "0 image file(s) found; looked for .png, .jpg" in capsys.readouterr().err
 
 
+def test_a_folder_of_images_without_masks_names_the_first_files_and_counts_the_rest(tiny_weights_dir, tmp_path,
+                                                                                   capsys):
+    """A wrong --masks folder: not a line per image, the first SKIP_LINES named and the rest counted."""
+    from attnviz.analysis.config import SKIP_LINES
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(SKIP_LINES + 3):
+        Image.new("RGB", (32, 32), "white").save(images / f"p{i:02d}.png")
+    argv = ["--weights-dir", str(tiny_weights_dir), "--images", str(images), "--masks", str(masks)]
+    assert analysis_cli.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:SKIP_LINES]] == [f"skipped p{i:02d}.png" for i in range(SKIP_LINES)]
+    assert lines[SKIP_LINES].startswith("... and 3 more skipped image files (a run that measures lists each")
+    assert len(lines) == SKIP_LINES + 2 and lines[-1].startswith(f"error: no usable image with a mask in {images}")
+
+
 def test_the_output_folder_is_named_after_the_images_folder(tiny_weights_dir):
     parse = analysis_cli._parser().parse_args
     base = ["--weights-dir", str(tiny_weights_dir), "--images", "data/My Photos", "--masks", "data/masks"]

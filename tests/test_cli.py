@@ -159,6 +159,48 @@ def test_rerun_skips_finished_images(first_run, image_folder, tiny_weights_dir, 
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")} == written
 
 
+@pytest.mark.slow
+def test_a_batch_redone_in_the_same_run_counts_what_it_finished_as_done(image_folder, tiny_weights_dir, tmp_path):
+    """A Ray batch redone after its worker died finds the images that worker wrote: explained in this run, not
+    "finished earlier"; the next run of the command skips them."""
+    from attnviz.batch import explain_group, prepare_run
+    from attnviz.cli import _explain_parser
+
+    out, paths = tmp_path / "out", [image_folder / "a.png", image_folder / "sub" / "b.jpg"]
+    argv = [*map(str, paths), "--weights-dir", str(tiny_weights_dir), "--models", "resnet50", "--out", str(out)]
+    run = prepare_run(_explain_parser().parse_args(argv))
+    jobs = find_images(paths, out)
+    explain_group(jobs[:1], run, out, force=False)  # the worker that died had finished a.png
+    redone = find_images(paths, out)
+    explain_group(redone, run, out, force=False)
+    assert [job.status for job in redone] == ["done", "done"]
+    later = find_images(paths, out)
+    explain_group(later, prepare_run(_explain_parser().parse_args(argv)), out, force=False)
+    assert [job.status for job in later] == ["skipped", "skipped"]
+
+
+def test_a_ray_worker_writes_under_the_drivers_invocation(image_folder, tiny_weights_dir, tmp_path):
+    """Each worker loads its own copy of the run; the results it writes carry the driver's invocation, so that a
+    batch redone on another worker counts them as done (the actor class is built around a stand-in for Ray)."""
+    from types import SimpleNamespace
+
+    from attnviz.batch import prepare_run
+    from attnviz.cli import _explain_parser
+    from attnviz.distributed import _worker_class, absolute_args
+
+    stand_in = SimpleNamespace(remote=lambda cls: cls, get_gpu_ids=lambda: [],
+                               get_runtime_context=lambda: SimpleNamespace(get_node_id=lambda: "node"))
+    argv = [str(image_folder / "a.png"), "--weights-dir", str(tiny_weights_dir), "--models", "resnet50",
+            "--out", str(tmp_path / "out")]
+    args = _explain_parser().parse_args(argv)
+    driver = prepare_run(args)
+    worker_args = absolute_args(args)
+    worker_args.invocation = driver.invocation
+    worker = _worker_class(stand_in)(worker_args)
+    assert {k: v for k, v in worker.ready().items() if k != "pid"} == {"node": "node", "device": "cpu", "note": None}
+    assert worker.run.invocation == driver.invocation != prepare_run(args).invocation
+
+
 # --------------------------------------------------------------------------- in-process runs on one image
 
 

@@ -1,7 +1,9 @@
 """``attnviz explain --engine ray`` on a real two-node Ray cluster on loopback (tests/raycluster.py).
 
-The cluster is a head and a worker node, each a ``ray start`` process group with 1 CPU, so the two workers of a
-job run on different nodes. The runs go through the installed ``attnviz`` command, as a user runs it.
+The cluster is a head and a worker node, each a ``ray start`` process group with 1 CPU, so the two workers of a job
+run on different nodes. Each node declares one GPU (a logical resource: this machine has none), so each worker takes
+one, as on a cluster with GPUs, finds no CUDA device and says so. The runs go through the installed ``attnviz``
+command, as a user runs it.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def explain(*args: str, auth: dict | None = None) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"), workers=1)
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"), workers=1, gpus=1)
     yield cluster
     cluster.stop()
 
@@ -91,6 +93,7 @@ def test_a_ray_run_writes_what_the_local_run_writes(two_runs):
     assert abs(_kb_per_image(local) - _kb_per_image(on_ray)) <= 0.03 * _kb_per_image(local)
     assert "failed   photos/broken.png: " in on_ray.stdout and "not an image file" in on_ray.stdout
     assert "Ray: 2 workers on 2 nodes explained these images" in on_ray.stderr
+    assert on_ray.stderr.count("ready; Ray gave it GPU ") == 2  # each took a GPU, found no CUDA: on the CPU
     for i in range(6):
         folder = f"photos__p{i:02d}.png"
         a, b = (json.loads((out / folder / "summary.json").read_text()) for out in (local_out, ray_out))
@@ -116,6 +119,22 @@ def test_a_second_ray_run_skips_what_the_first_finished(two_runs, photos, cluste
                     "--engine", "ray", "--address", cluster.address, auth=cluster.env)
     assert again.returncode == 1
     assert again.stdout.count("skipped  ") == 6 and again.stdout.count("failed   ") == 1
+
+
+@pytest.mark.slow
+def test_more_workers_than_the_clusters_gpus_is_one_line(two_runs, photos, cluster, tiny_weights_dir, tmp_path):
+    """Three workers with a GPU each on a cluster of two GPUs would wait forever: refused before any image; with
+    --worker-gpus 0 the workers take no GPU."""
+    common = ("--weights-dir", str(tiny_weights_dir), "--engine", "ray", "--address", cluster.address)
+    refused = explain(str(photos), "--out", str(tmp_path / "a"), *common, "--workers", "3", auth=cluster.env)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: 3 workers with a GPU each need 3 GPUs and the cluster has 2; ask for at most 2 workers, or "
+        "--worker-gpus 0 for workers on CPUs only")
+    on_cpus = explain(str(photos / "p00.png"), "--out", str(tmp_path / "b"), *common, "--workers", "3",
+                      "--worker-gpus", "0", auth=cluster.env)
+    assert on_cpus.returncode == 0, on_cpus.stderr[-3000:]
+    assert on_cpus.stdout.startswith("done ") and "CUDA" not in on_cpus.stderr
 
 
 @pytest.mark.slow
@@ -223,8 +242,56 @@ def test_engine_ray_without_ray_says_how_to_install_it(tiny_weights_dir, tmp_pat
 def test_ray_options_without_engine_ray_are_one_line_errors(capsys, tmp_path):
     from attnviz.cli import main
 
-    for extra in (["--address", "127.0.0.1:6379"], ["--workers", "2"], ["--worker-cpus", "2"]):
+    for extra in (["--address", "127.0.0.1:6379"], ["--workers", "2"], ["--worker-cpus", "2"], ["--worker-gpus", "1"]):
         code = main(["explain", str(tmp_path), "--out", str(tmp_path / "o"), *extra])
         err = capsys.readouterr().err
         assert code == 2 and f"{extra[0]} needs --engine ray" in err and len(err.strip().splitlines()) == 1
 
+
+
+class _StandIn:
+    """What cluster_plan and worker_device read of Ray: the cluster's resources, this worker's GPU ids."""
+
+    def __init__(self, cpus: int, gpus: int = 0, gpu_ids: tuple = ()) -> None:
+        self.resources, self.gpu_ids = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}, list(gpu_ids)
+
+    def cluster_resources(self) -> dict:
+        return self.resources
+
+    def get_gpu_ids(self) -> list:
+        return self.gpu_ids
+
+
+def test_workers_take_a_gpu_each_when_the_cluster_has_gpus():
+    from attnviz.batch import UsageError
+    from attnviz.distributed import cluster_plan
+
+    assert cluster_plan(_StandIn(8), None, 1) == (8, 0)
+    assert cluster_plan(_StandIn(8), None, 1, None) == (8, 0)  # auto: no GPU in the cluster, none asked for
+    assert cluster_plan(_StandIn(8, 2), None, 1, None) == (2, 1)  # auto: one worker per GPU
+    assert cluster_plan(_StandIn(8, 2), None, 4, None) == (2, 1)
+    assert cluster_plan(_StandIn(8, 4), None, 4, None) == (2, 1)  # the CPUs hold two
+    assert cluster_plan(_StandIn(8, 2), 2, 1, None) == (2, 1)
+    assert cluster_plan(_StandIn(8, 2), None, 1, 0) == (8, 0)  # --worker-gpus 0: CPUs only
+    assert cluster_plan(_StandIn(8, 2), 5, 1, 0) == (5, 0)
+    with pytest.raises(UsageError, match="3 workers with a GPU each need 3 GPUs and the cluster has 2"):
+        cluster_plan(_StandIn(8, 2), 3, 1, 1)
+    for asked in (None, 1):
+        with pytest.raises(UsageError, match="--worker-gpus 1, but the cluster has no GPUs; leave the option out"):
+            cluster_plan(_StandIn(8), asked, 1, 1)
+    with pytest.raises(UsageError, match="--worker-cpus 9 is more than the cluster's 8 CPUs"):
+        cluster_plan(_StandIn(8, 2), None, 9, None)
+
+
+def test_a_worker_given_a_gpu_without_cuda_runs_on_the_cpu_and_says_so():
+    import torch
+
+    from attnviz.distributed import worker_device
+
+    assert worker_device(_StandIn(1)) == ("cpu", None)
+    if torch.cuda.is_available():
+        assert worker_device(_StandIn(1, 1, ("0",))) == ("cuda", None)
+    else:
+        assert worker_device(_StandIn(1, 1, ("0",))) == ("cpu", "Ray gave it GPU 0, but its torch finds no CUDA "
+                                                         "device (a CPU-only build, or no driver); its models run "
+                                                         "on the CPU")

@@ -15,11 +15,13 @@ import torch
 from attnviz.analysis.config import (
     DATA_DIR,
     DEFAULT_METHODS,
+    JSON_NAME,
     PART_TITLES,
     PARTIAL_DIR,
     QUICK,
     QUICK_DIR,
     SECTIONS,
+    SKIP_LINES,
     AnalysisConfig,
 )
 from attnviz.analysis.dataset import VAL_SHARE, folder_name
@@ -63,8 +65,8 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(
         parser, "local (default), or ray: the measuring phases (val, test, unseen, pairs, Score-CAM, faithfulness) "
                 "spread over Ray workers, each unit's values kept in <out>/.attnviz-work until the report is "
-                "written, so a run that stopped goes on where it was; the sections (knock-out, sanity) run here. "
-                "Needs pip install 'attnviz[ray]'", workers="--ray-workers")
+                "written, so a run that stopped goes on where it was; the sections (knock-out, sanity) run here; "
+                "workers use CPUs only. Needs pip install 'attnviz[ray]'", workers="--ray-workers")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -237,8 +239,11 @@ def folder_source(args: argparse.Namespace, info, config: AnalysisConfig, out: P
     from attnviz.analysis.dataset import FolderSource, find_pairs
 
     found = find_pairs(args.images, args.masks, info.preprocessing, info.classes, args.labels, exclude=(out,))
-    for name, reason in found.skipped:
+    for name, reason in found.skipped[:SKIP_LINES]:
         print(f"skipped {name}: {reason}", file=sys.stderr)
+    if len(found.skipped) > SKIP_LINES:  # a wrong --masks folder would otherwise print a line per image
+        print(f"... and {len(found.skipped) - SKIP_LINES} more skipped image files (a run that measures lists "
+              f"each with its reason under data.skipped in {out / JSON_NAME})", file=sys.stderr)
     for line in found.notes:
         print(f"note: {line}", file=sys.stderr)
     limit = args.test if args.test is not None else (QUICK["test"] if args.quick else None)
@@ -313,7 +318,7 @@ def _measure(args: argparse.Namespace, info, variants: list[str], config: Analys
     written = None
     # Ray's driver prints cluster events to stdout: to stderr, so that stdout keeps the command's one line
     with contextlib.redirect_stdout(sys.stderr), ray_session(args.address) as ray:
-        n_workers = cluster_plan(ray, args.ray_workers, args.worker_cpus)
+        n_workers, _ = cluster_plan(ray, args.ray_workers, args.worker_cpus)  # on CPUs: see on_ray.py
         setup = ray_setup(info, variants, config, source, args.worker_cpus, weights_dir)
         engine = RayEngine(ray, out.resolve() / WORK_DIR, setup, n_workers, args.worker_cpus)
         try:

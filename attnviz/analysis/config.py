@@ -19,6 +19,7 @@ DATA_DIR = "analysis-data-{name}"  # a run on a folder of the user's images (--i
 PART_TITLES = {"unseen": "unseen-glyph scenes", "pairs": "two-object scenes", "knockout": "knock-out section",
                "sanity": "sanity section"}
 JSON_NAME = "analysis.json"
+SKIP_LINES = 30  # skipped image files named one per line (command, report); the rest are counted
 MARKDOWN_NAME = "analysis.md"
 SCENE_SEED = 0  # the built-in dataset's seed (python -m attnviz.scenes generate, attnviz.train)
 # The methods the shipped analysis was run with; methods added to the table since (Grad-CAM element-wise,

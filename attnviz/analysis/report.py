@@ -15,6 +15,7 @@ from attnviz.analysis.config import (
     METRICS,
     PART_TITLES,
     SECTIONS,
+    SKIP_LINES,
     CamConfig,
     plot_files,
     sample_words,
@@ -191,7 +192,7 @@ def _data_lines(result: dict) -> list[str]:
     return lines
 
 
-def _skipped_images(result: dict, shown: int = 30) -> list[str]:
+def _skipped_images(result: dict, shown: int = SKIP_LINES) -> list[str]:
     skipped = (result.get("data") or {}).get("skipped") or []
     if not skipped:
         return []
