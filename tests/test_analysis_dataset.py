@@ -19,7 +19,7 @@ from PIL import Image
 
 from attnviz.analysis import cli as analysis_cli
 from attnviz.analysis import config as analysis_config
-from attnviz.analysis.dataset import FolderSource, Found, Pair, find_pairs, read_labels, read_mask
+from attnviz.analysis.dataset import FolderSource, Found, Pair, find_pairs, pair_mask, read_labels, read_mask
 from attnviz.errors import AttnvizError
 from attnviz.scenes import CLASSES, make_scene
 from attnviz.weights import Preprocessing
@@ -232,13 +232,81 @@ def test_the_analysis_tab_shows_a_run_on_the_users_images_of_an_imported_set(top
     assert result["target"].startswith("each model's own top-1 class")
 
 
+# --------------------------------------------------------------------------- photos turned by their EXIF orientation
+
+
+def _turned_photo(folder: Path, name: str, orientation: int) -> np.ndarray:
+    """A 48x32 photo stored with an L-shaped red object and the given EXIF orientation; its mask drawn on the
+    stored pixels (what the object covers before the turn)."""
+    stored = np.zeros((32, 48), bool)
+    stored[8:24, 18:22] = stored[20:24, 18:34] = True  # an L: every turn and mirror of it differs
+    pixels = np.full((32, 48, 3), 230, np.uint8)
+    pixels[stored] = (220, 20, 20)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(folder / name, exif=exif)
+    return stored
+
+
+def _shown_object(path: Path) -> np.ndarray:
+    """Where the red object is in the image as attnviz shows it (loaded, turned by its EXIF orientation)."""
+    from attnviz.images import load_image
+
+    shown = np.asarray(load_image(path))
+    return (shown[..., 0] > 150) & (shown[..., 1] < 100)
+
+
+def test_a_mask_drawn_on_the_stored_pixels_of_a_turned_photo_is_turned_with_it(tmp_path):
+    """Orientations 5-8 swap width and height: a mask of the stored size was drawn on the stored pixels and is
+    turned as the image is; 2-4 keep the size, so the mask fits both ways: taken as drawn on the image as shown
+    (with a note), or turned with --masks-on-stored-pixels; a mask drawn on the image as shown is used as it is."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for orientation in range(2, 9):
+        stored = _turned_photo(images, f"o{orientation}.png", orientation)
+        Image.fromarray(stored).save(masks / f"o{orientation}.png")
+    _turned_photo(images, "drawn_as_shown.png", 6)
+    Image.fromarray(_shown_object(images / "drawn_as_shown.png")).save(masks / "drawn_as_shown.png")
+    view = Preprocessing(resize=32, crop=32)
+    for stored_pixels in (False, True):
+        found = find_pairs(images, masks, view, TINY_CLASSES, stored_pixels=stored_pixels)
+        assert found.skipped == [] and len(found.pairs) == 8
+        for pair in found.pairs:
+            expected = _shown_object(pair.image)
+            turned = pair.name in {"o5.png", "o6.png", "o7.png", "o8.png"} or (
+                stored_pixels and pair.name in {"o2.png", "o3.png", "o4.png"})
+            assert (pair.orientation != 1) == turned, pair.name
+            if turned or pair.name == "drawn_as_shown.png":
+                assert np.array_equal(pair_mask(pair), expected), pair.name  # on the object as the model sees it
+            else:  # fits both ways and taken as drawn on the image as shown: here it was not, and it shows
+                assert not np.array_equal(pair_mask(pair), expected) and pair_mask(pair).shape == expected.shape
+        assert len(found.notes) == 1 and found.notes[0].startswith(
+            "3 image(s) are turned or mirrored on display by their EXIF orientation and their masks fit either way "
+            "(first: o2.png); the masks are ")
+        assert ("--masks-on-stored-pixels" in found.notes[0]) and (stored_pixels == ("turned with" in found.notes[0]))
+
+
+def test_a_mask_that_fits_a_turned_photo_neither_way_is_skipped(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    _turned_photo(images, "p.png", 6)
+    Image.fromarray(np.ones((40, 40), bool)).save(masks / "p.png")
+    found = find_pairs(images, masks, Preprocessing(resize=32, crop=32), TINY_CLASSES)
+    assert found.pairs == [] and found.skipped == [("p.png", (
+        f"its mask {masks / 'p.png'} is 40x40 px, the image 32x48 px (as shown, after its EXIF orientation); give "
+        f"a mask of the image's size"))]
+
+
 # --------------------------------------------------------------------------- the command's errors
 
 
 @pytest.mark.parametrize(("options", "message"), [
     (["--images", "x"], "error: --images needs --masks"),
     (["--masks", "x"], "error: --masks needs --images"),
-    (["--labels", "x.csv"], "error: --labels and --val-share go with --images DIR --masks DIR"),
+    (["--labels", "x.csv"], "error: --labels, --val-share and --masks-on-stored-pixels go with --images DIR"),
+    (["--masks-on-stored-pixels"], "error: --labels, --val-share and --masks-on-stored-pixels go with --images DIR"),
 ])
 def test_images_and_masks_go_together(options, message, capsys):
     assert analysis_cli.main(options) == 2

@@ -50,6 +50,11 @@ def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
                            "MASKS/a/x.png), the image's size, any mode (binary, greyscale, palette, colour): "
                            "nonzero = object (a palette's index, so e.g. VOC's border index 255 counts too). An image "
                            "without a usable mask is skipped with a line saying why")
+    data.add_argument("--masks-on-stored-pixels", action="store_true",
+                      help="a photo turned or mirrored on display by its EXIF orientation, whose mask fits it either "
+                           "way (a square photo, a half turn): the mask was drawn on the file's stored pixels and is "
+                           "turned with the image (default: drawn on the image as shown). A mask that fits one way "
+                           "only is always taken that way")
     data.add_argument("--labels", type=Path, metavar="FILE",
                       help="CSV of 'file,class' rows (file: the image's path under --images, with or without its "
                            "extension; class: a class name or index of the set): each image's CAMs explain that class "
@@ -227,8 +232,8 @@ def _check_data_options(args: argparse.Namespace) -> None:
     if bool(args.images) != bool(args.masks):
         given, missing = ("--images", "--masks") if args.images else ("--masks", "--images")
         raise AttnvizError(f"{given} needs {missing}: give both, a folder of images and one of their mask PNGs")
-    if not args.images and (args.labels or args.val_share is not None):
-        raise AttnvizError("--labels and --val-share go with --images DIR --masks DIR")
+    if not args.images and (args.labels or args.val_share is not None or args.masks_on_stored_pixels):
+        raise AttnvizError("--labels, --val-share and --masks-on-stored-pixels go with --images DIR --masks DIR")
 
 
 def folder_source(args: argparse.Namespace, info, config: AnalysisConfig, out: Path):
@@ -238,7 +243,8 @@ def folder_source(args: argparse.Namespace, info, config: AnalysisConfig, out: P
         return None
     from attnviz.analysis.dataset import FolderSource, find_pairs
 
-    found = find_pairs(args.images, args.masks, info.preprocessing, info.classes, args.labels, exclude=(out,))
+    found = find_pairs(args.images, args.masks, info.preprocessing, info.classes, args.labels, exclude=(out,),
+                       stored_pixels=args.masks_on_stored_pixels)
     for name, reason in found.skipped[:SKIP_LINES]:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if len(found.skipped) > SKIP_LINES:  # a wrong --masks folder would otherwise print a line per image

@@ -7,6 +7,12 @@ the same relative path and stem under the masks folder (``a/x.jpg`` -> ``a/x.png
 the object. Images are read with the app's own loading (``attnviz.images.load_image``) and go through the set's
 resize and centre crop like the app's; masks go through the same resize and crop (``image_items``).
 
+A photo's EXIF orientation (a phone's "rotate on display") turns the image as the app shows it; its mask is taken
+as drawn on the image as shown. A mask of the stored pixels' size that the orientation would turn (90 or 270
+degrees, a non-square image) is turned the same way. Where both fit (a square photo, or a half turn or mirror,
+which keep the size) the mask cannot tell: it is taken as drawn on the image as shown, a note says how many such
+images there are, and ``--masks-on-stored-pixels`` turns their masks with their images instead.
+
 A pair that cannot be measured is skipped with one line naming the file and what to do: no mask, an unreadable
 image or mask, a mask of another size than the image, a mask without object pixels, an object entirely outside
 the model's view (the centre crop), or (with ``--labels``) no usable class for it.
@@ -57,6 +63,7 @@ class Pair:
     mask: Path
     name: str  # the image's path under the images folder, with "/"
     target: int | None  # None: each model's own top-1
+    orientation: int = 1  # the image's EXIF orientation, applied to the mask too (1: the mask is used as it is)
 
 
 @dataclass
@@ -84,6 +91,31 @@ def read_mask(path: Path) -> np.ndarray:
             values = values[..., :-1]
         return (values != 0).any(axis=-1)
     return values != 0
+
+
+# How an EXIF orientation turns the stored pixels for display (PIL's ImageOps.exif_transpose does the same)
+ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: Path) -> int:
+    """The image file's EXIF orientation (1, as stored, when it has none or it cannot be read)."""
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: the image is loaded unturned as well (attnviz.images)
+        return 1
+    return value if value in ORIENT else 1
+
+
+def pair_mask(pair: Pair) -> np.ndarray:
+    """The pair's mask as (H, W) bool, turned as its image is when the mask was drawn on the stored pixels."""
+    values = read_mask(pair.mask)
+    if pair.orientation == 1:
+        return values
+    return np.asarray(Image.fromarray(values).transpose(ORIENT[pair.orientation]))
 
 
 def read_labels(path: Path) -> dict[str, tuple[int, str]]:
@@ -118,9 +150,10 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def find_pairs(images: Path, masks: Path, preprocessing: Preprocessing, classes: list[str],
-               labels: Path | None = None, exclude: tuple[Path, ...] = ()) -> Found:
+               labels: Path | None = None, exclude: tuple[Path, ...] = (), stored_pixels: bool = False) -> Found:
     """Every image file under ``images`` (not under ``masks`` or ``exclude``), checked with its mask: the usable
-    pairs and, for each other image, why it is skipped and what to do."""
+    pairs and, for each other image, why it is skipped and what to do. ``stored_pixels``: a mask that fits both
+    an EXIF-turned image and its stored pixels was drawn on the stored pixels (see the module's docstring)."""
     for option, folder in (("--images", images), ("--masks", masks)):
         if not folder.is_dir():
             raise AttnvizError(f"{option} {folder}: no such folder")
@@ -134,6 +167,7 @@ def find_pairs(images: Path, masks: Path, preprocessing: Preprocessing, classes:
     table = read_labels(labels) if labels else None
     found = Found(files=len(files))
     used: set[str] = set()
+    either: list[str] = []  # images with an orientation whose masks fit both ways
     for path in files:
         name = path.relative_to(images).as_posix()
         mask = masks / path.relative_to(images).with_suffix(MASK_SUFFIX)
@@ -146,11 +180,19 @@ def find_pairs(images: Path, masks: Path, preprocessing: Preprocessing, classes:
                                             f"--labels out"))
                 continue
             used.add(key)
-        reason, target = _check(path, mask, preprocessing, classes, row, labels)
+        reason, target, orientation, fits_both = _check(path, mask, preprocessing, classes, row, labels,
+                                                        stored_pixels)
         if reason:
             found.skipped.append((name, reason))
-        else:
-            found.pairs.append(Pair(path, mask, name, target))
+            continue
+        either += [name] if fits_both else []
+        found.pairs.append(Pair(path, mask, name, target, orientation))
+    if either:
+        how = ("turned with their images (--masks-on-stored-pixels)" if stored_pixels else
+               "taken as drawn on the images as shown; add --masks-on-stored-pixels if they were drawn on the "
+               "files' stored pixels")
+        found.notes.append(f"{len(either)} image(s) are turned or mirrored on display by their EXIF orientation and "
+                           f"their masks fit either way (first: {either[0]}); the masks are {how}")
     if table is not None:
         unused = [k for k in table if k not in used]
         if unused:
@@ -159,36 +201,59 @@ def find_pairs(images: Path, masks: Path, preprocessing: Preprocessing, classes:
     return found
 
 
+def _skipped(reason: str) -> tuple[str, None, int, bool]:
+    return reason, None, 1, False
+
+
 def _check(path: Path, mask: Path, preprocessing: Preprocessing, classes: list[str], row: tuple[int, str] | None,
-           labels: Path | None) -> tuple[str | None, int | None]:
-    """(why the pair cannot be measured and what to do, or None; the class index its CAMs explain, or None)."""
+           labels: Path | None, stored_pixels: bool) -> tuple[str | None, int | None, int, bool]:
+    """(why the pair cannot be measured and what to do, or None; the class index its CAMs explain, or None; the
+    EXIF orientation to turn the mask with, 1 for none; whether the mask fits the image both turned and not)."""
     target = None
     if row is not None:
         try:
             target = resolve_target(row[1], classes)
         except AttnvizError as exc:
-            return f"{labels} row {row[0]}: {exc}", None
+            return _skipped(f"{labels} row {row[0]}: {exc}")
     if not mask.is_file():
-        return (f"no mask {mask}; add a PNG of the image's size there (nonzero = object) or move the image out of "
-                f"the folder"), None
+        return _skipped(f"no mask {mask}; add a PNG of the image's size there (nonzero = object) or move the image "
+                        f"out of the folder")
     try:
         image = load_image(path)
     except AttnvizError as exc:
-        return str(exc).removeprefix(f"{path.name}: "), None
+        return _skipped(str(exc).removeprefix(f"{path.name}: "))
     try:
         values = read_mask(mask)
     except AttnvizError as exc:
-        return f"its mask {exc}; replace it with a PNG of the image's size (nonzero = object)", None
-    if values.shape != (image.height, image.width):
-        return (f"its mask {mask} is {values.shape[1]}x{values.shape[0]} px, the image {image.width}x"
-                f"{image.height} px (as loaded, after its EXIF orientation); give a mask of the image's size"), None
+        return _skipped(f"its mask {exc}; replace it with a PNG of the image's size (nonzero = object)")
+    orientation = _mask_orientation(path, values.shape, (image.height, image.width))
+    fits_both = orientation is not None and orientation < 0
+    if fits_both:  # as drawn on the image as shown, unless told otherwise
+        orientation = -orientation if stored_pixels else 1
+    if orientation is None:
+        return _skipped(f"its mask {mask} is {values.shape[1]}x{values.shape[0]} px, the image {image.width}x"
+                        f"{image.height} px (as shown, after its EXIF orientation); give a mask of the image's size")
     if not values.any():
-        return f"its mask {mask} has no nonzero pixel; mark the object with nonzero values or remove the image", None
-    if not view_mask(values, preprocessing).any():
-        return (f"the object of {mask} lies outside the model's view (short side resized to {preprocessing.resize} "
-                f"px, then the centre {preprocessing.crop}x{preprocessing.crop} px); crop the image around the object "
-                f"or remove it"), None
-    return None, target
+        return _skipped(f"its mask {mask} has no nonzero pixel; mark the object with nonzero values or remove the "
+                        f"image")
+    shown = values if orientation == 1 else np.asarray(Image.fromarray(values).transpose(ORIENT[orientation]))
+    if not view_mask(shown, preprocessing).any():
+        return _skipped(f"the object of {mask} lies outside the model's view (short side resized to "
+                        f"{preprocessing.resize} px, then the centre {preprocessing.crop}x{preprocessing.crop} px); "
+                        f"crop the image around the object or remove it")
+    return None, target, orientation, fits_both
+
+
+def _mask_orientation(path: Path, mask: tuple[int, int], shown: tuple[int, int]) -> int | None:
+    """How the mask is turned to fit the image as shown: 1 not at all, the image's EXIF orientation when the mask
+    has the stored pixels' shape only, minus it when the mask fits both ways, None when it fits neither."""
+    orientation = exif_orientation(path) if mask in (shown, shown[::-1]) else 1
+    stored = shown[::-1] if orientation in (5, 6, 7, 8) else shown
+    if orientation == 1:
+        return 1 if mask == shown else None
+    if mask == shown:
+        return -orientation if stored == shown else 1
+    return orientation if mask == stored else None
 
 
 class FolderSource:
@@ -235,7 +300,7 @@ class FolderSource:
 
     def items(self, split: str, index: int) -> list[Item]:
         pair = self.splits[split][index]
-        return image_items(split, index, load_image(pair.image), [read_mask(pair.mask)], [pair.target],
+        return image_items(split, index, load_image(pair.image), [pair_mask(pair)], [pair.target],
                            self.preprocessing)
 
     def items_per_scene(self, split: str) -> int:
@@ -274,6 +339,7 @@ class FolderSource:
             "held_out": [p.name for p in self.splits["val"]],
             "measured": [p.name for p in self.splits["test"]],
             "skipped": [{"file": name, "reason": reason} for name, reason in self.found.skipped],
+            "masks_turned": [p.name for p in self.found.pairs if p.orientation != 1],
             "val_share": self.val_share,
             "limit": self.limit,
             "seed": self.seed,
