@@ -55,18 +55,8 @@ nginx_bin=$(command -v nginx || true)
 if [ -z "$nginx_bin" ]; then
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
     || fail "nginx is missing; install it (as root: apt-get install nginx) or run this as root to have it installed"
-  say "installing nginx (apt-get)"
-  # The package's own service must not start (it would listen on port 80 of every address): a policy-rc.d that
-  # refuses it, unless the machine has one already (containers usually do).
-  policy=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    policy=/usr/sbin/policy-rc.d
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
-  fi
-  ok=1
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) || ok=0
-  [ -z "$policy" ] || rm -f "$policy"
-  [ "$ok" = 1 ] || fail "apt-get could not install nginx"
+  say "installing nginx (apt-get; its own service is not started)"
+  bash "$repo/scripts/apt_install.sh" nginx || fail "apt-get could not install nginx"
   nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 fi
 
