@@ -11,9 +11,9 @@ import contextlib
 import http.client
 import importlib
 import importlib.util
-import io
 import logging
 import ssl
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -101,21 +101,58 @@ def _download_failed(source: str, exc: BaseException, manual: str) -> AttnvizErr
                         f"download {manual}, then pass the file with --file PATH")
 
 
+class _QuietStdout:
+    """``sys.stdout`` while a download runs: what a downloading thread prints is dropped, every other thread's
+    output (the app's other requests) goes to the stream that was there."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if getattr(_QUIET, "on", False):
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)  # flush, encoding, isatty, fileno, ...
+
+
+_QUIET = threading.local()  # .on: this thread is downloading
+_QUIET_LOCK = threading.Lock()
+_QUIET_STATE: dict = {"count": 0, "saved": None}  # downloads running; what the first one replaced
+
+
 @contextlib.contextmanager
 def _library_notices_hidden() -> Iterator[None]:
     """Hide the download libraries' retry notices and warnings: attnviz reports a failure once, in one line.
 
-    Progress bars (tqdm, on stderr) stay; pytorchcv's 'Downloading ... retrying' lines are prints, hence stdout.
+    Progress bars (tqdm, on stderr) stay; pytorchcv's 'Downloading ... retrying' lines are prints, hence stdout:
+    only the downloading thread's prints are dropped (the app downloads in a request's thread while others are
+    served). The first download in puts the quiet stdout, the hub's log level and the warnings filter in place,
+    the last one out puts back what was there, so that downloads in several threads never leave them changed.
     """
     hub_logger = logging.getLogger("huggingface_hub")
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with _QUIET_LOCK:
+        if _QUIET_STATE["count"] == 0:
+            _QUIET_STATE["saved"] = (sys.stdout, hub_logger.level, list(warnings.filters))
+            sys.stdout = _QuietStdout(sys.stdout)
+            hub_logger.setLevel(logging.ERROR)
             warnings.simplefilter("ignore")
-            yield
+        _QUIET_STATE["count"] += 1
+    _QUIET.on = True
+    try:
+        yield
     finally:
-        hub_logger.setLevel(level)
+        _QUIET.on = False
+        with _QUIET_LOCK:
+            _QUIET_STATE["count"] -= 1
+            if _QUIET_STATE["count"] == 0:
+                stdout, level, filters = _QUIET_STATE["saved"]
+                if isinstance(sys.stdout, _QuietStdout):  # else replaced since by someone else: theirs now
+                    sys.stdout = stdout
+                hub_logger.setLevel(level)
+                warnings.filters[:] = filters
+                getattr(warnings, "_filters_mutated", lambda: None)()  # forget what the changed filters decided
 
 
 def torchvision_url(version: str) -> str:

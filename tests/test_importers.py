@@ -577,3 +577,45 @@ def test_cli_user_error_is_one_line_with_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_a_download_hides_only_its_own_threads_prints_and_overlapping_ones_put_stdout_back(capsys):
+    """The app downloads in a request's thread while other requests are served: their prints still show, and two
+    downloads that start and end interleaved leave stdout, the warnings filters and the hub's log level as they
+    were (a plain redirect_stdout per download would leave the first one's buffer as stdout for good)."""
+    import logging
+    import warnings
+
+    from attnviz.downloads import _library_notices_hidden
+
+    hub = logging.getLogger("huggingface_hub")
+    before = (sys.stdout, list(warnings.filters), hub.level)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with _library_notices_hidden():
+            first_in.set()
+            print("retrying 1")
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with _library_notices_hidden():
+            second_in.set()
+            assert hub.level == logging.ERROR
+            first_out.wait(10)
+            print("retrying 2")
+            print("served meanwhile", file=before[0])  # what another request writes, through the old handle
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    first_in.wait(10)
+    print("another request's line")  # this thread does not download: shown
+    for thread in threads:
+        thread.join(10)
+    print("after")
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["another request's line", "served meanwhile", "after"]
+    assert (sys.stdout, list(warnings.filters), hub.level) == before
