@@ -33,6 +33,7 @@ from attnviz.recipe import (
     RECIPES,
     Recipe,
     batch_indices,
+    cpu_precision,
     mix_style,
     mix_style_draws,
     normalise,
@@ -397,7 +398,7 @@ def report(records: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attnviz.train", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=VARIANTS, help="the model to train")
     parser.add_argument(
@@ -432,7 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the closing fine-tuning cycle (default 224:10000:0.0002; 'none' to skip)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--no-bf16", action="store_true", help="train in float32, without bf16 autocast")
+    parser.add_argument("--force-bf16", action="store_true",
+                        help="bf16 autocast also on a CPU without native bfloat16 (by default such a CPU trains in "
+                             "float32: emulated bf16 is about 13x slower there)")
     parser.add_argument("--compile", action="store_true",
                         help="run the training steps through torch.compile (needs a C compiler; about 2 minutes "
                              "per resolution to compile, then faster steps for SE, ECA and CBAM)")
@@ -441,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
                         metavar=("TRAIN", "VAL", "PROBES"),
                         help="with --register: the training and validation scenes, and non-scene images per kind, "
                              "that the out-of-domain scorer is refitted on (default 1500 600 30)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.report))
@@ -463,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant is None:
         parser.error("--variant is required unless --register is given")
     recipe = _recipe_from_args(args, parser)
+    note = cpu_precision(recipe, args.device, args.force_bf16)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     state = args.state or Path("runs") / args.variant / "state.pt"
     result = train(
         args.variant,

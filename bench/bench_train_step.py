@@ -1,7 +1,8 @@
 """Time per training step, eager against torch.compile, per model and resolution; and what a recipe costs.
 
     python bench/bench_train_step.py [--variants resnet50 se eca cbam] [--resolutions 96 128 160 224]
-                                     [--runs 5] [--recipe v3] [--json bench/results/train_step.json]
+                                     [--runs 5] [--recipe v3] [--precision bf16|fp32]
+                                     [--json bench/results/train_step.json]
 
 One training step as ``attnviz.train`` runs it (batch 64 of random images, bf16 autocast, channels_last,
 cross-entropy with label smoothing, AdamW), on a fresh model per variant: eager, then through
@@ -10,6 +11,8 @@ resolution includes the compilation and is reported apart. ``cbam (amax)`` is CB
 as ``amax``, as before this benchmark: amax's backward spreads the gradient over ties with several full-size
 passes, where ``max(dim).values`` scatters it to one index. From the medians it estimates the minutes of the
 recipe's steps (its phases plus the fine-tuning cycle) for each variant and mode, compilations included.
+``--precision fp32`` times the steps without bf16 autocast (``python -m attnviz.train --no-bf16``): on a CPU
+without bf16 instructions (no AVX512_BF16 or AMX) bf16 is emulated and far slower than float32.
 Run it on an idle machine (never beside training).
 """
 
@@ -61,7 +64,8 @@ def build(variant: str) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last).train()
 
 
-def step_times(variant: str, compiled: bool, resolutions: list[int], runs: int, batch: int) -> dict:
+def step_times(variant: str, compiled: bool, resolutions: list[int], runs: int, batch: int,
+               bf16: bool = True) -> dict:
     """Seconds of the first step (compilation included) and of ``runs`` further steps, per resolution."""
     model = build(variant)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -75,7 +79,7 @@ def step_times(variant: str, compiled: bool, resolutions: list[int], runs: int, 
         times = []
         for _ in range(runs + 1):
             began = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(forward(x).float(), y, label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -83,7 +87,8 @@ def step_times(variant: str, compiled: bool, resolutions: list[int], runs: int, 
             times.append(time.perf_counter() - began)
         out[resolution] = {"first_s": round(times[0], 3), "median_s": round(statistics.median(times[1:]), 3),
                            "images_per_s": round(batch / statistics.median(times[1:]), 2)}
-        print(f"{variant:12s} {'compiled' if compiled else 'eager':8s} {resolution:4d} px: first "
+        mode = f"{'compiled' if compiled else 'eager'} {'bf16' if bf16 else 'fp32'}"
+        print(f"{variant:12s} {mode:13s} {resolution:4d} px: first "
               f"{times[0]:7.2f} s, median {statistics.median(times[1:]):6.3f} s/step", flush=True)
     return out
 
@@ -109,14 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--recipe", default="v3", help="the recipe whose cost is estimated (default v3)")
     parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"])
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="bf16: autocast as attnviz.train runs by default; fp32: as with --no-bf16")
     parser.add_argument("--json", default=str(RESULTS / "train_step.json"))
     args = parser.parse_args(argv)
     exit_on_sigterm()
-    out = {"machine": machine_info(), "batch_size": args.batch_size, "recipe": args.recipe, "variants": {}}
+    out = {"machine": machine_info(), "batch_size": args.batch_size, "recipe": args.recipe,
+           "precision": args.precision, "variants": {}}
     for variant in args.variants:
         row = {}
         for mode in args.modes:
-            times = step_times(variant, mode == "compiled", args.resolutions, args.runs, args.batch_size)
+            times = step_times(variant, mode == "compiled", args.resolutions, args.runs, args.batch_size,
+                               args.precision == "bf16")
             row[mode] = {"steps": {str(r): t for r, t in times.items()},
                          "recipe_minutes": recipe_minutes(times, args.recipe)}
         if "eager" in row and "compiled" in row:

@@ -13,6 +13,9 @@
 # log, about ResNet50's eager rate); do nothing heavy beside it: a second torch process beside a real-time
 # training slowed it from 0.8 to 60 s per step in that session. The model lands in <root>/out/<variant>.safetensors
 # with its record <variant>.json (accuracy on val, test, unseen glyphs and the unseen design).
+# Those times need a CPU with native bfloat16 (AVX512-BF16 or AMX). Without it training runs in float32 (bf16 would
+# be emulated: 13x slower) and a model takes about 10-12 hours on two AVX2 cores (README, "Training"): more than a
+# working session; this script then stops at once unless ATTNVIZ_TRAIN_ANYWAY=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variant=${1:?usage: scripts/train_v2.sh VARIANT [ROOT]}
@@ -21,6 +24,12 @@ data=${root:+$root/data}
 data=${data:-data/scenes_v2}
 runs=${root:-runs/v2}
 bash scripts/setup.sh 1
+if [ "${ATTNVIZ_TRAIN_ANYWAY:-0}" != 1 ] && ! .venv/bin/python -c "import sys, torch; from attnviz.recipe import native_bf16
+sys.exit(0 if native_bf16() or torch.cuda.is_available() else 1)"; then
+  echo "this CPU has no native bfloat16: a model of set v2 would take about 10-12 hours here in float32; train on a" \
+       "machine with AVX512-BF16 or AMX (or a GPU), or set ATTNVIZ_TRAIN_ANYWAY=1 to train here anyway" >&2
+  exit 3
+fi
 bash scripts/designs.sh
 if [ ! -f "$data/train/.complete" ]; then
   .venv/bin/python -m attnviz.scenes generate --version 2 --out "$data" --splits train --count 48000

@@ -262,3 +262,25 @@ def test_compile_refuses_mix_style_recipes_in_one_line(scenes, tmp_path):
     with pytest.raises(ValueError, match="compile does not support MixStyle"):
         train("se", scenes, tmp_path / "a", tmp_path / "a.pt", recipe, torch.device("cpu"), progress=False,
               compile=True)
+
+
+def test_a_cpu_without_native_bf16_trains_in_float32_and_says_so(monkeypatch):
+    """Emulated bf16 is about 13x slower than float32 on AVX2 cores: such a CPU trains in float32 unless told."""
+    from attnviz import recipe as recipe_module
+
+    for native, device, force, expected in ((False, "cpu", False, False), (True, "cpu", False, True),
+                                            (False, "cpu", True, True), (False, "cuda", False, True)):
+        monkeypatch.setattr(recipe_module, "native_bf16", lambda native=native: native)
+        recipe = recipe_named("v2")
+        note = recipe_module.cpu_precision(recipe, device, force)
+        assert recipe.bf16 is expected and (note is None) == expected
+        if note:
+            assert note.startswith("this CPU has no native bfloat16 (AVX512-BF16 or AMX)") and "--force-bf16" in note
+    fp32 = recipe_named("v2", bf16=False)
+    assert recipe_module.cpu_precision(fp32, "cpu") is None and fp32.bf16 is False
+
+
+def test_native_bf16_is_what_torch_reports():
+    from attnviz.recipe import native_bf16
+
+    assert native_bf16() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
