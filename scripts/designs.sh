@@ -19,7 +19,7 @@ if "$python" -m attnviz.designs check >/dev/null 2>&1; then
   exit 0
 fi
 if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null) || true
+  bash scripts/apt_install.sh npm || true
 fi
 if ! command -v npm >/dev/null; then
   echo "error: scripts/designs.sh needs npm to fetch the emoji designs (apt-get install npm)" >&2

@@ -48,7 +48,7 @@ case $store in "$repo"|"$repo"/*) fail "ATTNVIZ_BUILDAH_DIR=$store is inside the
 if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
   command -v apt-get >/dev/null || fail "buildah and debootstrap are missing and there is no apt-get to install them"
   say "installing buildah and debootstrap (apt-get)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null \
+  bash "$repo/scripts/apt_install.sh" buildah debootstrap \
     || fail "apt-get could not install buildah and debootstrap"
 fi
 [ -x "$py" ] || bash "$repo/scripts/setup.sh"   # the host side (gradio_client, JSON) runs in the project's venv

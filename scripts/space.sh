@@ -25,7 +25,7 @@ fi
 if ! git lfs version >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[space] installing git-lfs (apt-get)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git-lfs >/dev/null) \
+    bash "$repo/scripts/apt_install.sh" git-lfs \
       || fail "apt-get could not install git-lfs"
   else
     fail "git-lfs is not installed (Debian: apt-get install git-lfs)"

@@ -7,7 +7,7 @@ bash scripts/setup.sh 1
 bash scripts/designs.sh || echo "warning: no emoji designs; their tests will be skipped (and fail with CI=true)"
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # The browser test drives Debian's Chromium; Playwright's own browser download cannot work offline.
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+  bash scripts/apt_install.sh chromium \
     || echo "warning: could not install chromium; the browser test will be skipped"
 fi
 export GRADIO_ANALYTICS_ENABLED=False
