@@ -95,14 +95,18 @@ class _ShuffledEngine:
 
 def test_units_finished_in_any_order_give_the_numbers_of_one_pass(scenes_weights_dir):
     model_set = load_model_set("scenes", scenes_weights_dir)
-    config = analysis_cli.config_from_args(analysis_cli._parser().parse_args(SMALL + ["--knockout-scenes", "0",
+    config = analysis_cli.config_from_args(analysis_cli._parser().parse_args(SMALL + ["--knockout-scenes", "4",
                                                                                       "--sanity-scenes", "0"]))
     here = run_analysis(model_set, config, progress=False, engine=LocalEngine())
     shuffled = _ShuffledEngine()
     spread = run_analysis(model_set, config, progress=False, engine=shuffled)
     assert_same_numbers(here, spread, tolerance=0)
     phases = {u.phase for u in shuffled.units}
-    assert phases == {"val", "localise", "scorecam", "faithfulness"}
+    assert phases == {"val", "localise", "scorecam", "faithfulness", "knockout"}
+    assert [(u.start, u.stop) for u in shuffled.units if u.phase == "knockout"] == [(0, 2), (2, 4)]
+    assert set(here["knockout"]["models"]) == {"se", "cbam", "eca"}  # the gated models
+    trained = here["knockout"]["models"]["se"]["accuracy"]["trained"]["mean"]
+    assert here["knockout"]["scenes"] == 4 and abs(4 * trained - round(4 * trained)) < 1e-6  # a share of 4 scenes
     assert len([u for u in shuffled.units if u.phase == "localise" and u.split == "test"]) == 3  # 6 scenes, 2 each
     assert here["localisation"]["test"]["pointing"]["gradcam@layer4"]["n"] == 6
 

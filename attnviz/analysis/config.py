@@ -51,7 +51,7 @@ PLOTS_BEFORE_EXCITATION = ("localisation", "layers", "pairs", "faithfulness", "c
 PLOTS_AFTER_EXCITATION = ("specificity", "spatial", "knockout", "sanity", "sanity_independent")
 SECTION_PLOTS = {"sanity": "sanity", "sanity_independent": "sanity"}  # plot -> the section it needs in the result
 # Sections that can also run on their own over an existing analysis (--sections): name -> its module, which
-# defines run_section(ctx) (the result's entry result[name]), markdown(result, titles) (its part of the report)
+# defines run_section(ctx, engine) (the result's entry result[name]), markdown(result, titles) (its part of the report)
 # and PLOTS (plot name -> function of the result and a path). A new section is a module and a line here.
 SECTIONS = {"knockout": "attnviz.analysis.knockout", "sanity": "attnviz.analysis.sanity"}
 # Measured per scene and model at 64 px (see the README); all methods come from the same passes, so the

@@ -23,7 +23,7 @@ class Unit:
     """One piece of a phase: scenes ``start``..``stop``-1 of ``split`` (faithfulness: item ``start`` of the
     faithfulness scenes); ``position`` is the place of its first CAM among the split's CAMs."""
 
-    phase: str  # val, localise, scorecam or faithfulness
+    phase: str  # val, localise, scorecam, faithfulness or knockout
     split: str
     start: int
     stop: int

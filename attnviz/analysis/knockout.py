@@ -37,12 +37,11 @@ def skip_reason(source, config) -> str | None:
     return None
 
 
-def run_section(ctx) -> dict:
-    """The section's result for the analysis' context (its models, config and test scenes)."""
-    config = ctx.config
-    started = time.perf_counter()
+def _plans(ctx) -> tuple[str, str, dict]:
+    """What a switched-off gate outputs (the stored means, or identity when a model has none), the note saying
+    so, and each gated model's replacements per stage: the same on the driver and on every worker."""
     gated = {v: e for v, e in ctx.explainers.items() if e.gates}
-    value, note = config.knockout_value, ""
+    value, note = ctx.config.knockout_value, ""
     missing = [v for v, e in gated.items() if value == "mean" and e.gate_means() is None]
     if missing:  # a set without stored means (python -m attnviz.knockout fit) is measured at identity
         value, note = "identity", f"no stored gate means for {', '.join(missing)}: identity used"
@@ -51,32 +50,51 @@ def run_section(ctx) -> dict:
         means = explainer.gate_means() if value == "mean" else None
         plans[variant] = {stage: replacements(parse_knockout(stage, explainer.gates), value, means)
                           for stage in TARGET_LAYERS}
+    return value, note, plans
+
+
+def run_section(ctx, engine=None) -> dict:
+    """The section's result for the analysis' context (its models, config and test scenes). Its scenes are cut
+    into units (``knockout_unit``) that ``engine`` runs: here, or on Ray workers."""
+    from attnviz.analysis.engine import LocalEngine, Unit
+
+    config = ctx.config
+    started = time.perf_counter()
+    value, note, plans = _plans(ctx)
     count = config.knockout_scenes
     result = {"value": value, "scenes": count, "cam": "gradcam@layer4", "stages": list(TARGET_LAYERS), "models": {},
               "note": note}
     reason = skip_reason(ctx.source, config)
     if reason:
         return {**result, "skipped": reason}
-    if not count or not gated:
+    if not count or not plans:
         return result  # nothing to switch off, or asked for no scenes (--knockout-scenes 0)
-    values: dict = {v: {"trained": ([], [])} | {s: ([], []) for s in TARGET_LAYERS} for v in gated}
-    positions = ctx.source.sample(count)  # the first test scenes; a folder's images: drawn at random
-    with ctx.bar(count * len(gated), f"knock-out ({value})") as bar:
-        for start in range(0, count, config.batch_size):
-            items = [it for i in positions[start : start + config.batch_size] for it in ctx.source.items("test", i)]
-            x = torch.stack([it.tensor for it in items])
-            targets = [it.target for it in items]
-            own = np.stack([it.own for it in items])
-            for variant, explainer in gated.items():
-                for name, replace in [("trained", None), *plans[variant].items()]:
-                    correct, energy = _measure(explainer, x, targets, own, replace)
-                    values[variant][name][0].extend(correct.tolist())
-                    values[variant][name][1].extend(energy.tolist())
-                bar.update(len(items))
-    for variant, found in values.items():
-        result["models"][variant] = _summary(found, config)
+    units = [Unit("knockout", "test", start, min(start + config.batch_size, count), start)
+             for start in range(0, count, config.batch_size)]  # places in the section's sample of test scenes
+    (engine or LocalEngine()).run(ctx, units, f"knock-out ({value})")
+    for variant in plans:
+        result["models"][variant] = _summary(ctx.knockout[variant], config)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def knockout_unit(ctx, unit) -> None:
+    """Scenes ``unit.start``..``unit.stop``-1 of the section's sample (the first test scenes; a folder's images:
+    drawn at random), through every gated model, trained and with each stage switched off: each scene's
+    correctness and Grad-CAM energy in mask, added to ``ctx.knockout``."""
+    _, _, plans = _plans(ctx)
+    positions = ctx.source.sample(ctx.config.knockout_scenes)[unit.start : unit.stop]
+    items = [it for i in positions for it in ctx.source.items("test", i)]
+    x = torch.stack([it.tensor for it in items])
+    targets = [it.target for it in items]
+    own = np.stack([it.own for it in items])
+    for variant, stages in plans.items():
+        found = ctx.knockout.setdefault(variant, {})
+        for name, replace in [("trained", None), *stages.items()]:
+            correct, energy = _measure(ctx.explainers[variant], x, targets, own, replace)
+            values = found.setdefault(name, ([], []))
+            values[0].extend(correct.tolist())
+            values[1].extend(energy.tolist())
 
 
 def _summary(found: dict, config) -> dict:

@@ -19,6 +19,7 @@ from attnviz.analysis.config import BASELINE, LOCALISATION, SECTIONS, AnalysisCo
 from attnviz.analysis.engine import Engine, LocalEngine, Unit, plan_units
 from attnviz.analysis.faithfulness import Imputer, faithfulness_unit, measure_faithfulness
 from attnviz.analysis.items import BatchPass, Item, SceneSource, explain_batch
+from attnviz.analysis.knockout import knockout_unit
 from attnviz.analysis.stats import ExcitationStats, Records, per_scene, summarise
 from attnviz.errors import AttnvizError
 from attnviz.explainer import ModelExplainer
@@ -59,6 +60,8 @@ class _Context:
     timing: dict[str, float] = field(default_factory=dict)
     val_rows: list[np.ndarray] = field(default_factory=list)  # IoU curves of the val scenes, in order
     imputer: Imputer | None = None  # ROAD's imputation processes while the faithfulness phase runs
+    # knock-out section: variant -> "trained" or a stage -> (correct, energy in mask) per scene, in order
+    knockout: dict[str, dict[str, tuple[list, list]]] = field(default_factory=dict)
 
     def fresh(self, faith_inputs: bool = False) -> _Context:
         """A context for one unit of work: the same models, data and threshold and empty accumulators (``partial``
@@ -81,6 +84,7 @@ class _Context:
                         for v, blocks in self.spatial.items()},
             "curves": dict(self.curves),
             "val_rows": list(self.val_rows),
+            "knockout": self.knockout,
             "faith": {"maps": dict(self.faith_maps), "items": dict(self.faith_items),
                       "probability": dict(self.faith_probability), "target": dict(self.faith_target)},
         }
@@ -105,6 +109,11 @@ class _Context:
         for key, rows in partial["curves"].items():
             self.curves[key].extend(rows)
         self.val_rows.extend(partial["val_rows"])
+        for variant, found in partial.get("knockout", {}).items():
+            for name, (correct, energy) in found.items():
+                kept = self.knockout.setdefault(variant, {}).setdefault(name, ([], []))
+                kept[0].extend(correct)
+                kept[1].extend(energy)
         faith = partial["faith"]  # the faithfulness scenes' maps, from the test units
         self.faith_maps.update(faith["maps"])
         self.faith_items.update(faith["items"])
@@ -281,7 +290,7 @@ def _scorecam_unit(ctx: _Context, unit: Unit) -> None:
 
 
 UNIT_RUNNERS = {"val": _val_unit, "localise": _localise_unit, "scorecam": _scorecam_unit,
-                "faithfulness": faithfulness_unit}
+                "faithfulness": faithfulness_unit, "knockout": knockout_unit}
 
 
 def run_unit(ctx: _Context, unit: Unit) -> None:
@@ -360,7 +369,7 @@ def run_analysis(
         phase("faithfulness", measure_faithfulness, ctx, engine)
     result = phase("bootstrap", summarise, ctx, threshold, command)
     for name in SECTIONS:
-        result[name] = phase(name, _section(name), ctx)
+        result[name] = phase(name, _section(name), ctx, engine)
     if skipped:
         result["skipped"] = skipped
     result["timing"] = {"total_s": round(time.perf_counter() - started, 1), "phases_s": ctx.timing}

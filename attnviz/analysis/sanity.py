@@ -30,8 +30,9 @@ from attnviz.sanity import (
 )
 
 
-def run_section(ctx) -> dict:
-    """The section's result for the analysis' context (its models, config and test scenes)."""
+def run_section(ctx, engine=None) -> dict:
+    """The section's result for the analysis' context (its models, config and test scenes); it runs in this
+    process whatever the engine (each model's randomisation steps build on the previous ones)."""
     config = ctx.config
     started = time.perf_counter()
     count, methods = config.sanity_scenes, list(config.sanity_methods)
