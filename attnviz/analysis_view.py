@@ -87,8 +87,9 @@ def build_analysis_tab(
         make(gr.Markdown, tr("analysis_title"))
         other = _other_classes(weights_dir, set_name)
         line = f"{tr('analysis_missing')} `{command}`" if other is None else (
-            f"{tr('analysis_other_classes')} ({len(other)}: {', '.join(other[:3])}, …). {tr('analysis_own_images')} "
-            f"`{command} --images DIR --masks DIR --out {shlex.quote(str(folder))}`")
+            # one translated text per string: the page replaces only one marker in it
+            f"{tr('analysis_other_classes')} `{command} --images DIR --masks DIR --out {shlex.quote(str(folder))}` "
+            f"({len(other)}: {', '.join(other[:3])}, …)")
         components["status"] = make(gr.Markdown, line, elem_id="analysis-status")
         return components
 

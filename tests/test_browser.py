@@ -147,8 +147,11 @@ def test_page_speaks_simplified_chinese_to_a_chinese_browser(browser, app_url):
 
 
 def test_analysis_tab_says_a_set_of_other_classes_cannot_be_measured_and_what_it_would_need(browser, app_url):
-    """The tiny set's classes (shapes) are not the scenes': the tab says so instead of offering a command that
-    would refuse the set (the command for a scene set without analysis: tests/test_analyze.py)."""
+    """The tiny set's classes (shapes) are not the scenes': the tab says so, and offers only the command that
+    measures the set on the user's own images with masks, never the scene analysis that would refuse it (the
+    command for a scene set without analysis: tests/test_analyze.py)."""
+    import re
+
     from playwright.sync_api import expect
 
     page, _ = open_page(browser, app_url)
@@ -156,7 +159,9 @@ def test_analysis_tab_says_a_set_of_other_classes_cannot_be_measured_and_what_it
     status = page.locator("#analysis-status")
     expect(status).to_contain_text("other classes than the generated scenes")
     expect(status).to_contain_text("a mask of the object")
-    expect(status).not_to_contain_text("python -m attnviz.analyze")
+    expect(status).to_contain_text("--images DIR --masks DIR --out")
+    commands = re.findall(r"python -m attnviz\.analyze[^\n]*", status.inner_text())
+    assert len(commands) == 1 and "--images DIR --masks DIR" in commands[0], commands
     page.context.close()
 
 
