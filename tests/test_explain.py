@@ -248,20 +248,22 @@ def _photos(count: int) -> list[np.ndarray]:
 
 
 def _assert_same(together, alone) -> None:
+    """The same answer within float rounding: a batch runs other convolution kernels than one image (on AVX2
+    cores probabilities moved by up to 1.2e-5), so probabilities and records are compared within 5e-5."""
     np.testing.assert_array_equal(together.view, alone.view)
     assert list(together.results) == list(alone.results)
     for variant, a in alone.results.items():
         b = together.results[variant]
-        np.testing.assert_allclose(b.probabilities, a.probabilities, atol=1e-5)
+        np.testing.assert_allclose(b.probabilities, a.probabilities, atol=5e-5)
         assert np.abs(b.heatmap - a.heatmap).max() <= 1e-4, variant
         assert [p.index for p in b.top] == [p.index for p in a.top] and b.target.index == a.target.index
         assert [x.block for x in b.attention] == [x.block for x in a.attention]
         for x, y in zip(b.attention, a.attention, strict=True):
             for name, values in y.records.items():
-                np.testing.assert_allclose(x.records[name], values, atol=1e-5)
+                np.testing.assert_allclose(x.records[name], values, atol=5e-5)
         if a.knockout is not None:
             assert np.abs(b.knockout.heatmap - a.knockout.heatmap).max() <= 1e-4
-            assert b.knockout.target_change == pytest.approx(a.knockout.target_change, abs=1e-5)
+            assert b.knockout.target_change == pytest.approx(a.knockout.target_change, abs=5e-5)
     assert together.agreement.keys() == alone.agreement.keys()
 
 
