@@ -110,12 +110,14 @@ def exif_orientation(path: Path) -> int:
     return value if value in ORIENT else 1
 
 
+def _turned(values: np.ndarray, orientation: int) -> np.ndarray:
+    """An (H, W) bool mask turned as an image of that EXIF orientation is for display (1: as it is)."""
+    return values if orientation == 1 else np.asarray(Image.fromarray(values).transpose(ORIENT[orientation]))
+
+
 def pair_mask(pair: Pair) -> np.ndarray:
     """The pair's mask as (H, W) bool, turned as its image is when the mask was drawn on the stored pixels."""
-    values = read_mask(pair.mask)
-    if pair.orientation == 1:
-        return values
-    return np.asarray(Image.fromarray(values).transpose(ORIENT[pair.orientation]))
+    return _turned(read_mask(pair.mask), pair.orientation)
 
 
 def read_labels(path: Path) -> dict[str, tuple[int, str]]:
@@ -236,8 +238,7 @@ def _check(path: Path, mask: Path, preprocessing: Preprocessing, classes: list[s
     if not values.any():
         return _skipped(f"its mask {mask} has no nonzero pixel; mark the object with nonzero values or remove the "
                         f"image")
-    shown = values if orientation == 1 else np.asarray(Image.fromarray(values).transpose(ORIENT[orientation]))
-    if not view_mask(shown, preprocessing).any():
+    if not view_mask(_turned(values, orientation), preprocessing).any():
         return _skipped(f"the object of {mask} lies outside the model's view (short side resized to "
                         f"{preprocessing.resize} px, then the centre {preprocessing.crop}x{preprocessing.crop} px); "
                         f"crop the image around the object or remove it")
