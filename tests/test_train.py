@@ -243,17 +243,48 @@ def test_mix_style_hooks_change_the_training_forward_only_and_are_removed():
         hook.remove()
 
 
-def test_compiled_training_steps_follow_the_eager_ones(scenes, tmp_path):
-    """``--compile`` changes how the steps run, not what they compute: same losses, close weights."""
+def test_compiled_training_runs_record_it_and_start_from_the_eager_loss(scenes, tmp_path):
+    """``--compile`` through the whole command: the record says so, and the first step (same model, same batch)
+    has the eager run's loss. Later losses are not compared: AdamW's first update is about lr * sign(gradient), so
+    a gradient entry near 0 that rounds to the other sign in a fused kernel moves its weight the other way, and
+    the runs drift apart by chance (up to 3% by step 3 on AVX2 cores). The next test compares the steps."""
     cpu = torch.device("cpu")
-    eager = train("se", scenes, tmp_path / "a", tmp_path / "a.pt", _recipe(3), cpu, progress=False, log_every=1)
-    compiled = train("se", scenes, tmp_path / "b", tmp_path / "b.pt", _recipe(3), cpu, progress=False, log_every=1,
+    eager = train("se", scenes, tmp_path / "a", tmp_path / "a.pt", _recipe(2), cpu, progress=False, log_every=1)
+    compiled = train("se", scenes, tmp_path / "b", tmp_path / "b.pt", _recipe(2), cpu, progress=False, log_every=1,
                      compile=True)
     assert compiled["machine"]["compiled"] is True and eager["machine"]["compiled"] is False
-    losses = [(a["step_loss"], b["step_loss"]) for a, b in zip(eager["history"], compiled["history"], strict=True)]
-    assert losses[0][1] == pytest.approx(losses[0][0], abs=1e-3)  # the same model and batch: the same loss
-    # later steps drift apart a little (fused kernels round differently, and each optimiser step carries it on)
-    assert all(b == pytest.approx(a, rel=0.03) for a, b in losses[1:])
+    assert len(compiled["history"]) == len(eager["history"]) == 2
+    assert compiled["history"][0]["step_loss"] == pytest.approx(eager["history"][0]["step_loss"], abs=1e-3)
+
+
+def test_a_compiled_step_moves_the_weights_as_the_eager_step_does(scenes):
+    """The training step itself (attnviz.train._step) on a compiled and an eager copy of one model, with plain SGD
+    so that each weight moves by lr * gradient: the same losses and the same moves, step after step."""
+    from attnviz.models import ModelSpec, build_model
+    from attnviz.scenes import SceneSplit
+    from attnviz.train import _step
+
+    split = SceneSplit(scenes / "train")
+    recipe = Recipe(batch_size=8, phases=[(64, 24)], finetune=None, bf16=False, lr=0.05, warmup_fraction=0.0)
+    torch.manual_seed(5)
+    eager = build_model(ModelSpec("se", num_classes=len(split.classes), layers=(1, 1, 1, 1))).train()
+    copy = build_model(ModelSpec("se", num_classes=len(split.classes), layers=(1, 1, 1, 1))).train()
+    copy.load_state_dict(eager.state_dict())
+    compiled = torch.compile(copy, dynamic=False)
+    sgd = [torch.optim.SGD(m.parameters(), lr=recipe.lr) for m in (eager, copy)]
+    for step in range(3):
+        before = {name: p.detach().clone() for name, p in eager.named_parameters()}
+        loss_e = _step(eager, sgd[0], split, recipe, step, torch.device("cpu"))[0]
+        loss_c = _step(compiled, sgd[1], split, recipe, step, torch.device("cpu"))[0]
+        assert loss_c == pytest.approx(loss_e, rel=1e-3, abs=1e-4), step
+        moves = [(p_e.detach() - before[name], p_c.detach() - before[name])
+                 for (name, p_e), p_c in zip(eager.named_parameters(), copy.parameters(), strict=True)]
+        total = math.sqrt(sum(float(e.norm()) ** 2 for e, _ in moves))
+        apart = math.sqrt(sum(float((c - e).norm()) ** 2 for e, c in moves))
+        assert apart <= 1e-2 * total, (step, apart / total)  # measured: up to 2.2e-3 on AVX2 cores
+        assert all(float((c - e).norm()) <= 0.05 * float(e.norm()) + 1e-7 for e, c in moves), step
+        assert sum(float(e.norm()) > 0 for e, _ in moves) > 0.9 * len(moves)  # not a comparison of zeros
+        copy.load_state_dict(eager.state_dict())  # the next step starts both from the same weights again
 
 
 def test_compile_refuses_mix_style_recipes_in_one_line(scenes, tmp_path):
