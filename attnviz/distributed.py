@@ -196,11 +196,6 @@ def worker_device(ray) -> tuple[str, str | None]:
         return "cuda", None
     return "cpu", (f"Ray gave it GPU {', '.join(map(str, ids))}, but its torch finds no CUDA device (a CPU-only "
                    f"build, or no driver); its models run on the CPU")
-    if torch.cuda.is_available():
-        return "cuda"
-    print(f"Ray gave this worker GPU {', '.join(map(str, ids))}, but its torch finds no CUDA device (a CPU-only "
-          f"build, or no driver); its models run on the CPU", file=sys.stderr, flush=True)
-    return "cpu"
 
 
 def explain_on_ray(jobs: list[ImageJob], run: Run, args: argparse.Namespace, out_dir: Path, force: bool) -> bool:
@@ -229,7 +224,7 @@ def _dispatch(ray, jobs: list[ImageJob], ray_args: argparse.Namespace, batch_siz
     """Batches of ``batch_size`` images to the workers; each image's outcome to the report as it comes."""
     worker = _worker_class(ray).options(num_cpus=ray_args.worker_cpus, num_gpus=ray_args.worker_gpus,
                                         scheduling_strategy="SPREAD", max_restarts=0)
-    tasks = [Task((jobs[i : i + batch_size], force), f"its {len(jobs[i : i + batch_size])} images")
+    tasks = [Task((jobs[i : i + batch_size], force), _images_label(len(jobs[i : i + batch_size])))
              for i in range(0, len(jobs), batch_size)]
 
     def done(task: Task, outcomes: list) -> None:
@@ -272,6 +267,8 @@ def run_tasks(ray, new_worker, tasks: list[Task], n_workers: int, worker_cpus: i
     used first and left there for the caller's next call (the caller kills them); ``names``: actor -> "node:pid"
     of every actor that became ready."""
     queue = deque(tasks)
+    if not queue:
+        return  # nothing left to do (a resumed run): no worker is started to load the set for nothing
     state = _Workers(ray, new_worker, names, list(pool))
     for _ in range(n_workers - len(state.idle)):
         state.start()
@@ -365,11 +362,15 @@ def _unwrap(exc) -> Exception:
     return exc.cause if isinstance(exc.cause, AttnvizError | UsageError) else exc
 
 
+def _images_label(count: int) -> str:
+    return f"its {count} image{'s' if count != 1 else ''}"
+
+
 def _lost(task: Task, worker: str, queue: deque, failed) -> None:
     """A task whose worker died: queued again, or given to ``failed`` after MAX_ATTEMPTS."""
     task.lost_on.append(worker)
     if len(task.lost_on) < MAX_ATTEMPTS:
         queue.append(task)
-        print(f"Ray worker {worker} lost; {task.label} go to another worker", file=sys.stderr, flush=True)
+        print(f"Ray worker {worker} lost; another worker takes {task.label}", file=sys.stderr, flush=True)
         return
     failed(task)

@@ -321,6 +321,21 @@ def check_model(model: nn.Module, variant: str, classes: list[str], x: torch.Ten
                        _stack(rows) if rows else None, run.passes, time.perf_counter() - started)
 
 
+def join(parts: Sequence[ModelSanity]) -> ModelSanity:
+    """One model's test over several groups of scenes as one over all of them, the groups' scenes in the given
+    order. The randomised weights depend on the seed and the step alone, so each scene's values are those of one
+    call on every scene (up to the float rounding of other batch sizes)."""
+    first = parts[0]
+
+    def scenes(tables: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, np.ndarray]]:
+        return {m: {k: np.concatenate([t[m][k] for t in tables], axis=1) for k in tables[0][m]} for m in tables[0]}
+
+    return ModelSanity(first.variant, first.layer, first.methods, first.steps,
+                       [t for part in parts for t in part.targets], scenes([p.cascade for p in parts]),
+                       None if first.independent is None else scenes([p.independent for p in parts]),
+                       sum(p.passes for p in parts), sum(p.seconds for p in parts))
+
+
 # --------------------------------------------------------------------------- the rule and the summary
 
 

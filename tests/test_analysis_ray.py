@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -41,8 +42,10 @@ VOLATILE = {"timing", "machine", "command", "config"}  # how the run was made, n
 
 @pytest.fixture(scope="module")
 def scenes_weights_dir(tmp_path_factory) -> Path:
-    """Three random ResNet50s that know the scene classes, at 64 px."""
-    return make_model_set(tmp_path_factory.mktemp("scene-weights"), "scenes", classes=CLASSES, crop=64)
+    """Two random ResNet50s that know the scene classes, at 64 px: without attention and with CBAM's (channel
+    and spatial gates, switched off in the knock-out section)."""
+    return make_model_set(tmp_path_factory.mktemp("scene-weights"), "scenes", classes=CLASSES, crop=64,
+                          variants=("resnet50", "cbam"))
 
 
 def _numbers(node, path=""):
@@ -96,16 +99,19 @@ class _ShuffledEngine:
 def test_units_finished_in_any_order_give_the_numbers_of_one_pass(scenes_weights_dir):
     model_set = load_model_set("scenes", scenes_weights_dir)
     config = analysis_cli.config_from_args(analysis_cli._parser().parse_args(SMALL + ["--knockout-scenes", "4",
-                                                                                      "--sanity-scenes", "0"]))
+                                                                                      "--sanity-scenes", "2"]))
     here = run_analysis(model_set, config, progress=False, engine=LocalEngine())
     shuffled = _ShuffledEngine()
     spread = run_analysis(model_set, config, progress=False, engine=shuffled)
     assert_same_numbers(here, spread, tolerance=0)
     phases = {u.phase for u in shuffled.units}
-    assert phases == {"val", "localise", "scorecam", "faithfulness", "knockout"}
+    assert phases == {"val", "localise", "scorecam", "faithfulness", "knockout", "sanity"}
     assert [(u.start, u.stop) for u in shuffled.units if u.phase == "knockout"] == [(0, 2), (2, 4)]
-    assert set(here["knockout"]["models"]) == {"se", "cbam", "eca"}  # the gated models
-    trained = here["knockout"]["models"]["se"]["accuracy"]["trained"]["mean"]
+    assert [(u.start, u.stop) for u in shuffled.units if u.phase == "sanity"] == [(0, 1), (1, 2)]  # a batch of 2 / 4
+    assert set(here["sanity"]["models"]) == {"resnet50", "cbam"}
+    assert len(here["sanity"]["models"]["cbam"]["targets"]) == 2
+    assert set(here["knockout"]["models"]) == {"cbam"}  # the gated models
+    trained = here["knockout"]["models"]["cbam"]["accuracy"]["trained"]["mean"]
     assert here["knockout"]["scenes"] == 4 and abs(4 * trained - round(4 * trained)) < 1e-6  # a share of 4 scenes
     assert len([u for u in shuffled.units if u.phase == "localise" and u.split == "test"]) == 3  # 6 scenes, 2 each
     assert here["localisation"]["test"]["pointing"]["gradcam@layer4"]["n"] == 6
@@ -150,6 +156,7 @@ def cluster(tmp_path_factory):
 
 @pytest.mark.slow
 def test_an_analysis_on_ray_writes_the_local_numbers_and_goes_on_after_a_kill(cluster, scenes_weights_dir, tmp_path):
+    """The driver killed mid-run, then the worker node killed in the resumed run: the numbers of the local run."""
     common = ["--set", "scenes", "--weights-dir", str(scenes_weights_dir), *SMALL]
     assert analysis_cli.main([*common, "--out", str(tmp_path / "local")]) == 0
     local = json.loads((tmp_path / "local" / JSON_NAME).read_text())
@@ -169,15 +176,23 @@ def test_an_analysis_on_ray_writes_the_local_numbers_and_goes_on_after_a_kill(cl
     assert {"val-val-000000-000002.pkl", "val-val-000002-000004.pkl"} <= kept
 
     second = _analyze(*ray_args, auth=cluster.env)
+    seen = []
+    while sum(" ready" in line for line in seen) < 2:  # both workers up: the worker node's has a unit at once
+        seen.append(second.stderr.readline())
+        assert seen[-1], "the command ended before two workers were ready"
+    cluster.nodes[1].kill()  # the worker node lost mid-run: its unit goes to the head's worker
     stdout, stderr = second.communicate(timeout=RUN_TIMEOUT_S)
+    stderr = "".join(seen) + stderr
     assert second.returncode == 0, stderr[-3000:]
     assert "val: IoU threshold: 2 of 2 units already measured" in stderr
     assert "units already measured" in stderr.split("val: IoU threshold")[1]  # the test scenes' too
-    assert "Ray: 2 workers on 2 nodes measured this analysis" in stderr
+    assert re.search(r"Ray worker \S+ lost; another worker takes unit \w+-", stderr), stderr[-3000:]
+    assert re.search(r"Ray: [23] workers on 2 nodes measured this analysis", stderr), stderr[-3000:]
     assert stdout.startswith("wrote ") and len(stdout.splitlines()) == 1
     assert not work.exists()  # the units' values are gone once the report is written
     assert_same_numbers(local, json.loads((out / JSON_NAME).read_text()))
-    assert np.isfinite(local["faithfulness"]["deletion"]["gradcam@layer4"]["models"]["se"]["mean"])
+    assert np.isfinite(local["faithfulness"]["deletion"]["gradcam@layer4"]["models"]["cbam"]["mean"])
+    assert local["sanity"]["models"]["cbam"]["verdict"] and local["knockout"]["models"]["cbam"]
 
 
 def test_a_folder_of_the_users_images_reaches_a_worker_whole(tmp_path):

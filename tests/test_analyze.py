@@ -253,9 +253,12 @@ def test_run_leaves_no_hook_no_record_and_no_gradient_behind(scenes_weights_dir)
         road_percentiles=(50,),
         resamples=20,
         workers=0,
+        knockout_scenes=1,  # the sections too: the knock-out's gate replacements, the sanity test's copy
+        sanity_scenes=1,
     )
     result = analysis_run.run_analysis(model_set, config, progress=False)
     assert result["faithfulness"]["deletion"]["gradcam@layer4"]["n"] == 1
+    assert result["knockout"]["models"]["cbam"] and result["sanity"]["models"]["cbam"]["verdict"]
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
     assert tensors_kept_on(model) == []
     assert not any(p.requires_grad or p.grad is not None for p in model.parameters())
@@ -302,6 +305,8 @@ def scorecam_run(tmp_path_factory):
             "20",
             "--workers",
             "1",
+            "--sanity-scenes",  # a section's 37 passes a scene: not what these tests are about
+            "0",
         ]
     )
     return code, json.loads((out / analysis_config.JSON_NAME).read_text())
@@ -422,7 +427,8 @@ def test_road_methods_follow_the_methods_asked_for():
 # --------------------------------------------------------------------------- where a run writes
 
 TINY_RUN = ["--quiet", "--val", "1", "--test", "1", "--unseen", "0", "--pairs", "0", "--faithfulness", "0",
-            "--methods", "gradcam", "--layers", "layer4", "--resamples", "20", "--workers", "0"]
+            "--methods", "gradcam", "--layers", "layer4", "--resamples", "20", "--workers", "0", "--scorecam", "0",
+            "--knockout-scenes", "0", "--sanity-scenes", "0"]  # where the report goes, not what it measures
 
 
 @pytest.fixture
@@ -564,7 +570,7 @@ def test_sections_rerun_only_the_named_section_into_the_existing_analysis(scenes
     out = tmp_path / "analysis"
     common = ["--set", "scenes", "--weights-dir", str(scenes_weights_dir), "--quiet", "--out", str(out)]
     assert analysis_cli.main([*common, "--sections", "knockout"]) == 2  # nothing to add a section to yet
-    assert analysis_cli.main([*common, "--quick", "--knockout-scenes", "0"]) == 0
+    assert analysis_cli.main([*common, "--quick", "--knockout-scenes", "0", "--sanity-scenes", "0"]) == 0
     before = json.loads((out / analysis_config.JSON_NAME).read_text())
     assert before["knockout"]["scenes"] == 0
     assert analysis_cli.main([*common, "--sections", "knockout", "--knockout-scenes", "2", "--knockout-value",
@@ -572,4 +578,5 @@ def test_sections_rerun_only_the_named_section_into_the_existing_analysis(scenes
     after = json.loads((out / analysis_config.JSON_NAME).read_text())
     assert after["knockout"]["scenes"] == 2 and after["knockout"]["value"] == "identity"
     assert after["localisation"] == before["localisation"] and after["accuracy"] == before["accuracy"]
+    assert after["sanity"] == before["sanity"]  # the other section as it was
     assert "knockout" in after["timing"]["phases_s"]

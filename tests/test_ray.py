@@ -216,7 +216,7 @@ def test_a_lost_node_has_its_images_explained_elsewhere(tiny_weights_dir, tmp_pa
     lines = lines[:-1]
     assert len(lines) == 12 and all(line.startswith("done ") for line in lines), out
     assert sorted(line.split()[1] for line in lines) == [f"photos/p{i:02d}.png" for i in range(12)]
-    assert "lost; its 1 images go to another worker" in err
+    assert "lost; another worker takes its 1 image\n" in err
     for i in range(12):
         summary = json.loads((tmp_path / "out" / f"photos__p{i:02d}.png" / "summary.json").read_text())
         assert all((tmp_path / "out" / f"photos__p{i:02d}.png" / name).is_file() for name in summary["files"])

@@ -169,6 +169,24 @@ def test_the_served_model_is_left_as_it_was(model, found):
     assert tensors_kept_on(model) == []
 
 
+def test_groups_of_scenes_joined_give_the_values_of_one_call_on_all(model, found):
+    """What lets the analysis spread the test over units of scenes: each scene's values do not depend on the
+    scenes checked beside it (the randomised weights come from the seed and the step)."""
+    x = images()
+    parts = [sanity.check_model(model, "resnet50", CLASSES4, x[a:b], ["gradcam"], seed=0, batch_size=6)
+             for a, b in ((0, 1), (1, 4), (4, 6))]
+    joined = sanity.join(parts)
+    assert joined.targets == found.targets and joined.steps == found.steps
+    assert joined.passes == found.passes
+    for table, whole in ((joined.cascade, found.cascade), (joined.independent, found.independent)):
+        for measure, kinds in whole.items():
+            for kind, rows in kinds.items():
+                assert table[measure][kind].shape == rows.shape
+                np.testing.assert_allclose(table[measure][kind], rows, atol=1e-4)
+    other_seed = sanity.check_model(model, "resnet50", CLASSES4, x[:1], ["gradcam"], seed=1, batch_size=6)
+    assert not np.allclose(other_seed.cascade["ssim"]["gradcam"], joined.cascade["ssim"]["gradcam"][:, :1])
+
+
 def test_a_set_is_checked_with_one_private_copy_in_memory_at_a_time(tiny_explainer, scene_image, monkeypatch):
     made = []
     original = sanity.private_copy

@@ -69,9 +69,9 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     """--engine ray and its options (the analysis' measuring phases on a Ray cluster; --workers is ROAD's)."""
     add_engine_arguments(
         parser, "local (default), or ray: the measuring phases (val, test, unseen, pairs, Score-CAM, faithfulness, "
-                "knock-out) spread over Ray workers, each unit's values kept in <out>/.attnviz-work until the report "
-                "is written, so a run that stopped goes on where it was; the sanity section runs here; workers use "
-                "CPUs only. Needs pip install 'attnviz[ray]'", workers="--ray-workers")
+                "knock-out, sanity) spread over Ray workers, each unit's values kept in <out>/.attnviz-work until "
+                "the report is written, so a run that stopped goes on where it was; workers use CPUs only. Needs "
+                "pip install 'attnviz[ray]'", workers="--ray-workers")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ class Unit:
     """One piece of a phase: scenes ``start``..``stop``-1 of ``split`` (faithfulness: item ``start`` of the
     faithfulness scenes); ``position`` is the place of its first CAM among the split's CAMs."""
 
-    phase: str  # val, localise, scorecam, faithfulness or knockout
+    phase: str  # val, localise, scorecam, faithfulness, knockout or sanity
     split: str
     start: int
     stop: int

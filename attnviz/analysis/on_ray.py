@@ -9,8 +9,7 @@ numbers are the local run's. A unit already in the work folder, written by a run
 data (and, for the phases that use it, the same IoU threshold), is not measured again: an interrupted run goes
 on where it stopped. The work folder is removed once the report is written. The faithfulness phase reads each
 scene's maps from a file the driver writes there. Units whose actor dies are given to another (see
-``attnviz.distributed.run_tasks``). The knock-out section's scenes are units too; the sanity section runs on the
-driver afterwards (each model's randomisation steps build on the previous ones). The workers
+``attnviz.distributed.run_tasks``). The knock-out and sanity sections' scenes are units too. The workers
 run on CPUs only, even on a cluster with GPUs: the measuring code (faithfulness' masked copies, ROAD) makes its
 tensors on the CPU, and it has not been run on a GPU.
 

@@ -20,6 +20,7 @@ from attnviz.analysis.engine import Engine, LocalEngine, Unit, plan_units
 from attnviz.analysis.faithfulness import Imputer, faithfulness_unit, measure_faithfulness
 from attnviz.analysis.items import BatchPass, Item, SceneSource, explain_batch
 from attnviz.analysis.knockout import knockout_unit
+from attnviz.analysis.sanity import sanity_unit
 from attnviz.analysis.stats import ExcitationStats, Records, per_scene, summarise
 from attnviz.errors import AttnvizError
 from attnviz.explainer import ModelExplainer
@@ -62,6 +63,7 @@ class _Context:
     imputer: Imputer | None = None  # ROAD's imputation processes while the faithfulness phase runs
     # knock-out section: variant -> "trained" or a stage -> (correct, energy in mask) per scene, in order
     knockout: dict[str, dict[str, tuple[list, list]]] = field(default_factory=dict)
+    sanity: dict[str, list] = field(default_factory=dict)  # sanity section: variant -> ModelSanity per unit, in order
 
     def fresh(self, faith_inputs: bool = False) -> _Context:
         """A context for one unit of work: the same models, data and threshold and empty accumulators (``partial``
@@ -85,6 +87,7 @@ class _Context:
             "curves": dict(self.curves),
             "val_rows": list(self.val_rows),
             "knockout": self.knockout,
+            "sanity": self.sanity,
             "faith": {"maps": dict(self.faith_maps), "items": dict(self.faith_items),
                       "probability": dict(self.faith_probability), "target": dict(self.faith_target)},
         }
@@ -114,6 +117,8 @@ class _Context:
                 kept = self.knockout.setdefault(variant, {}).setdefault(name, ([], []))
                 kept[0].extend(correct)
                 kept[1].extend(energy)
+        for variant, parts in partial.get("sanity", {}).items():
+            self.sanity.setdefault(variant, []).extend(parts)
         faith = partial["faith"]  # the faithfulness scenes' maps, from the test units
         self.faith_maps.update(faith["maps"])
         self.faith_items.update(faith["items"])
@@ -290,7 +295,7 @@ def _scorecam_unit(ctx: _Context, unit: Unit) -> None:
 
 
 UNIT_RUNNERS = {"val": _val_unit, "localise": _localise_unit, "scorecam": _scorecam_unit,
-                "faithfulness": faithfulness_unit, "knockout": knockout_unit}
+                "faithfulness": faithfulness_unit, "knockout": knockout_unit, "sanity": sanity_unit}
 
 
 def run_unit(ctx: _Context, unit: Unit) -> None:

@@ -25,14 +25,24 @@ from attnviz.sanity import (
     THRESHOLD,
     check_model,
     depth_labels,
-    randomisation_steps,
+    join,
     summarise,
 )
 
 
+def unit_scenes(config) -> int:
+    """Scenes per unit of work: a quarter of a batch (the default 16 scenes make 4 units to spread over Ray
+    workers; each scene makes 1 + 2 x 18 maps per model and method, so a unit still takes as long as a
+    localisation batch)."""
+    return max(1, config.batch_size // 4)
+
+
 def run_section(ctx, engine=None) -> dict:
-    """The section's result for the analysis' context (its models, config and test scenes); it runs in this
-    process whatever the engine (each model's randomisation steps build on the previous ones)."""
+    """The section's result for the analysis' context (its models, config and test scenes). Its scenes are cut
+    into units (``sanity_unit``) that ``engine`` runs: here, or on Ray workers. Each model's randomised weights
+    depend on the seed and the step only, so a unit's scenes get the values of one pass over all of them."""
+    from attnviz.analysis.engine import LocalEngine, Unit
+
     config = ctx.config
     started = time.perf_counter()
     count, methods = config.sanity_scenes, list(config.sanity_methods)
@@ -40,24 +50,27 @@ def run_section(ctx, engine=None) -> dict:
               "confidence": config.confidence, "seed": config.seed, "steps": [], "models": {}}
     if not count:
         return result  # asked for no scenes (--sanity-scenes 0)
-    items = [it for i in ctx.source.sample(count) for it in ctx.source.items("test", i)]  # a folder's: at random
-    x = torch.stack([it.tensor for it in items])
-    per_model = 1 + 2 * len(randomisation_steps(next(iter(ctx.explainers.values())).model))  # original + 2 a step
-    with ctx.bar(count * len(ctx.explainers) * per_model, "sanity (passes)") as bar:
-        for variant, explainer in ctx.explainers.items():
-            last = 0
-
-            def progress(done: int, total: int) -> None:
-                nonlocal last
-                bar.update(done - last)
-                last = done
-
-            found = check_model(explainer.model, variant, ctx.model_set.classes, x, methods, DEFAULT_LAYER,
-                                seed=config.seed, batch_size=config.batch_size, progress=progress)
-            result["steps"] = found.steps
-            result["models"][variant] = summarise(found, config.resamples, config.confidence, config.seed)
+    size = unit_scenes(config)
+    units = [Unit("sanity", "test", start, min(start + size, count), start) for start in range(0, count, size)]
+    (engine or LocalEngine()).run(ctx, units, "sanity")
+    for variant in ctx.explainers:
+        found = join(ctx.sanity[variant])
+        result["steps"] = found.steps
+        result["models"][variant] = summarise(found, config.resamples, config.confidence, config.seed)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def sanity_unit(ctx, unit) -> None:
+    """Scenes ``unit.start``..``unit.stop``-1 of the section's sample (the first test scenes; a folder's images:
+    drawn at random): every model's randomisation test on them, added to ``ctx.sanity``."""
+    config = ctx.config
+    positions = ctx.source.sample(config.sanity_scenes)[unit.start : unit.stop]
+    x = torch.stack([it.tensor for i in positions for it in ctx.source.items("test", i)])
+    for variant, explainer in ctx.explainers.items():
+        found = check_model(explainer.model, variant, ctx.model_set.classes, x, list(config.sanity_methods),
+                            DEFAULT_LAYER, seed=config.seed, batch_size=config.batch_size)
+        ctx.sanity.setdefault(variant, []).append(found)
 
 
 def _label(kind: str) -> str:
