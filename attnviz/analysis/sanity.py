@@ -32,8 +32,8 @@ from attnviz.sanity import (
 
 def unit_scenes(config) -> int:
     """Scenes per unit of work: a quarter of a batch (the default 16 scenes make 4 units to spread over Ray
-    workers; each scene makes 1 + 2 x 18 maps per model and method, so a unit still takes as long as a
-    localisation batch)."""
+    workers; each scene takes 1 + 2 x 18 passes per model, so a unit still takes longer than a localisation
+    batch)."""
     return max(1, config.batch_size // 4)
 
 
