@@ -228,13 +228,13 @@ def _check(path: Path, mask: Path, preprocessing: Preprocessing, classes: list[s
         values = read_mask(mask)
     except AttnvizError as exc:
         return _skipped(f"its mask {exc}; replace it with a PNG of the image's size (nonzero = object)")
-    orientation = _mask_orientation(path, values.shape, (image.height, image.width))
-    fits_both = orientation is not None and orientation < 0
-    if fits_both:  # as drawn on the image as shown, unless told otherwise
-        orientation = -orientation if stored_pixels else 1
-    if orientation is None:
+    fit = _mask_orientation(path, values.shape, (image.height, image.width))
+    if fit is None:
         return _skipped(f"its mask {mask} is {values.shape[1]}x{values.shape[0]} px, the image {image.width}x"
                         f"{image.height} px (as shown, after its EXIF orientation); give a mask of the image's size")
+    orientation, fits_both = fit
+    if fits_both and not stored_pixels:  # as drawn on the image as shown, unless told otherwise
+        orientation = 1
     if not values.any():
         return _skipped(f"its mask {mask} has no nonzero pixel; mark the object with nonzero values or remove the "
                         f"image")
@@ -245,16 +245,16 @@ def _check(path: Path, mask: Path, preprocessing: Preprocessing, classes: list[s
     return None, target, orientation, fits_both
 
 
-def _mask_orientation(path: Path, mask: tuple[int, int], shown: tuple[int, int]) -> int | None:
-    """How the mask is turned to fit the image as shown: 1 not at all, the image's EXIF orientation when the mask
-    has the stored pixels' shape only, minus it when the mask fits both ways, None when it fits neither."""
+def _mask_orientation(path: Path, mask: tuple[int, int], shown: tuple[int, int]) -> tuple[int, bool] | None:
+    """How the mask is turned to fit the image as shown (1: not at all; the image's EXIF orientation when the mask
+    has the stored pixels' shape), and whether it would fit untouched as well; None when it fits neither way."""
     orientation = exif_orientation(path) if mask in (shown, shown[::-1]) else 1
     stored = shown[::-1] if orientation in (5, 6, 7, 8) else shown
     if orientation == 1:
-        return 1 if mask == shown else None
+        return (1, False) if mask == shown else None
     if mask == shown:
-        return -orientation if stored == shown else 1
-    return orientation if mask == stored else None
+        return (orientation, True) if stored == shown else (1, False)
+    return (orientation, False) if mask == stored else None
 
 
 class FolderSource:
