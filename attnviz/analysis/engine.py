@@ -46,6 +46,18 @@ def plan_units(source, phase: str, split: str, count: int, batch_size: int) -> l
             for start in range(0, count, step)]
 
 
+def plan_sample_units(phase: str, count: int, size: int) -> list[Unit]:
+    """A section's ``count`` test scenes in units of ``size``; ``start`` and ``stop`` are places in the section's
+    sample (``sample_items``), not in the split."""
+    return [Unit(phase, "test", start, min(start + size, count), start) for start in range(0, count, size)]
+
+
+def sample_items(ctx: _Context, count: int, unit: Unit) -> list:
+    """The items of ``unit``'s places in a section's sample of ``count`` test scenes (the first test scenes; a
+    folder's images: drawn at random)."""
+    return [item for i in ctx.source.sample(count)[unit.start : unit.stop] for item in ctx.source.items("test", i)]
+
+
 class Engine(Protocol):
     def run(self, ctx: _Context, units: list[Unit], desc: str) -> None:
         """Measure every unit and add its values to ``ctx`` in the units' order."""

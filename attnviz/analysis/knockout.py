@@ -56,7 +56,7 @@ def _plans(ctx) -> tuple[str, str, dict]:
 def run_section(ctx, engine=None) -> dict:
     """The section's result for the analysis' context (its models, config and test scenes). Its scenes are cut
     into units (``knockout_unit``) that ``engine`` runs: here, or on Ray workers."""
-    from attnviz.analysis.engine import LocalEngine, Unit
+    from attnviz.analysis.engine import LocalEngine, plan_sample_units
 
     config = ctx.config
     started = time.perf_counter()
@@ -69,9 +69,7 @@ def run_section(ctx, engine=None) -> dict:
         return {**result, "skipped": reason}
     if not count or not plans:
         return result  # nothing to switch off, or asked for no scenes (--knockout-scenes 0)
-    units = [Unit("knockout", "test", start, min(start + config.batch_size, count), start)
-             for start in range(0, count, config.batch_size)]  # places in the section's sample of test scenes
-    (engine or LocalEngine()).run(ctx, units, f"knock-out ({value})")
+    (engine or LocalEngine()).run(ctx, plan_sample_units("knockout", count, config.batch_size), f"knock-out ({value})")
     for variant in plans:
         result["models"][variant] = _summary(ctx.knockout[variant], config)
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -83,8 +81,9 @@ def knockout_unit(ctx, unit) -> None:
     drawn at random), through every gated model, trained and with each stage switched off: each scene's
     correctness and Grad-CAM energy in mask, added to ``ctx.knockout``."""
     _, _, plans = _plans(ctx)
-    positions = ctx.source.sample(ctx.config.knockout_scenes)[unit.start : unit.stop]
-    items = [it for i in positions for it in ctx.source.items("test", i)]
+    from attnviz.analysis.engine import sample_items
+
+    items = sample_items(ctx, ctx.config.knockout_scenes, unit)
     x = torch.stack([it.tensor for it in items])
     targets = [it.target for it in items]
     own = np.stack([it.own for it in items])

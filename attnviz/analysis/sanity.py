@@ -41,7 +41,7 @@ def run_section(ctx, engine=None) -> dict:
     """The section's result for the analysis' context (its models, config and test scenes). Its scenes are cut
     into units (``sanity_unit``) that ``engine`` runs: here, or on Ray workers. Each model's randomised weights
     depend on the seed and the step only, so a unit's scenes get the values of one pass over all of them."""
-    from attnviz.analysis.engine import LocalEngine, Unit
+    from attnviz.analysis.engine import LocalEngine, plan_sample_units
 
     config = ctx.config
     started = time.perf_counter()
@@ -50,9 +50,7 @@ def run_section(ctx, engine=None) -> dict:
               "confidence": config.confidence, "seed": config.seed, "steps": [], "models": {}}
     if not count:
         return result  # asked for no scenes (--sanity-scenes 0)
-    size = unit_scenes(config)
-    units = [Unit("sanity", "test", start, min(start + size, count), start) for start in range(0, count, size)]
-    (engine or LocalEngine()).run(ctx, units, "sanity")
+    (engine or LocalEngine()).run(ctx, plan_sample_units("sanity", count, unit_scenes(config)), "sanity")
     for variant in ctx.explainers:
         found = join(ctx.sanity[variant])
         result["steps"] = found.steps
@@ -65,8 +63,9 @@ def sanity_unit(ctx, unit) -> None:
     """Scenes ``unit.start``..``unit.stop``-1 of the section's sample (the first test scenes; a folder's images:
     drawn at random): every model's randomisation test on them, added to ``ctx.sanity``."""
     config = ctx.config
-    positions = ctx.source.sample(config.sanity_scenes)[unit.start : unit.stop]
-    x = torch.stack([it.tensor for i in positions for it in ctx.source.items("test", i)])
+    from attnviz.analysis.engine import sample_items
+
+    x = torch.stack([it.tensor for it in sample_items(ctx, config.sanity_scenes, unit)])
     for variant, explainer in ctx.explainers.items():
         found = check_model(explainer.model, variant, ctx.model_set.classes, x, list(config.sanity_methods),
                             DEFAULT_LAYER, seed=config.seed, batch_size=config.batch_size)
